@@ -1,0 +1,256 @@
+"""``sortie-egress``: the operator's and the tests' command line.
+
+Exit codes: 0 success, 1 the policy (or the admission) was refused,
+2 the command could not do its job (bad flags, unreadable file, no server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import __version__
+from .constants import DEFAULT_CONTROLLER_IDENTITY
+from .policy import parse_policy
+from .render import DnsDestination, render_network_policy
+from .session import session_id_problem, session_pod
+
+DEFAULT_CERT_DIR = Path("certs")
+# `serve` with no certificate regenerates local ones that are this close to expiry.
+LOCAL_CERT_MIN_VALIDITY = dt.timedelta(days=7)
+
+
+class CommandError(Exception):
+    """A failure the user can fix; printed as one line, exit status 2."""
+
+
+def _dns(text: str) -> DnsDestination:
+    try:
+        return DnsDestination.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def load_manifest(source: str) -> dict[str, Any]:
+    """One Pod manifest from a YAML or JSON file, or stdin for ``-``."""
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CommandError(f"cannot read {source}: {exc.strerror or exc}") from None
+    try:
+        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except yaml.YAMLError as exc:
+        raise CommandError(f"{source} is not YAML or JSON: {exc}") from None
+    if len(documents) != 1:
+        raise CommandError(f"{source} must hold exactly one manifest, found {len(documents)}")
+    manifest = documents[0]
+    if not isinstance(manifest, dict) or manifest.get("kind") != "Pod":
+        kind = manifest.get("kind") if isinstance(manifest, dict) else type(manifest).__name__
+        raise CommandError(f"{source} must be a Pod manifest (kind: Pod), found {kind!r}")
+    return manifest
+
+
+def _dump(document: Any, output: str) -> str:
+    if output == "json":
+        return json.dumps(document, indent=2) + "\n"
+    return yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
+
+
+def _warn(lines: Sequence[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def _judge(manifest: dict[str, Any]) -> tuple[Any, Any, list[str]]:
+    """(session, parsed policy, problems) exactly as admission judges the pod."""
+    session = session_pod(manifest)
+    if session is None:
+        return None, None, []
+    parsed = parse_policy(session.annotation)
+    problems = list(parsed.errors)
+    if parsed.errors or parsed.policy is not None:
+        naming = session_id_problem(session.session_id)
+        if naming:
+            problems.append(naming)
+    return session, parsed, problems
+
+
+def _report(manifest: dict[str, Any]) -> tuple[Any, Any] | int:
+    session, parsed, problems = _judge(manifest)
+    if session is None:
+        print("note: the pod has no sortie.io/session-id label: not a session pod, nothing to enforce", file=sys.stderr)
+        return 0
+    _warn(parsed.warnings)
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1
+    if parsed.policy is None:
+        print("note: the pod has no egress policy: no NetworkPolicy, the cluster default applies", file=sys.stderr)
+        return 0
+    return session, parsed
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    outcome = _report(load_manifest(args.file))
+    if isinstance(outcome, int):
+        return outcome
+    session, parsed = outcome
+    sys.stdout.write(_dump(render_network_policy(session, parsed.policy, args.dns), args.output))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    outcome = _report(load_manifest(args.file))
+    return outcome if isinstance(outcome, int) else 0
+
+
+def cmd_certs_generate(args: argparse.Namespace) -> int:
+    from . import certs
+
+    hosts = [host for host in args.hosts.split(",") if host.strip()] if args.hosts else list(certs.DEFAULT_HOSTS)
+    try:
+        generated = certs.generate(hosts, serving_lifetime=dt.timedelta(days=args.days))
+        paths = certs.write(generated, args.out)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"cannot generate certificates: {exc}") from None
+    print(f"wrote {paths['ca']}, {paths['cert']}, {paths['key']} for {', '.join(hosts)}", file=sys.stderr)
+    print(generated.ca_bundle)
+    return 0
+
+
+def _local_certificates(folder: Path) -> tuple[str, str]:
+    """Certificates for a local `serve` with none given: reuse, or make fresh ones."""
+    from . import certs
+
+    cert, key = folder / "tls.crt", folder / "tls.key"
+    try:
+        fresh_enough = cert.exists() and key.exists() and certs.remaining_validity(cert) > LOCAL_CERT_MIN_VALIDITY
+    except ValueError:
+        fresh_enough = False
+    if not fresh_enough:
+        certs.write(certs.generate(), folder)
+        print(f"note: generated local certificates in {folder}/ (CA: {folder / 'ca.crt'})", file=sys.stderr)
+    return str(cert), str(key)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from . import logs
+    from .server.app import WebhookSettings
+    from .server.serve import ServeOptions, serve
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CommandError("--tls-cert and --tls-key go together")
+    cert, key = (args.tls_cert, args.tls_key) if args.tls_cert else _local_certificates(DEFAULT_CERT_DIR)
+    logs.configure(args.log_level)
+    options = ServeOptions(
+        host=args.host,
+        port=args.port,
+        cert_file=cert,
+        key_file=key,
+        webhook=WebhookSettings(
+            controller_identity=args.controller_identity,
+            extra_privileged_users=tuple(args.privileged_user),
+        ),
+    )
+    logs.event("starting", component="webhook", version=__version__, host=args.host, port=args.port, dns=str(args.dns))
+    try:
+        asyncio.run(serve(options))
+    except (OSError, ValueError) as exc:  # a port in use, an unreadable or mismatched certificate
+        raise CommandError(f"cannot serve: {exc}") from None
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from .review_client import ReviewFailed, send_review
+    from .patch import apply_patch
+
+    manifest = load_manifest(args.file)
+    try:
+        response = send_review(manifest, args.url, args.ca, timeout=args.timeout)
+    except ReviewFailed as exc:
+        raise CommandError(str(exc)) from None
+    allowed = response.get("allowed") is True
+    print(f"decision: {'allowed' if allowed else 'denied'}", file=sys.stderr)
+    _warn(response.get("warnings") or [])
+    if not allowed:
+        status = response.get("status") or {}
+        print(f"error: {status.get('message', 'denied')} (code {status.get('code', '?')})", file=sys.stderr)
+        return 1
+    ops = response.get("patchOps") or []
+    print(f"patch: {len(ops)} operation(s)", file=sys.stderr)
+    sys.stdout.write(_dump(apply_patch(manifest, ops), args.output))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sortie-egress", description="Per-session egress enforcement for Sortie session pods."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the admission webhook over TLS")
+    serve.add_argument("--host", default=os.environ.get("SORTIE_HOST", "0.0.0.0"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("SORTIE_PORT", "8443")))
+    serve.add_argument("--tls-cert", help="serving certificate (PEM); reloaded when the file changes")
+    serve.add_argument("--tls-key", help="serving key (PEM); with no certificate and key, local ones are made in certs/")
+    serve.add_argument("--dns", type=_dns, default=DnsDestination(), help="DNS destination: cluster, any, or CIDR,...")
+    serve.add_argument("--controller-identity", default=DEFAULT_CONTROLLER_IDENTITY,
+                       help="the username allowed to change managed NetworkPolicies")
+    serve.add_argument("--privileged-user", action="append", default=[],
+                       help="another username allowed to change managed NetworkPolicies (repeatable)")
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.set_defaults(handler=cmd_serve)
+
+    render = commands.add_parser("render", help="print the NetworkPolicy the controller will create for a pod")
+    render.add_argument("-f", "--file", required=True, help="Pod manifest, YAML or JSON; - for stdin")
+    render.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    render.add_argument("--dns", type=_dns, default=DnsDestination(), help="DNS destination: cluster, any, or CIDR,...")
+    render.set_defaults(handler=cmd_render)
+
+    check = commands.add_parser("check", help="validate a pod's egress policy as admission would")
+    check.add_argument("-f", "--file", required=True, help="Pod manifest, YAML or JSON; - for stdin")
+    check.set_defaults(handler=cmd_check)
+
+    review = commands.add_parser("review", help="send a pod to a running webhook as the API server would")
+    review.add_argument("-f", "--file", required=True, help="Pod manifest, YAML or JSON; - for stdin")
+    review.add_argument("--url", required=True, help="https://HOST:PORT/mutate")
+    review.add_argument("--ca", help="CA certificate to verify the webhook with (default: system trust)")
+    review.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    review.add_argument("--timeout", type=float, default=10.0)
+    review.set_defaults(handler=cmd_review)
+
+    certs = commands.add_parser("certs", help="certificate tooling")
+    certs_commands = certs.add_subparsers(dest="certs_command", required=True, metavar="COMMAND")
+    generate = certs_commands.add_parser("generate", help="write ca.crt, tls.crt, tls.key; print the caBundle")
+    generate.add_argument("--out", default=str(DEFAULT_CERT_DIR), help="folder (default: certs/)")
+    generate.add_argument("--hosts", help="comma-separated DNS names and IPs (default: the in-cluster Service names and loopback)")
+    generate.add_argument("--days", type=int, default=365, help="serving certificate lifetime in days")
+    generate.set_defaults(handler=cmd_certs_generate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except CommandError as exc:
+        print(f"sortie-egress: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

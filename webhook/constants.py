@@ -1,0 +1,30 @@
+"""Names shared with the behaviour contract (shared/CONTRACT.md).
+
+They live in one place because the webhook, the controller, the manifests and
+the tests must agree on every one of them byte for byte.
+"""
+
+from typing import Final
+
+SESSION_ID_LABEL: Final = "sortie.io/session-id"
+APP_ID_LABEL: Final = "sortie.io/app-id"
+EGRESS_MODE_LABEL: Final = "sortie.io/egress-mode"
+EGRESS_POLICY_ANNOTATION: Final = "sortie.io/egress-policy"
+EGRESS_POLICY_LABEL: Final = "sortie.io/egress-policy"
+SCHEDULING_GATE: Final = "sortie.io/egress-policy"
+MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE: Final = "sortie-egress"
+POLICY_NAME_PREFIX: Final = "sortie-egress-"
+
+MAX_RULES: Final = 256
+MAX_ANNOTATION_BYTES: Final = 64 * 1024
+# The API server caps an admission request well below this; anything larger
+# is not from it and is refused before it is read whole.
+MAX_REVIEW_BYTES: Final = 3 * 1024 * 1024
+
+DEFAULT_CONTROLLER_IDENTITY: Final = "system:serviceaccount:sortie-system:sortie-egress"
+KUBERNETES_SYSTEM_IDENTITIES: Final = (
+    "system:serviceaccount:kube-system:generic-garbage-collector",
+    "system:serviceaccount:kube-system:namespace-controller",
+)
+DEFAULT_SERVICE_HOST: Final = "sortie-egress.sortie-system.svc"

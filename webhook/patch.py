@@ -1,0 +1,107 @@
+"""JSONPatch (RFC 6902) operations for a session pod: pure, and minimal.
+
+Only what differs is patched, so a pod that already carries the mutation
+(a re-invoked webhook, a re-submitted manifest) gets an empty patch: the
+mutation is idempotent by construction rather than by luck.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from .constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, SCHEDULING_GATE
+from .session import annotations_of, labels_of
+
+JsonPatch = list[dict[str, Any]]
+
+
+def pointer(*parts: str | int) -> str:
+    """A JSON pointer (RFC 6901): ``~`` and ``/`` in keys are escaped, in that order."""
+    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in parts)
+
+
+def _gate_names(pod: Mapping[str, Any]) -> list[Any] | None:
+    spec = pod.get("spec")
+    gates = spec.get("schedulingGates") if isinstance(spec, Mapping) else None
+    if not isinstance(gates, list):
+        return None
+    return [gate.get("name") if isinstance(gate, Mapping) else None for gate in gates]
+
+
+def enforce_patch(pod: Mapping[str, Any], canonical_annotation: str, mode: str) -> JsonPatch:
+    """Canonical annotation, truthful mode label, and our gate after any existing ones."""
+    ops: JsonPatch = []
+    if annotations_of(pod).get(EGRESS_POLICY_ANNOTATION) != canonical_annotation:
+        ops.append(
+            {"op": "replace", "path": pointer("metadata", "annotations", EGRESS_POLICY_ANNOTATION), "value": canonical_annotation}
+        )
+    metadata = pod.get("metadata")
+    if not isinstance(metadata, Mapping) or not isinstance(metadata.get("labels"), Mapping):
+        ops.append({"op": "add", "path": pointer("metadata", "labels"), "value": {EGRESS_MODE_LABEL: mode}})
+    elif labels_of(pod).get(EGRESS_MODE_LABEL) != mode:
+        ops.append({"op": "add", "path": pointer("metadata", "labels", EGRESS_MODE_LABEL), "value": mode})
+    gates = _gate_names(pod)
+    if gates is None:
+        ops.append({"op": "add", "path": pointer("spec", "schedulingGates"), "value": [{"name": SCHEDULING_GATE}]})
+    elif SCHEDULING_GATE not in gates:
+        ops.append({"op": "add", "path": pointer("spec", "schedulingGates", "-"), "value": {"name": SCHEDULING_GATE}})
+    return ops
+
+
+def no_policy_patch(pod: Mapping[str, Any]) -> JsonPatch:
+    """A pod without a policy keeps the cluster default, so nothing may claim otherwise.
+
+    A creator-set mode label would put the pod under the DNS-only baseline, and
+    our gate would hold it forever (no NetworkPolicy is ever made for it).
+    """
+    ops: JsonPatch = []
+    if EGRESS_MODE_LABEL in labels_of(pod):
+        ops.append({"op": "remove", "path": pointer("metadata", "labels", EGRESS_MODE_LABEL)})
+    gates = _gate_names(pod) or []
+    for index in reversed(range(len(gates))):
+        if gates[index] == SCHEDULING_GATE:
+            ops.append({"op": "remove", "path": pointer("spec", "schedulingGates", index)})
+    return ops
+
+
+def _unescape(token: str) -> str:
+    return token.replace("~1", "/").replace("~0", "~")
+
+
+def apply_patch(document: Any, ops: JsonPatch) -> Any:
+    """Apply add/replace/remove operations to a copy of ``document``.
+
+    Just what the webhook emits, for ``sortie-egress review`` to show the pod
+    as the API server will store it; the cluster tests check it against the
+    API server's own application of the same patch.
+    """
+
+
+    result = copy.deepcopy(document)
+    for op in ops:
+        tokens = [_unescape(token) for token in op["path"].split("/")[1:]]
+        parent = result
+        for token in tokens[:-1]:
+            parent = parent[int(token)] if isinstance(parent, list) else parent[token]
+        last = tokens[-1]
+        kind = op["op"]
+        if isinstance(parent, list):
+            if kind == "add":
+                parent.insert(len(parent) if last == "-" else int(last), copy.deepcopy(op["value"]))
+            elif kind == "replace":
+                parent[int(last)] = copy.deepcopy(op["value"])
+            elif kind == "remove":
+                del parent[int(last)]
+            else:
+                raise ValueError(f"unsupported JSONPatch op {kind!r}")
+        elif kind in ("add", "replace"):
+            if kind == "replace" and last not in parent:
+                raise KeyError(op["path"])
+            parent[last] = copy.deepcopy(op["value"])
+        elif kind == "remove":
+            del parent[last]
+        else:
+            raise ValueError(f"unsupported JSONPatch op {kind!r}")
+    return result

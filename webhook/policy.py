@@ -1,0 +1,310 @@
+"""The egress policy model: annotation text in, canonical policy or every error out.
+
+Parsing is strict on purpose. The annotation decides what a session may
+reach, so a typo (`rule`, `"port": "443"`, `true`) must be an error with a
+JSON path, never a silently different policy. Structure and types are checked
+by a strict pydantic model (no coercion, unknown fields forbidden); meaning
+(networks, port ranges, protocols) by validators on it, so one pass reports
+every problem at once.
+
+The same app policy arrives again and again (one per session of an app), so
+results are memoised on the annotation text: they are immutable, and parsing
+is most of the cost of an admission.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+
+from .constants import MAX_ANNOTATION_BYTES, MAX_RULES
+from .strict_json import JSONInputError, loads_strict
+
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+Mode = Literal["allowlist", "denylist"]
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+MODES = ("allowlist", "denylist", "")
+
+_ADDRESS_PART = re.compile(r"[0-9A-Fa-f:.]+")
+_PREFIX_PART = re.compile(r"0|[1-9][0-9]{0,2}")
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One normalised rule. ``protocol`` None means: TCP and UDP when a port
+    is given, all traffic when not (CONTRACT §1)."""
+
+    network: IPNetwork
+    port: int = 0
+    end_port: int | None = None
+    protocol: str | None = None
+
+    def canonical(self) -> dict[str, Any]:
+        """Only what differs from the defaults, so equal policies print equal."""
+        out: dict[str, Any] = {"cidr": str(self.network)}
+        if self.end_port is not None:
+            out["end_port"] = self.end_port
+        if self.port:
+            out["port"] = self.port
+        if self.protocol:
+            out["protocol"] = self.protocol
+        return out
+
+    @property
+    def opens_whole_family(self) -> bool:
+        return self.network.prefixlen == 0 and self.port == 0
+
+
+@dataclass(frozen=True, slots=True)
+class EgressPolicy:
+    mode: Mode
+    rules: tuple[Rule, ...] = ()
+
+    def canonical_json(self) -> str:
+        """Sorted keys and the contract's own spacing: the annotation's fixed point."""
+        document = {"mode": self.mode, "rules": [rule.canonical() for rule in self.rules]}
+        return json.dumps(document, sort_keys=True)
+
+
+#: What an invalid annotation is enforced as (fail closed): DNS only.
+FAIL_CLOSED_POLICY = EgressPolicy(mode="allowlist", rules=())
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyParse:
+    """The outcome of reading one annotation.
+
+    ``policy`` is None both for "no per-app policy" and for an invalid
+    annotation; ``errors`` tells them apart.
+    """
+
+    policy: EgressPolicy | None = None
+    warnings: tuple[str, ...] = ()
+    errors: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def parse_network(text: str) -> tuple[IPNetwork, str | None]:
+    """An IPv4/IPv6 network from CIDR text, plus a note when it was normalised.
+
+    Stricter than ``ipaddress``: netmask forms (``/255.0.0.0``), zone ids and
+    IPv4-mapped IPv6 networks are refused, because Kubernetes refuses them in a
+    NetworkPolicy (or, for mapped addresses, because an IPv6 rule would never
+    match the IPv4 traffic the author meant).
+    """
+    shown = json.dumps(text)
+    address, slash, prefix = text.partition("/")
+    if not _ADDRESS_PART.fullmatch(address) or (slash and not _PREFIX_PART.fullmatch(prefix)):
+        raise ValueError(f"{shown} is not an IP network")
+    try:
+        host = ipaddress.ip_address(address)
+    except ValueError:
+        raise ValueError(f"{shown} is not an IP network") from None
+    width = host.max_prefixlen
+    if slash and int(prefix) > width:
+        raise ValueError(f"{shown}: prefix length /{prefix} is out of range for IPv{host.version} (0-{width})")
+    network = ipaddress.ip_network(f"{address}/{prefix if slash else width}", strict=False)
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_IPV4_MAPPED) and network.prefixlen >= 96:
+        raise ValueError(f"{shown} is an IPv4-mapped IPv6 network; write the IPv4 network instead")
+    if not slash:
+        return network, f"{shown} is an address; using {network}"
+    if network.network_address != host:
+        return network, f"{shown} has host bits set; using {network}"
+    return network, None
+
+
+class _RuleInput(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    cidr: str
+    port: int = 0
+    end_port: int = None  # type: ignore[assignment]  # absent is fine, null is not an integer
+    protocol: str = ""
+
+    @field_validator("cidr")
+    @classmethod
+    def _network(cls, value: str) -> str:
+        parse_network(value)
+        return value
+
+    @field_validator("port")
+    @classmethod
+    def _port_range(cls, value: int) -> int:
+        if not 0 <= value <= 65535:
+            raise ValueError(f"{value} is out of range (0-65535; 0 means all ports)")
+        return value
+
+    @field_validator("end_port")
+    @classmethod
+    def _end_port_range(cls, value: int, info: ValidationInfo) -> int:
+        # A field validator (not a model one) so the range is judged even when
+        # another field of the rule is wrong: every problem in one answer.
+        if not 1 <= value <= 65535:
+            raise ValueError(f"{value} is out of range (1-65535)")
+        port = info.data.get("port")
+        if port == 0:
+            raise ValueError("needs a port > 0 to start the range")
+        if port is not None and value < port:
+            raise ValueError(f"{value} is below port {port}")
+        return value
+
+    @field_validator("protocol")
+    @classmethod
+    def _known_protocol(cls, value: str) -> str:
+        if value.upper() not in PROTOCOLS and value != "":
+            raise ValueError(f"{json.dumps(value)} is not a protocol (TCP, UDP or SCTP)")
+        return value.upper()
+
+
+class _PolicyInput(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    mode: str
+    rules: list[_RuleInput] = []
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        if value not in MODES:
+            raise ValueError(f'{json.dumps(value)} is not a mode ("allowlist", "denylist", or "" for none)')
+        return value
+
+
+_KNOWN_FIELDS = {
+    "policy": "mode, rules",
+    "rule": "cidr, port, end_port, protocol",
+}
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "policy"
+
+
+def _describe(value: Any) -> str:
+    """A short JSON rendering of the offending input, for the message."""
+    shown = json.dumps(value, default=str)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _error_message(error: Any) -> str:
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    value = error.get("input")
+    where = _path(loc)
+    if kind == "missing":
+        return f"{where}: is required"
+    if kind == "extra_forbidden":
+        owner = "rule" if len(loc) > 1 else "policy"
+        return f"{where}: unknown field (a {owner} has: {_KNOWN_FIELDS[owner]})"
+    if kind in ("int_type", "int_parsing"):
+        return f"{where}: must be an integer, got {_describe(value)}"
+    if kind == "string_type":
+        return f"{where}: must be a string, got {_describe(value)}"
+    if kind == "list_type":
+        return f"{where}: must be an array, got {_json_kind(value)}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"{where}: must be an object, got {_json_kind(value)}"
+    if kind == "value_error":
+        return f"{where}: {error['ctx']['error']}"
+    return f"{where}: {error['msg']}"
+
+
+def _errors_of(exc: ValidationError) -> tuple[str, ...]:
+    return tuple(_error_message(error) for error in exc.errors(include_url=False))
+
+
+def _normalise(data: _PolicyInput) -> tuple[EgressPolicy, list[str]]:
+    warnings: list[str] = []
+    rules: list[Rule] = []
+    for index, raw in enumerate(data.rules):
+        network, note = parse_network(raw.cidr)
+        if note:
+            warnings.append(f"rules[{index}].cidr: {note}")
+        protocol = raw.protocol or None
+        rule = Rule(network=network, port=raw.port, end_port=raw.end_port, protocol=protocol)
+        if data.mode == "denylist":
+            if raw.port or protocol:
+                warnings.append(
+                    f"rules[{index}]: a denylist cannot deny single ports or protocols; "
+                    f"all traffic to {network} is denied"
+                )
+            rule = Rule(network=network)
+        elif rule.opens_whole_family:
+            warnings.append(f"rules[{index}]: {network} on all ports allows all IPv{network.version} egress")
+        rules.append(rule)
+    mode: Mode = "allowlist" if data.mode == "allowlist" else "denylist"
+    return EgressPolicy(mode=mode, rules=tuple(rules)), warnings
+
+
+@lru_cache(maxsize=2048)
+def parse_policy(annotation: str | None) -> PolicyParse:
+    """Read the ``sortie.io/egress-policy`` annotation (CONTRACT §1-2).
+
+    Never raises for any input text: every failure comes back in ``errors``.
+    """
+    if annotation is None or annotation.strip() == "":
+        return PolicyParse()
+    size = len(annotation.encode("utf-8", "surrogatepass"))
+    if size > MAX_ANNOTATION_BYTES:
+        return PolicyParse(errors=(f"policy: annotation is {size} bytes; the limit is {MAX_ANNOTATION_BYTES}",))
+    try:
+        document = loads_strict(annotation)
+    except JSONInputError as exc:
+        return PolicyParse(errors=(f"policy: not valid JSON: {exc}",))
+    if not isinstance(document, dict):
+        return PolicyParse(errors=(f"policy: must be a JSON object, got {_json_kind(document)}",))
+
+    warnings: list[str] = []
+    rules = document.get("rules")
+    if document.get("mode") == "":
+        # No per-app policy: the rules are not enforced, so they are not judged either.
+        if rules:
+            count = len(rules) if isinstance(rules, list) else "the"
+            warnings.append(f'mode: "" means no per-app policy; {count} rules ignored, the cluster default applies')
+        document = {key: value for key, value in document.items() if key != "rules"}
+    elif isinstance(rules, list) and len(rules) > MAX_RULES:
+        other_errors: tuple[str, ...] = ()
+        try:
+            _PolicyInput.model_validate({key: value for key, value in document.items() if key != "rules"})
+        except ValidationError as exc:
+            other_errors = _errors_of(exc)
+        return PolicyParse(errors=(f"rules: {len(rules)} rules; the limit is {MAX_RULES}", *other_errors))
+
+    try:
+        data = _PolicyInput.model_validate(document)
+    except ValidationError as exc:
+        return PolicyParse(errors=_errors_of(exc))
+    if data.mode == "":
+        return PolicyParse(warnings=tuple(warnings))
+    policy, notes = _normalise(data)
+    return PolicyParse(policy=policy, warnings=tuple(warnings + notes))

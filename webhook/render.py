@@ -1,0 +1,164 @@
+"""The per-session NetworkPolicy, rendered from a pod and its policy (CONTRACT §3).
+
+Pure: the controller creates exactly what ``sortie-egress render`` prints,
+because both call :func:`render_network_policy`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .constants import (
+    APP_ID_LABEL,
+    EGRESS_POLICY_LABEL,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    SESSION_ID_LABEL,
+)
+from .policy import EgressPolicy, Rule, parse_network
+from .session import SessionPod
+
+_DNS_PORTS = ({"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53})
+_WHOLE_FAMILY = {4: "0.0.0.0/0", 6: "::/0"}
+
+
+@dataclass(frozen=True, slots=True)
+class DnsDestination:
+    """Where session pods may send DNS queries: an operator's choice.
+
+    ``cluster`` keeps queries inside the cluster's resolver (no DNS tunnel
+    to the outside from a locked-down pod); ``any`` matches the original Sortie;
+    CIDRs point at, say, a node-local cache.
+    """
+
+    kind: Literal["cluster", "any", "cidrs"] = "cluster"
+    cidrs: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> DnsDestination:
+        """``cluster``, ``any``, or a comma-separated list of networks; ValueError otherwise."""
+        value = text.strip()
+        if value in ("cluster", "any"):
+            return cls(kind=value)  # type: ignore[arg-type]
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        if not parts:
+            raise ValueError('the DNS destination must be "cluster", "any" or a list of CIDRs')
+        networks = []
+        for part in parts:
+            try:
+                network, _ = parse_network(part)
+            except ValueError as exc:
+                raise ValueError(f"DNS destination: {exc}") from None
+            networks.append(str(network))
+        return cls(kind="cidrs", cidrs=tuple(dict.fromkeys(networks)))
+
+    def __str__(self) -> str:
+        return ",".join(self.cidrs) if self.kind == "cidrs" else self.kind
+
+    def peers(self) -> list[dict[str, Any]] | None:
+        if self.kind == "any":
+            return None
+        if self.kind == "cluster":
+            return [
+                {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                }
+            ]
+        return [{"ipBlock": {"cidr": cidr}} for cidr in self.cidrs]
+
+
+def _dns_rule(dns: DnsDestination) -> dict[str, Any]:
+    rule: dict[str, Any] = {"ports": [dict(port) for port in _DNS_PORTS]}
+    peers = dns.peers()
+    if peers is not None:
+        rule["to"] = peers
+    return rule
+
+
+def _ports(rule: Rule) -> list[dict[str, Any]] | None:
+    if rule.port == 0:
+        return None if rule.protocol is None else [{"protocol": rule.protocol}]
+    protocols = (rule.protocol,) if rule.protocol else ("TCP", "UDP")
+    ports = []
+    for protocol in protocols:
+        entry: dict[str, Any] = {"protocol": protocol, "port": rule.port}
+        if rule.end_port is not None:
+            entry["endPort"] = rule.end_port
+        ports.append(entry)
+    return ports
+
+
+def _allow_rule(rule: Rule) -> dict[str, Any]:
+    egress: dict[str, Any] = {"to": [{"ipBlock": {"cidr": str(rule.network)}}]}
+    ports = _ports(rule)
+    if ports is not None:
+        egress["ports"] = ports
+    return egress
+
+
+def _deny_rule(rules: tuple[Rule, ...]) -> dict[str, Any] | None:
+    """Everything except the listed networks, one peer per address family.
+
+    A family denied whole loses its peer (Kubernetes wants ``except`` strictly
+    inside ``cidr``). When both go, no rule is emitted at all: an egress rule
+    with no peers would allow *everything*, the opposite of the intent.
+    """
+    peers = []
+    for version in (4, 6):
+        family = [rule.network for rule in rules if rule.network.version == version]
+        if any(network.prefixlen == 0 for network in family):
+            continue
+        block: dict[str, Any] = {"cidr": _WHOLE_FAMILY[version]}
+        if family:
+            block["except"] = list(dict.fromkeys(str(network) for network in family))
+        peers.append({"ipBlock": block})
+    return {"to": peers} if peers else None
+
+
+def egress_rules(policy: EgressPolicy, dns: DnsDestination) -> list[dict[str, Any]]:
+    rules = [_dns_rule(dns)]
+    if policy.mode == "allowlist":
+        rules.extend(_allow_rule(rule) for rule in policy.rules)
+    else:
+        deny = _deny_rule(policy.rules)
+        if deny is not None:
+            rules.append(deny)
+    return rules
+
+
+def render_network_policy(pod: SessionPod, policy: EgressPolicy, dns: DnsDestination) -> dict[str, Any]:
+    """The NetworkPolicy for ``pod``, owned by it so the garbage collector removes it with it."""
+    labels = {SESSION_ID_LABEL: pod.session_id}
+    if pod.app_id:
+        labels[APP_ID_LABEL] = pod.app_id
+    labels[EGRESS_POLICY_LABEL] = "true"
+    labels[MANAGED_BY_LABEL] = MANAGED_BY_VALUE
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": pod.policy_name,
+            "namespace": pod.namespace,
+            "labels": labels,
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": pod.name,
+                    "uid": pod.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {SESSION_ID_LABEL: pod.session_id}},
+            "policyTypes": ["Egress"],
+            "egress": egress_rules(policy, dns),
+        },
+    }
+
+
+__all__ = ["DnsDestination", "egress_rules", "render_network_policy"]

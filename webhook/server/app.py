@@ -1,0 +1,189 @@
+"""The Starlette application: routes, body limits, and the admission pipeline.
+
+decode (review) -> decide (mutate/validate, pure) -> encode (response).
+Every failure is answered: a malformed envelope with 400, an oversized one
+with 413, a wrong method with 405, and a bug in a decision with the answer
+that endpoint's failurePolicy would give anyway (the mutating webhook fails
+closed, the validating one open) instead of a 500 the API server would turn
+into the same thing less clearly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from .. import logs
+from ..admission.mutate import mutate_pod
+from ..admission.response import Decision, encode_response
+from ..admission.review import AdmissionRequest, ReviewError, decode_review
+from ..admission.validate import validate
+from ..constants import DEFAULT_CONTROLLER_IDENTITY, KUBERNETES_SYSTEM_IDENTITIES, MAX_REVIEW_BYTES
+from .metrics import WebhookMetrics
+
+log = logging.getLogger("sortie.webhook")
+JSON = b"application/json"
+TEXT = b"text/plain; charset=utf-8"
+
+
+@dataclass
+class WebhookSettings:
+    """What the operator decides about admission."""
+
+    controller_identity: str = DEFAULT_CONTROLLER_IDENTITY
+    extra_privileged_users: Collection[str] = ()
+    max_body_bytes: int = MAX_REVIEW_BYTES
+    metrics: WebhookMetrics = field(default_factory=WebhookMetrics)
+
+    @property
+    def privileged_users(self) -> frozenset[str]:
+        return frozenset((self.controller_identity, *KUBERNETES_SYSTEM_IDENTITIES, *self.extra_privileged_users))
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class ClientGone(Exception):
+    pass
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, refused as soon as it is known to exceed ``limit``.
+
+    A declared Content-Length over the limit is refused before any of the
+    body is read; a chunked body is refused at the chunk that crosses it.
+    """
+    declared = _header(scope, b"content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise BodyTooLarge
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def respond(send: Send, status: int, payload: bytes, content_type: bytes, close: bool = False) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(payload)).encode())]
+    if close:
+        # The rest of the body was never read: the connection cannot carry another request.
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _object_name(review: AdmissionRequest) -> str:
+    if review.name:
+        return review.name
+    source = review.obj or review.old_obj or {}
+    metadata = source.get("metadata") if isinstance(source.get("metadata"), dict) else {}
+    return str(metadata.get("name") or metadata.get("generateName") or "")
+
+
+class AdmissionEndpoint:
+    """One admission path: the I/O around a pure ``decide`` function."""
+
+    def __init__(self, name: str, decide: Callable[[AdmissionRequest], Decision], fail_open: bool, settings: WebhookSettings):
+        self.name = name
+        self.decide = decide
+        self.fail_open = fail_open
+        self.settings = settings
+
+    def _on_bug(self, review: AdmissionRequest) -> Decision:
+        log.exception("%s: decision failed for uid %s", self.name, review.uid)
+        note = f"sortie-egress internal error on {self.name} (uid {review.uid}); see the webhook's logs"
+        if self.fail_open:
+            return Decision(allowed=True, warnings=(note,))
+        return Decision(allowed=False, message=note, code=500)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A raw ASGI app: on the hot path, Starlette's Request/Response objects are pure overhead."""
+        started = time.perf_counter()
+        metrics = self.settings.metrics
+        try:
+            body = await read_body(scope, receive, self.settings.max_body_bytes)
+        except BodyTooLarge:
+            metrics.observe(self.name, "too_large", time.perf_counter() - started)
+            message = f"request body over {self.settings.max_body_bytes} bytes\n".encode()
+            await respond(send, 413, message, TEXT, close=True)
+            return
+        except ClientGone:
+            return
+        try:
+            review = decode_review(body)
+        except ReviewError as exc:
+            metrics.observe(self.name, "bad_request", time.perf_counter() - started)
+            logs.event("admission", level="warning", endpoint=self.name, decision="bad_request", reason=str(exc))
+            await respond(send, 400, f"bad AdmissionReview: {exc}\n".encode(), TEXT)
+            return
+        try:
+            decision = self.decide(review)
+            payload = encode_response(review.uid, decision)
+        except Exception:  # a bug must still get the failurePolicy's answer, never a 500
+            decision = self._on_bug(review)
+            payload = encode_response(review.uid, decision)
+        elapsed = time.perf_counter() - started
+        metrics.observe(self.name, decision.verdict, elapsed)
+        logs.event(
+            "admission",
+            endpoint=self.name,
+            uid=review.uid,
+            operation=review.operation,
+            kind=review.kind,
+            namespace=review.namespace,
+            name=_object_name(review),
+            user=review.username,
+            dry_run=review.dry_run,
+            decision=decision.verdict,
+            warnings=len(decision.warnings),
+            duration_ms=round(elapsed * 1000, 3),
+        )
+        await respond(send, 200, payload, JSON)
+
+
+def create_app(settings: WebhookSettings | None = None) -> Starlette:
+    settings = settings or WebhookSettings()
+    privileged = settings.privileged_users
+
+    async def healthz(_: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def metrics(_: Request) -> Response:
+        return Response(settings.metrics.render(), media_type=settings.metrics.content_type)
+
+    mutate = AdmissionEndpoint("mutate", mutate_pod, fail_open=False, settings=settings)
+    check = AdmissionEndpoint("validate", lambda review: validate(review, privileged), fail_open=True, settings=settings)
+    routes = [
+        Route("/mutate", mutate, methods=["POST"]),
+        Route("/validate", check, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes)
+    app.state.settings = settings
+    return app
