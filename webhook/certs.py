@@ -72,6 +72,80 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
+def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+        key_agreement=False, key_cert_sign=cert_sign, crl_sign=cert_sign, encipher_only=False, decipher_only=False,
+    )
+
+
+@dataclass(frozen=True)
+class Authority:
+    """A CA that can issue more than one certificate (the test control plane needs many)."""
+
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    @property
+    def pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    @classmethod
+    def create(cls, common_name: str, lifetime: dt.timedelta, now: dt.datetime | None = None) -> Authority:
+        now = now or dt.datetime.now(dt.timezone.utc)
+        key = _key()
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(now + lifetime)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(cert_sign=True), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(key=key, cert=cert)
+
+    def issue(
+        self,
+        common_name: str,
+        lifetime: dt.timedelta,
+        hosts: list[str] | tuple[str, ...] = (),
+        organizations: tuple[str, ...] = (),
+        client: bool = False,
+        now: dt.datetime | None = None,
+    ) -> tuple[bytes, bytes]:
+        """(certificate PEM, key PEM): a serving certificate for ``hosts``, or a
+        client one (Kubernetes reads the user from CN and groups from O)."""
+        now = now or dt.datetime.now(dt.timezone.utc)
+        key = _key()
+        subject = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+        subject += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
+        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name(subject))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(now + lifetime)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(cert_sign=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
+        )
+        if hosts or not client:
+            builder = builder.add_extension(x509.SubjectAlternativeName(_subject_names(hosts)), critical=False)
+        cert = builder.sign(self.key, hashes.SHA256())
+        return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+
+
 def generate(
     hosts: list[str] | tuple[str, ...] = DEFAULT_HOSTS,
     serving_lifetime: dt.timedelta = dt.timedelta(days=SERVING_DAYS),
@@ -79,60 +153,11 @@ def generate(
     now: dt.datetime | None = None,
 ) -> CertificateSet:
     """A fresh CA and a serving certificate (ECDSA P-256) for ``hosts``."""
-    now = now or dt.datetime.now(dt.timezone.utc)
-    names = _subject_names(hosts)
-    ca_key = _key()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sortie-egress webhook CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + ca_lifetime)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = _key()
-    first = names[0].value
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, str(first))]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + serving_lifetime)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    return CertificateSet(
-        ca_pem=ca_cert.public_bytes(serialization.Encoding.PEM),
-        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-        key_pem=_pem_key(key),
-    )
+    _subject_names(hosts)  # fail before making keys
+    authority = Authority.create("sortie-egress webhook CA", ca_lifetime, now)
+    names = [host.strip() for host in hosts if host.strip()]
+    cert_pem, key_pem = authority.issue(names[0], serving_lifetime, hosts=names, now=now)
+    return CertificateSet(ca_pem=authority.pem, cert_pem=cert_pem, key_pem=key_pem)
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:

@@ -1,0 +1,1 @@
+"""The real control plane for the tests: see harness.py, and ``python -m tests.cluster``."""

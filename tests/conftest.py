@@ -1,0 +1,85 @@
+"""Fixtures: the real control plane, our webhook process registered in it, namespaces."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.binaries import BinariesMissing, find_binaries
+from tests.cluster.harness import ControlPlane, ControlPlaneError, wait_for
+from tests.support import IN_CI, WebhookProcess, generate_certs, session_pod
+from webhook.configuration import mutating_configuration, validating_configuration
+
+
+def _unavailable(reason: str) -> None:
+    """In CI a missing control plane is a failure, never a skip."""
+    if IN_CI:
+        pytest.fail(f"control plane unavailable in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    try:
+        binaries = find_binaries(build=True)
+    except BinariesMissing as exc:
+        _unavailable(str(exc))
+    try:
+        plane = ControlPlane(binaries, root=tmp_path_factory.mktemp("control-plane")).start()
+    except ControlPlaneError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield plane
+    plane.stop()
+
+
+@pytest.fixture(scope="session")
+def webhook_certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    folder = tmp_path_factory.mktemp("webhook-certs")
+    return folder, generate_certs(folder)
+
+
+@pytest.fixture(scope="session")
+def webhook_process(webhook_certs: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebhookProcess]:
+    folder, _ = webhook_certs
+    process = WebhookProcess(folder, tmp_path_factory.mktemp("webhook-logs") / "webhook.log").start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def registered_webhook(control_plane: ControlPlane, webhook_process: WebhookProcess,
+                       webhook_certs: tuple[Path, str]) -> WebhookProcess:
+    """Our webhook, registered by URL in the API server, and seen to be in effect."""
+    from kubernetes import client
+
+    _, ca_bundle = webhook_certs
+    with control_plane.admin.api_client() as api:
+        admission = client.AdmissionregistrationV1Api(api)
+        admission.create_mutating_webhook_configuration(mutating_configuration(url=webhook_process.url, ca_bundle=ca_bundle))
+        admission.create_validating_webhook_configuration(validating_configuration(url=webhook_process.url, ca_bundle=ca_bundle))
+        core = client.CoreV1Api(api)
+        probe = session_pod(policy={"mode": "allowlist", "rules": []})
+
+        def mutating() -> bool:
+            created = core.create_namespaced_pod("default", probe, dry_run="All")
+            return (created.metadata.labels or {}).get("sortie.io/egress-mode") == "allowlist"
+
+        wait_for(mutating, 30, "the API server to call the registered webhook")
+    return webhook_process
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane) -> Iterator[str]:
+    """A fresh namespace whose default ServiceAccount exists (pods need it to be admitted)."""
+    from kubernetes import client
+
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    with control_plane.admin.api_client() as api:
+        core = client.CoreV1Api(api)
+        core.create_namespace({"metadata": {"name": name}})
+        wait_for(lambda: core.read_namespaced_service_account("default", name), 30, f"ServiceAccount {name}/default")
+        yield name
+        core.delete_namespace(name)

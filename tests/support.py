@@ -1,0 +1,104 @@
+"""Helpers shared by the tests: manifests, a webhook process, waiting on conditions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+from tests.cluster.harness import free_port, wait_for
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+BIN = Path(sys.executable).parent
+CLI = str(BIN / "sortie-egress")
+
+
+def session_pod(
+    name: str | None = None,
+    session_id: str | None = None,
+    policy: dict[str, Any] | str | None = None,
+    namespace: str | None = None,
+    app_id: str | None = "firefox",
+    extra_labels: dict[str, str] | None = None,
+    gates: list[str] | None = None,
+) -> dict[str, Any]:
+    """A session pod manifest; ``policy`` as a dict is JSON-encoded, as a str used verbatim."""
+    session_id = session_id or uuid.uuid4().hex[:12]
+    labels = {"sortie.io/session-id": session_id, **(extra_labels or {})}
+    if app_id:
+        labels["sortie.io/app-id"] = app_id
+    metadata: dict[str, Any] = {"name": name or f"session-{session_id}", "labels": labels}
+    if namespace:
+        metadata["namespace"] = namespace
+    if policy is not None:
+        metadata["annotations"] = {"sortie.io/egress-policy": policy if isinstance(policy, str) else json.dumps(policy)}
+    spec: dict[str, Any] = {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
+    if gates:
+        spec["schedulingGates"] = [{"name": gate} for gate in gates]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+
+
+def generate_certs(folder: Path, hosts: str = "127.0.0.1,localhost") -> str:
+    """Run the real ``certs generate``; returns the printed caBundle."""
+    result = subprocess.run([CLI, "certs", "generate", "--out", str(folder), "--hosts", hosts],
+                            capture_output=True, text=True, check=True)
+    return result.stdout.strip()
+
+
+class WebhookProcess:
+    """``sortie-egress serve`` as a separate process, exactly as an operator runs it."""
+
+    def __init__(self, cert_dir: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.cert_dir = cert_dir
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.cert_dir / "ca.crt"))
+
+    def start(self) -> WebhookProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [CLI, "serve", "--host", "127.0.0.1", "--port", str(self.port),
+             "--tls-cert", str(self.cert_dir / "tls.crt"), "--tls-key", str(self.cert_dir / "tls.key"),
+             *self.extra_args],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+
+        def healthy() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"webhook exited {self.process.returncode}; log: {self.log_path}")
+            with urllib.request.urlopen(f"{self.url}/healthz", context=self.context(), timeout=2) as reply:
+                return reply.status == 200
+
+        wait_for(healthy, 30, f"the webhook on {self.url} (log: {self.log_path})")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                pass
+        return lines

@@ -1,0 +1,182 @@
+"""Our webhook, registered in the real API server, called by it over real TLS."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.cluster.harness import NODE_NAME, ControlPlane, wait_for
+from tests.support import CLI, WebhookProcess, session_pod
+from webhook.patch import apply_patch
+
+pytestmark = pytest.mark.cluster
+
+POLICY = {"mode": "allowlist", "rules": [
+    {"cidr": "10.0.0.1/8", "port": 443, "protocol": "tcp"},
+    {"cidr": "2001:db8::/32", "port": 8000, "end_port": 8100},
+]}
+CANONICAL = ('{"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8", "port": 443, "protocol": "TCP"}, '
+             '{"cidr": "2001:db8::/32", "end_port": 8100, "port": 8000}]}')
+
+
+def _apply(plane: ControlPlane, manifest: dict, *flags: str) -> subprocess.CompletedProcess[str]:
+    return plane.kubectl("apply", "-f", "-", "-o", "json", *flags, input=json.dumps(manifest))
+
+
+def test_kubectl_apply_comes_back_mutated_with_warning(control_plane: ControlPlane, registered_webhook: WebhookProcess,
+                                                         namespace: str) -> None:
+    pod = session_pod(policy=POLICY, namespace=namespace, gates=["example.com/other"])
+    result = _apply(control_plane, pod)
+    assert result.returncode == 0, result.stderr
+    stored = json.loads(result.stdout)
+    assert stored["metadata"]["labels"]["sortie.io/egress-mode"] == "allowlist"
+    assert stored["metadata"]["annotations"]["sortie.io/egress-policy"] == CANONICAL
+    assert [gate["name"] for gate in stored["spec"]["schedulingGates"]] == ["example.com/other", "sortie.io/egress-policy"]
+    assert 'Warning: rules[0].cidr: "10.0.0.1/8" has host bits set; using 10.0.0.0/8' in result.stderr
+
+
+def test_invalid_policy_is_refused_with_every_problem(control_plane: ControlPlane, registered_webhook: WebhookProcess,
+                                                       namespace: str) -> None:
+    bad = {"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8"}, {"cidr": "10.0.0.300/8", "port": "443"}]}
+    result = _apply(control_plane, session_pod(policy=bad, namespace=namespace))
+    assert result.returncode != 0
+    assert 'rules[1].cidr: "10.0.0.300/8" is not an IP network' in result.stderr
+    assert 'rules[1].port: must be an integer, got "443"' in result.stderr
+    assert "denied the request" in result.stderr
+    listed = control_plane.kubectl("get", "pods", "-n", namespace, "-o", "name")
+    assert listed.stdout.strip() == ""
+
+
+def test_server_side_dry_run_is_mutated_and_stores_nothing(control_plane: ControlPlane,
+                                                            registered_webhook: WebhookProcess, namespace: str) -> None:
+    pod = session_pod(policy=POLICY, namespace=namespace)
+    result = _apply(control_plane, pod, "--dry-run=server")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["metadata"]["labels"]["sortie.io/egress-mode"] == "allowlist"
+    listed = control_plane.kubectl("get", "pods", "-n", namespace, "-o", "name")
+    assert listed.stdout.strip() == ""
+
+
+def test_pod_without_policy_loses_a_lying_mode_label(control_plane: ControlPlane, registered_webhook: WebhookProcess,
+                                                      namespace: str) -> None:
+    pod = session_pod(namespace=namespace, extra_labels={"sortie.io/egress-mode": "allowlist"})
+    result = _apply(control_plane, pod)
+    assert result.returncode == 0, result.stderr
+    stored = json.loads(result.stdout)
+    assert "sortie.io/egress-mode" not in stored["metadata"]["labels"]
+    assert not stored["spec"].get("schedulingGates")
+
+
+def test_gated_pod_waits_then_is_bound_when_the_gate_goes(control_plane: ControlPlane,
+                                                          registered_webhook: WebhookProcess, namespace: str) -> None:
+    from kubernetes import client
+
+    pod = session_pod(policy=POLICY, namespace=namespace)
+    name = pod["metadata"]["name"]
+    with control_plane.admin.api_client() as api:
+        core = client.CoreV1Api(api)
+        core.create_namespaced_pod(namespace, pod)
+
+        def gated() -> bool:
+            conditions = core.read_namespaced_pod(name, namespace).status.conditions or []
+            return any(c.type == "PodScheduled" and c.reason == "SchedulingGated" for c in conditions)
+
+        wait_for(gated, 30, "the scheduler to report the pod SchedulingGated")
+        assert core.read_namespaced_pod(name, namespace).spec.node_name is None
+        core.patch_namespaced_pod(name, namespace, [{"op": "remove", "path": "/spec/schedulingGates"}])
+        bound = wait_for(lambda: core.read_namespaced_pod(name, namespace).spec.node_name, 30, "the pod to be bound")
+        assert bound == NODE_NAME
+        core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+
+
+def test_review_cli_predicts_what_the_api_server_stores(control_plane: ControlPlane,
+                                                         registered_webhook: WebhookProcess, namespace: str,
+                                                         tmp_path) -> None:
+    pod = session_pod(policy=POLICY, namespace=namespace, gates=["example.com/first"])
+    manifest = tmp_path / "pod.json"
+    manifest.write_text(json.dumps(pod))
+    review = subprocess.run(
+        [CLI, "review", "-f", str(manifest), "--url", f"{registered_webhook.url}/mutate",
+         "--ca", str(registered_webhook.cert_dir / "ca.crt"), "-o", "json"],
+        capture_output=True, text=True,
+    )
+    assert review.returncode == 0, review.stderr
+    predicted = json.loads(review.stdout)
+    # create, not apply: apply adds its own last-applied annotation.
+    created = control_plane.kubectl("create", "-f", "-", "-o", "json", input=json.dumps(pod))
+    assert created.returncode == 0, created.stderr
+    stored = json.loads(created.stdout)
+    for key in ("labels", "annotations"):
+        assert predicted["metadata"][key] == stored["metadata"][key]
+    assert predicted["spec"]["schedulingGates"] == stored["spec"]["schedulingGates"]
+
+
+def test_egress_annotation_cannot_change_after_creation(control_plane: ControlPlane,
+                                                        registered_webhook: WebhookProcess, namespace: str) -> None:
+    pod = session_pod(policy=POLICY, namespace=namespace)
+    assert _apply(control_plane, pod).returncode == 0
+    name = pod["metadata"]["name"]
+    widened = json.dumps({"mode": "allowlist", "rules": [{"cidr": "0.0.0.0/0"}]})
+    result = control_plane.kubectl("annotate", "pod", name, "-n", namespace, "--overwrite",
+                                   f"sortie.io/egress-policy={widened}")
+    assert result.returncode != 0
+    assert "annotation sortie.io/egress-policy cannot change after creation" in result.stderr
+    relabel = control_plane.kubectl("label", "pod", name, "-n", namespace, "--overwrite", "sortie.io/egress-mode=denylist")
+    assert relabel.returncode != 0 and "label sortie.io/egress-mode cannot change" in relabel.stderr
+    unrelated = control_plane.kubectl("label", "pod", name, "-n", namespace, "team=blue")
+    assert unrelated.returncode == 0, unrelated.stderr
+
+
+def test_managed_networkpolicy_is_protected_from_everyone_but_the_controller(
+        control_plane: ControlPlane, registered_webhook: WebhookProcess, namespace: str) -> None:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    managed = {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "sortie-egress-abc", "namespace": namespace,
+                     "labels": {"app.kubernetes.io/managed-by": "sortie-egress"}},
+        "spec": {"podSelector": {}, "policyTypes": ["Egress"]},
+    }
+    assert control_plane.kubectl("apply", "-f", "-", input=json.dumps(managed)).returncode == 0
+    # An admin may do anything RBAC allows, but not to our policies.
+    deleted = control_plane.kubectl("delete", "networkpolicy", "sortie-egress-abc", "-n", namespace)
+    assert deleted.returncode != 0
+    assert "managed by sortie-egress and cannot be deleted by sortie-test-admin" in deleted.stderr
+
+    # The controller's identity may (granted RBAC on networkpolicies for this check).
+    with control_plane.admin.api_client() as api:
+        client.CoreV1Api(api).create_namespace({"metadata": {"name": "sortie-system"}}) if not _exists(api, "sortie-system") else None
+        controller = control_plane.credentials_for_service_account("sortie-system", "sortie-egress")
+        rbac = client.RbacAuthorizationV1Api(api)
+        rbac.create_namespaced_role(namespace, {"metadata": {"name": "np"}, "rules": [
+            {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "update", "patch", "delete"]}]})
+        rbac.create_namespaced_role_binding(namespace, {"metadata": {"name": "np"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "np"},
+            "subjects": [{"kind": "ServiceAccount", "name": "sortie-egress", "namespace": "sortie-system"}]})
+    def controller_deletes() -> bool:
+        with controller.api_client() as api:
+            try:
+                client.NetworkingV1Api(api).delete_namespaced_network_policy("sortie-egress-abc", namespace)
+            except ApiException as exc:
+                if exc.status == 403 and "RBAC" in (exc.body or ""):
+                    return False  # the binding is not visible yet
+                raise
+        return True
+
+    wait_for(controller_deletes, 30, "the controller identity to delete its policy")
+
+
+def _exists(api, name: str) -> bool:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        client.CoreV1Api(api).read_namespace(name)
+        return True
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
