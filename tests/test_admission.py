@@ -1,0 +1,175 @@
+"""Admission decisions end to end through the pure pipeline: bytes in, AdmissionReview bytes out."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from tests.support import session_pod
+from webhook.admission.mutate import mutate_pod
+from webhook.admission.response import encode_response
+from webhook.admission.review import ReviewError, decode_review
+from webhook.admission.validate import validate
+from webhook.constants import DEFAULT_CONTROLLER_IDENTITY, KUBERNETES_SYSTEM_IDENTITIES
+from webhook.patch import apply_patch
+
+PRIVILEGED = frozenset((DEFAULT_CONTROLLER_IDENTITY, *KUBERNETES_SYSTEM_IDENTITIES))
+
+
+def review(obj: dict | None, operation: str = "CREATE", kind: str = "Pod", old: dict | None = None,
+           user: str = "alice", dry_run: bool = False, namespace: str = "ns") -> bytes:
+    return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "u-1", "kind": {"group": "", "version": "v1", "kind": kind},
+        "resource": {"group": "", "version": "v1", "resource": kind.lower() + "s"},
+        "namespace": namespace, "name": "x", "operation": operation, "userInfo": {"username": user},
+        "object": obj, "oldObject": old, "dryRun": dry_run}}).encode()
+
+
+def mutate(pod: dict, **kwargs: object) -> dict:
+    request = decode_review(review(pod, **kwargs))
+    return json.loads(encode_response(request.uid, mutate_pod(request)))["response"]
+
+
+def check(obj: dict | None, old: dict | None, kind: str, operation: str, user: str = "alice") -> dict:
+    request = decode_review(review(obj, operation=operation, kind=kind, old=old, user=user))
+    return json.loads(encode_response(request.uid, validate(request, PRIVILEGED)))["response"]
+
+
+def patched(pod: dict, response: dict) -> dict:
+    return apply_patch(pod, json.loads(base64.b64decode(response["patch"])))
+
+
+# --- decoding -------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [(b"", "body is not JSON"), (b"{", "body is not JSON"), (b"[]", "must be a JSON object"),
+     (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1beta1", "request": {}}', "expected kind AdmissionReview"),
+     (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1"}', "request must be an object"),
+     (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": {"uid": ""}}', "request.uid"),
+     (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": {"uid": "a"}}', "request.operation"),
+     (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": {"uid": "a", "operation": "CREATE", "object": []}}',
+      "request.object must be an object"),
+     (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": {"uid": "a", "operation": "CREATE", "namespace": 1}}',
+      "request.namespace must be a string"),
+     (b"\xff\xfe", "body is not JSON"), (b'{"a": NaN}', "body is not JSON")],
+)
+def test_malformed_envelopes_are_review_errors(body: bytes, reason: str) -> None:
+    with pytest.raises(ReviewError) as error:
+        decode_review(body)
+    assert reason in str(error.value)
+
+
+# --- mutate ---------------------------------------------------------------------
+
+def test_valid_policy_is_admitted_with_one_patch_and_warnings() -> None:
+    pod = session_pod(policy={"mode": "allowlist", "rules": [{"cidr": "10.0.0.1/8", "port": 443, "protocol": "tcp"}]})
+    response = mutate(pod)
+    assert response["uid"] == "u-1" and response["allowed"] is True and response["patchType"] == "JSONPatch"
+    assert response["warnings"] == ['rules[0].cidr: "10.0.0.1/8" has host bits set; using 10.0.0.0/8']
+    result = patched(pod, response)
+    assert result["metadata"]["annotations"]["sortie.io/egress-policy"] == (
+        '{"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8", "port": 443, "protocol": "TCP"}]}')
+    assert result["metadata"]["labels"]["sortie.io/egress-mode"] == "allowlist"
+    assert result["spec"]["schedulingGates"] == [{"name": "sortie.io/egress-policy"}]
+
+
+def test_already_mutated_pod_gets_no_patch() -> None:
+    pod = session_pod(policy={"mode": "denylist", "rules": [{"cidr": "10.0.0.0/8"}]})
+    once = patched(pod, mutate(pod))
+    again = mutate(once)
+    assert again["allowed"] is True and "patch" not in again
+
+
+def test_dry_run_gets_the_identical_answer() -> None:
+    pod = session_pod(session_id="same", policy={"mode": "allowlist"})
+    assert mutate(pod, dry_run=True) == mutate(pod, dry_run=False)
+
+
+def test_invalid_policy_is_denied_with_422_and_every_problem() -> None:
+    pod = session_pod(session_id="Bad_Id", policy={"mode": "allowlist", "rules": [{"cidr": "10.0.0.300/8"}, {"cidr": "10.0.0.0/8", "port": 1.5}]})
+    response = mutate(pod)
+    assert response["allowed"] is False and "patch" not in response
+    status = response["status"]
+    assert status["code"] == 422 and status["reason"] == "Invalid"
+    message = status["message"]
+    assert 'rules[0].cidr: "10.0.0.300/8" is not an IP network' in message
+    assert "rules[1].port: must be an integer, got 1.5" in message
+    assert 'sortie.io/session-id: "Bad_Id" cannot name a NetworkPolicy' in message
+    assert "Traceback" not in message
+
+
+def test_bad_session_id_without_a_policy_is_admitted_unchanged() -> None:
+    response = mutate(session_pod(session_id="Bad_Id"))
+    assert response["allowed"] is True and "patch" not in response
+
+
+def test_no_policy_and_empty_mode_are_admitted_unchanged() -> None:
+    assert "patch" not in mutate(session_pod())
+    response = mutate(session_pod(policy={"mode": "", "rules": [{"cidr": "10.0.0.0/8"}]}))
+    assert response["allowed"] is True and "patch" not in response
+    assert response["warnings"] == ['mode: "" means no per-app policy; 1 rules ignored, the cluster default applies']
+
+
+def test_creator_set_mode_label_is_removed_without_a_policy() -> None:
+    pod = session_pod(extra_labels={"sortie.io/egress-mode": "allowlist"})
+    assert "sortie.io/egress-mode" not in patched(pod, mutate(pod))["metadata"]["labels"]
+
+
+def test_non_session_pods_and_other_operations_pass_untouched() -> None:
+    plain = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"sortie.io/egress-mode": "x"}}, "spec": {}}
+    assert mutate(plain) == {"uid": "u-1", "allowed": True}
+    request = decode_review(review(session_pod(policy="garbage"), operation="UPDATE"))
+    assert mutate_pod(request).allowed
+
+
+# --- validate (tamper protection) -----------------------------------------------
+
+def test_pod_update_cannot_change_egress_identity() -> None:
+    old = session_pod(session_id="s1", policy='{"mode": "allowlist", "rules": []}', extra_labels={"sortie.io/egress-mode": "allowlist"})
+    new = json.loads(json.dumps(old))
+    new["metadata"]["annotations"]["sortie.io/egress-policy"] = '{"mode": "denylist", "rules": []}'
+    new["metadata"]["labels"]["sortie.io/egress-mode"] = "denylist"
+    new["metadata"]["labels"]["sortie.io/session-id"] = "s2"
+    response = check(new, old, "Pod", "UPDATE", user=DEFAULT_CONTROLLER_IDENTITY)
+    assert response["allowed"] is False and response["status"]["code"] == 422
+    message = response["status"]["message"]
+    for key in ("annotation sortie.io/egress-policy", "label sortie.io/session-id", "label sortie.io/egress-mode"):
+        assert f"{key} cannot change after creation" in message
+
+
+def test_pod_update_of_other_fields_is_allowed() -> None:
+    old = session_pod(session_id="s1", policy="{}")
+    new = json.loads(json.dumps(old))
+    new["metadata"]["labels"]["team"] = "blue"
+    new["spec"]["schedulingGates"] = []
+    assert check(new, old, "Pod", "UPDATE")["allowed"] is True
+
+
+def test_adding_a_session_label_later_is_refused() -> None:
+    old = {"metadata": {"name": "p", "labels": {}}}
+    new = {"metadata": {"name": "p", "labels": {"sortie.io/session-id": "s"}}}
+    assert check(new, old, "Pod", "UPDATE")["allowed"] is False
+
+
+MANAGED = {"metadata": {"name": "sortie-egress-s1", "labels": {"app.kubernetes.io/managed-by": "sortie-egress"}}}
+
+
+@pytest.mark.parametrize("operation", ["UPDATE", "DELETE"])
+def test_managed_policy_changes_are_refused_to_others(operation: str) -> None:
+    new = None if operation == "DELETE" else {"metadata": {"name": "sortie-egress-s1", "labels": {}}}
+    response = check(new, MANAGED, "NetworkPolicy", operation, user="bob")
+    assert response["allowed"] is False and "cannot be" in response["status"]["message"]
+
+
+@pytest.mark.parametrize("user", sorted(PRIVILEGED))
+@pytest.mark.parametrize("operation", ["UPDATE", "DELETE"])
+def test_managed_policy_changes_by_privileged_identities(user: str, operation: str) -> None:
+    assert check(None if operation == "DELETE" else MANAGED, MANAGED, "NetworkPolicy", operation, user=user)["allowed"]
+
+
+def test_unmanaged_policies_are_none_of_our_business() -> None:
+    other = {"metadata": {"name": "x", "labels": {"app.kubernetes.io/managed-by": "helm"}}}
+    assert check(None, other, "NetworkPolicy", "DELETE", user="bob")["allowed"] is True
