@@ -43,18 +43,23 @@ def patched(pod: dict, response: dict) -> dict:
 
 # --- decoding -------------------------------------------------------------------
 
+ENVELOPE = b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", '
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
-    [(b"", "body is not JSON"), (b"{", "body is not JSON"), (b"[]", "must be a JSON object"),
-     (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1beta1", "request": {}}', "expected kind AdmissionReview"),
-     (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1"}', "request must be an object"),
-     (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": {"uid": ""}}', "request.uid"),
-     (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": {"uid": "a"}}', "request.operation"),
-     (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": {"uid": "a", "operation": "CREATE", "object": []}}',
-      "request.object must be an object"),
-     (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": {"uid": "a", "operation": "CREATE", "namespace": 1}}',
-      "request.namespace must be a string"),
-     (b"\xff\xfe", "body is not JSON"), (b'{"a": NaN}', "body is not JSON")],
+    [(b"", "body is not JSON"), (b"{", "body is not JSON"), (b"\xff\xfe", "body is not JSON"),
+     (b'{"a": NaN}', "body is not JSON"),
+     (b"[]", "not an AdmissionReview: Expected `object`, got `array`"),
+     (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1beta1", "request": {"uid": "a", "operation": "CREATE"}}',
+      "expected kind AdmissionReview, apiVersion admission.k8s.io/v1"),
+     (ENVELOPE[:-2] + b"}", "missing required field `request`"),
+     (ENVELOPE + b'"request": {"uid": "", "operation": "CREATE"}}', "request.uid must be a non-empty string"),
+     (ENVELOPE + b'"request": {"uid": "a"}}', "missing required field `operation`"),
+     (ENVELOPE + b'"request": {"uid": "a", "operation": "CREATE", "object": []}}', "at `$.request.object`"),
+     (ENVELOPE + b'"request": {"uid": "a", "operation": "CREATE", "namespace": 1}}', "at `$.request.namespace`"),
+     (ENVELOPE + b'"request": {"uid": "a", "operation": "CREATE", "object": {"metadata": {"labels": "x"}}}}',
+      "at `$.request.object.metadata.labels`")],
 )
 def test_malformed_envelopes_are_review_errors(body: bytes, reason: str) -> None:
     with pytest.raises(ReviewError) as error:

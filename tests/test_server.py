@@ -71,7 +71,7 @@ def test_validate_endpoint_answers(server: WebhookProcess) -> None:
 
 
 @pytest.mark.parametrize(("body", "fragment"), [(b"not json", b"bad AdmissionReview: body is not JSON"),
-                                                 (b'{"kind": "Pod"}', b"bad AdmissionReview: expected kind AdmissionReview")])
+                                     (b'{"kind": "Pod"}', b"bad AdmissionReview: not an AdmissionReview")])
 def test_malformed_review_is_400_with_a_reason(server: WebhookProcess, body: bytes, fragment: bytes) -> None:
     status, reply = request(server, "POST", "/mutate", body)
     assert status == 400 and fragment in reply and b"Traceback" not in reply

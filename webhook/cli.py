@@ -143,11 +143,9 @@ def _local_certificates(folder: Path) -> tuple[str, str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import asyncio
-
     from . import logs
     from .server.app import WebhookSettings
-    from .server.serve import ServeOptions, serve
+    from .server.serve import ServeOptions, run
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CommandError("--tls-cert and --tls-key go together")
@@ -165,7 +163,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     logs.event("starting", component="webhook", version=__version__, host=args.host, port=args.port, dns=str(args.dns))
     try:
-        asyncio.run(serve(options))
+        run(options)
     except (OSError, ValueError) as exc:  # a port in use, an unreadable or mismatched certificate
         raise CommandError(f"cannot serve: {exc}") from None
     return 0

@@ -12,7 +12,10 @@ import sys
 import time
 from typing import Any, TextIO
 
-import orjson
+import msgspec
+
+
+_encode = msgspec.json.Encoder(enc_hook=str).encode
 
 
 def _stream() -> TextIO:
@@ -23,8 +26,8 @@ def event(kind: str, /, level: str = "info", **fields: Any) -> None:
     """Write one structured line; never raises (a log failure must not fail an admission)."""
     record = {"ts": round(time.time(), 3), "level": level, "event": kind, **fields}
     try:
-        _stream().write(orjson.dumps(record, default=str).decode() + "\n")
-    except (OSError, ValueError, TypeError):
+        _stream().write(_encode(record).decode() + "\n")
+    except (OSError, ValueError, TypeError, msgspec.EncodeError):
         pass
 
 
@@ -40,7 +43,7 @@ class JSONFormatter(logging.Formatter):
         }
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(payload, default=str).decode()
+        return _encode(payload).decode()
 
 
 def configure(level: str = "INFO") -> None:

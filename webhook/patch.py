@@ -22,31 +22,35 @@ def pointer(*parts: str | int) -> str:
     return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in parts)
 
 
+_ANNOTATION_PATH = pointer("metadata", "annotations", EGRESS_POLICY_ANNOTATION)
+_LABELS_PATH = pointer("metadata", "labels")
+_MODE_LABEL_PATH = pointer("metadata", "labels", EGRESS_MODE_LABEL)
+_GATES_PATH = pointer("spec", "schedulingGates")
+
+
 def _gate_names(pod: Mapping[str, Any]) -> list[Any] | None:
     spec = pod.get("spec")
-    gates = spec.get("schedulingGates") if isinstance(spec, Mapping) else None
+    gates = spec.get("schedulingGates") if isinstance(spec, dict) else None
     if not isinstance(gates, list):
         return None
-    return [gate.get("name") if isinstance(gate, Mapping) else None for gate in gates]
+    return [gate.get("name") if isinstance(gate, dict) else None for gate in gates]
 
 
 def enforce_patch(pod: Mapping[str, Any], canonical_annotation: str, mode: str) -> JsonPatch:
     """Canonical annotation, truthful mode label, and our gate after any existing ones."""
     ops: JsonPatch = []
     if annotations_of(pod).get(EGRESS_POLICY_ANNOTATION) != canonical_annotation:
-        ops.append(
-            {"op": "replace", "path": pointer("metadata", "annotations", EGRESS_POLICY_ANNOTATION), "value": canonical_annotation}
-        )
+        ops.append({"op": "replace", "path": _ANNOTATION_PATH, "value": canonical_annotation})
     metadata = pod.get("metadata")
-    if not isinstance(metadata, Mapping) or not isinstance(metadata.get("labels"), Mapping):
-        ops.append({"op": "add", "path": pointer("metadata", "labels"), "value": {EGRESS_MODE_LABEL: mode}})
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("labels"), dict):
+        ops.append({"op": "add", "path": _LABELS_PATH, "value": {EGRESS_MODE_LABEL: mode}})
     elif labels_of(pod).get(EGRESS_MODE_LABEL) != mode:
-        ops.append({"op": "add", "path": pointer("metadata", "labels", EGRESS_MODE_LABEL), "value": mode})
+        ops.append({"op": "add", "path": _MODE_LABEL_PATH, "value": mode})
     gates = _gate_names(pod)
     if gates is None:
-        ops.append({"op": "add", "path": pointer("spec", "schedulingGates"), "value": [{"name": SCHEDULING_GATE}]})
+        ops.append({"op": "add", "path": _GATES_PATH, "value": [{"name": SCHEDULING_GATE}]})
     elif SCHEDULING_GATE not in gates:
-        ops.append({"op": "add", "path": pointer("spec", "schedulingGates", "-"), "value": {"name": SCHEDULING_GATE}})
+        ops.append({"op": "add", "path": _GATES_PATH + "/-", "value": {"name": SCHEDULING_GATE}})
     return ops
 
 
@@ -58,11 +62,11 @@ def no_policy_patch(pod: Mapping[str, Any]) -> JsonPatch:
     """
     ops: JsonPatch = []
     if EGRESS_MODE_LABEL in labels_of(pod):
-        ops.append({"op": "remove", "path": pointer("metadata", "labels", EGRESS_MODE_LABEL)})
+        ops.append({"op": "remove", "path": _MODE_LABEL_PATH})
     gates = _gate_names(pod) or []
     for index in reversed(range(len(gates))):
         if gates[index] == SCHEDULING_GATE:
-            ops.append({"op": "remove", "path": pointer("spec", "schedulingGates", index)})
+            ops.append({"op": "remove", "path": f"{_GATES_PATH}/{index}"})
     return ops
 
 

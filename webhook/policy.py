@@ -88,6 +88,8 @@ class PolicyParse:
     policy: EgressPolicy | None = None
     warnings: tuple[str, ...] = ()
     errors: tuple[str, ...] = field(default=())
+    #: ``policy.canonical_json()``, computed once with the (memoised) parse.
+    canonical: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -307,4 +309,4 @@ def parse_policy(annotation: str | None) -> PolicyParse:
     if data.mode == "":
         return PolicyParse(warnings=tuple(warnings))
     policy, notes = _normalise(data)
-    return PolicyParse(policy=policy, warnings=tuple(warnings + notes))
+    return PolicyParse(policy=policy, warnings=tuple(warnings + notes), canonical=policy.canonical_json())

@@ -23,8 +23,13 @@ _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z
 _MAX_SUBDOMAIN = 253
 
 
+_EMPTY: Mapping[str, Any] = {}
+
+
 def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    # Manifests here are decoded JSON/YAML: plain dicts. An exact type check
+    # keeps this off the ABC machinery on the admission hot path.
+    return value if type(value) is dict else _EMPTY
 
 
 def labels_of(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:

@@ -30,5 +30,5 @@ def mutate_pod(request: AdmissionRequest) -> Decision:
         return deny(problems, prefix, parsed.warnings)
     if parsed.policy is None:
         return allow(parsed.warnings, no_policy_patch(pod))
-    canonical = parsed.policy.canonical_json()
-    return allow(parsed.warnings, enforce_patch(pod, canonical, parsed.policy.mode))
+    assert parsed.canonical is not None  # set whenever a policy is
+    return allow(parsed.warnings, enforce_patch(pod, parsed.canonical, parsed.policy.mode))

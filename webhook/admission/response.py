@@ -6,12 +6,13 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+import msgspec
 
 from ..patch import JsonPatch
 from .review import ADMISSION_API_VERSION
 
 INVALID = 422
+_encode = msgspec.json.Encoder().encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,7 @@ def encode_response(uid: str, decision: Decision) -> bytes:
     response: dict[str, Any] = {"uid": uid, "allowed": decision.allowed}
     if decision.patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(orjson.dumps(decision.patch)).decode("ascii")
+        response["patch"] = base64.b64encode(_encode(decision.patch)).decode("ascii")
     if decision.warnings:
         response["warnings"] = list(decision.warnings)
     if not decision.allowed:
@@ -53,4 +54,4 @@ def encode_response(uid: str, decision: Decision) -> bytes:
             "reason": "Invalid",
             "message": decision.message or "denied",
         }
-    return orjson.dumps({"apiVersion": ADMISSION_API_VERSION, "kind": "AdmissionReview", "response": response})
+    return _encode({"apiVersion": ADMISSION_API_VERSION, "kind": "AdmissionReview", "response": response})

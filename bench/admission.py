@@ -1,0 +1,285 @@
+"""Admission benchmark: our webhook against a minimal aiohttp peer, in one run.
+
+Both servers run as child processes of this script on loopback, each on its
+own TLS certificate; a uvloop client drives POST /mutate over keep-alive TLS
+connections with a realistic ~4.5 KB AdmissionReview (a fresh uid each time,
+the same app policy, as in a real burst of sessions). For each server and
+connection count it prints requests/s, p50 and p99 latency, and the server's
+CPU time per request (from /proc, so the client's own cost is excluded).
+A third server, the "uvicorn floor", answers a fixed body with uvicorn set up
+exactly as ours: the difference to it is the cost of our own code.
+
+    python bench/admission.py [--seconds 5] [--connections 1,16,64] [--json out.json]
+
+A script, not a test: figures depend on the machine; the README records them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def realistic_pod() -> dict:
+    """A pod as a session broker creates it: several containers, env, mounts, probes (~4.5 KB as a review)."""
+    env = [{"name": f"SORTIE_SETTING_{i}", "value": f"value-{i}-" + "x" * 12} for i in range(22)]
+    container = {
+        "name": "app", "image": "registry.example.com/sortie/apps/firefox:128.0.3-esr", "imagePullPolicy": "IfNotPresent",
+        "env": env, "ports": [{"containerPort": 5900, "name": "vnc", "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
+        "volumeMounts": [{"name": "home", "mountPath": "/home/user"}, {"name": "shm", "mountPath": "/dev/shm"},
+                         {"name": "kube-api-access-abcde", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": True}],
+        "readinessProbe": {"tcpSocket": {"port": 5900}, "periodSeconds": 2},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]}},
+        "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
+    }
+    sidecar = {"name": "vnc-proxy", "image": "registry.example.com/sortie/vnc-proxy:2.4.1",
+               "ports": [{"containerPort": 6080, "protocol": "TCP"}],
+               "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "200m", "memory": "128Mi"}}}
+    policy = {"mode": "allowlist", "rules": [
+        {"cidr": "10.20.0.0/16", "port": 443, "protocol": "TCP"}, {"cidr": "10.30.1.0/24", "port": 5432, "protocol": "TCP"},
+        {"cidr": "192.0.2.0/24", "port": 8000, "end_port": 8100}, {"cidr": "2001:db8:1::/48", "port": 443}]}
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"generateName": "firefox-", "namespace": "sessions",
+                     "labels": {"sortie.io/session-id": "7f3a2b1c-aaaa-bbbb-cccc-0123456789ab", "sortie.io/app-id": "firefox",
+                                "sortie.io/user": "u-12345", "app.kubernetes.io/name": "sortie-session"},
+                     "annotations": {"sortie.io/egress-policy": json.dumps(policy), "sortie.io/created-by": "sortie-broker-6d8f"}},
+        "spec": {"containers": [container, sidecar], "restartPolicy": "Never", "serviceAccountName": "default",
+                 "dnsPolicy": "ClusterFirst", "enableServiceLinks": False, "terminationGracePeriodSeconds": 5,
+                 "volumes": [{"name": "home", "emptyDir": {"sizeLimit": "2Gi"}}, {"name": "shm", "emptyDir": {"medium": "Memory"}},
+                             {"name": "kube-api-access-abcde", "projected": {"sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}]}}],
+                 "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}]},
+    }
+
+
+UID_SLOT = "00000000-0000-0000-0000-000000000000"
+
+
+def review_template() -> tuple[bytes, bytes]:
+    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": UID_SLOT, "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+        "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+        "namespace": "sessions", "operation": "CREATE",
+        "userInfo": {"username": "system:serviceaccount:sortie:broker", "uid": "3c1c8c7e-1111-2222-3333-444455556666",
+                     "groups": ["system:serviceaccounts", "system:serviceaccounts:sortie", "system:authenticated"]},
+        "object": realistic_pod(), "oldObject": None, "dryRun": False,
+        "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1", "fieldManager": "sortie-broker"}}}
+    text = json.dumps(review).encode()
+    before, after = text.split(UID_SLOT.encode())
+    return before, after
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+@dataclass
+class Result:
+    server: str
+    connections: int
+    requests: int
+    errors: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_request: float
+
+
+async def drive(port: int, ca: str, connections: int, seconds: float, warmup: float) -> tuple[list[float], int]:
+    """Keep-alive TLS connections, each sending its next request when the last is answered."""
+    before, after = review_template()
+    context = ssl.create_default_context(cafile=ca)
+    latencies: list[float] = []
+    errors = 0
+    measuring = False
+    deadline = time.perf_counter() + warmup + seconds
+
+    async def connection(index: int) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+        sequence = 0
+        while time.perf_counter() < deadline:
+            sequence += 1
+            uid = f"{index:08x}-{sequence:04x}-4000-8000-{sequence:012x}"[:36].encode()
+            body = before + uid + after
+            head = (b"POST /mutate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n" % len(body))
+            started = time.perf_counter()
+            writer.write(head + body)
+            status_line = await reader.readline()
+            length = 0
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            payload = await reader.readexactly(length)
+            elapsed = time.perf_counter() - started
+            if not status_line.startswith(b"HTTP/1.1 200") or b'"allowed":true' not in payload.replace(b" ", b""):
+                errors += 1
+            if measuring:
+                latencies.append(elapsed)
+        writer.close()
+
+    async def start_measuring() -> None:
+        nonlocal measuring
+        await asyncio.sleep(warmup)
+        measuring = True
+
+    await asyncio.gather(start_measuring(), *(connection(i) for i in range(connections)))
+    return latencies, errors
+
+
+def run_client(port: int, ca: str, connections: int, seconds: float, warmup: float, pid: int) -> tuple[list[float], int, float]:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    cpu_start = None
+
+    async def measured() -> tuple[list[float], int]:
+        nonlocal cpu_start
+
+        async def mark() -> None:
+            nonlocal cpu_start
+            await asyncio.sleep(warmup)
+            cpu_start = cpu_seconds(pid)
+
+        marker = asyncio.ensure_future(mark())
+        result = await drive(port, ca, connections, seconds, warmup)
+        await marker
+        return result
+
+    latencies, errors = asyncio.run(measured())
+    return latencies, errors, cpu_seconds(pid) - (cpu_start or 0.0)
+
+
+def wait_healthy(url: str, ca: str, process: subprocess.Popen[bytes]) -> None:
+    context = ssl.create_default_context(cafile=ca)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, context=context, timeout=1):
+                return
+        except urllib.error.HTTPError:
+            return  # answered (405 on a POST-only path): it is up
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+def start_servers(folder: Path) -> dict[str, tuple[subprocess.Popen[bytes], int, str]]:
+    servers = {}
+    for name in ("sortie-egress", "aiohttp-peer", "uvicorn-floor"):
+        certs = folder / name
+        subprocess.run([str(BIN / "sortie-egress"), "certs", "generate", "--out", str(certs), "--hosts", "127.0.0.1"],
+                       check=True, capture_output=True)
+        port = free_port()
+        log = (folder / f"{name}.log").open("wb")
+        if name == "sortie-egress":
+            argv = [str(BIN / "sortie-egress"), "serve", "--host", "127.0.0.1", "--port", str(port),
+                    "--tls-cert", str(certs / "tls.crt"), "--tls-key", str(certs / "tls.key")]
+            probe = f"https://127.0.0.1:{port}/healthz"
+        else:
+            script = "aiohttp_peer.py" if name == "aiohttp-peer" else "floor_app.py"
+            argv = [sys.executable, str(ROOT / "bench" / script), "--port", str(port),
+                    "--cert", str(certs / "tls.crt"), "--key", str(certs / "tls.key")]
+            probe = f"https://127.0.0.1:{port}/mutate"
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+        wait_healthy(probe, str(certs / "ca.crt"), process)
+        servers[name] = (process, port, str(certs / "ca.crt"))
+    return servers
+
+
+def measure(name: str, process: subprocess.Popen[bytes], port: int, ca: str, connections: int,
+            seconds: float, warmup: float) -> Result:
+    import concurrent.futures
+
+    # The client runs in its own process: its CPU is not the server's, and neither shares a GIL.
+    with concurrent.futures.ProcessPoolExecutor(1) as pool:
+        latencies, errors, server_cpu = pool.submit(run_client, port, ca, connections, seconds, warmup, process.pid).result()
+    latencies.sort()
+    count = len(latencies)
+    quantiles = statistics.quantiles(latencies, n=100) if count >= 100 else [max(latencies or [0])] * 99
+    return Result(
+        server=name, connections=connections, requests=count, errors=errors, rps=count / seconds,
+        p50_ms=quantiles[49] * 1000, p99_ms=quantiles[98] * 1000,
+        cpu_us_per_request=server_cpu / max(count, 1) * 1e6,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per server and connection count")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--connections", default="1,16,64")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    levels = [int(level) for level in args.connections.split(",")]
+    before, after = review_template()
+    print(f"review size: {len(before) + 36 + len(after)} bytes; {args.seconds:.0f} s per run after {args.warmup:.0f} s warm-up; "
+          f"{os.cpu_count()} CPUs", flush=True)
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="sortie-bench-") as folder:
+        servers = start_servers(Path(folder))
+        try:
+            for connections in levels:
+                for name, (process, port, ca) in servers.items():
+                    result = measure(name, process, port, ca, connections, args.seconds, args.warmup)
+                    results.append(result)
+                    print(f"{name:14} conns={connections:3}  {result.rps:8.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
+                          f"p99 {result.p99_ms:6.2f} ms  server CPU {result.cpu_us_per_request:6.1f} us/req  "
+                          f"errors {result.errors}", flush=True)
+        finally:
+            for process, _, _ in servers.values():
+                process.send_signal(signal.SIGTERM)
+                process.wait(15)
+    print()
+    for connections in levels:
+        ours = next(r for r in results if r.server == "sortie-egress" and r.connections == connections)
+        peer = next(r for r in results if r.server == "aiohttp-peer" and r.connections == connections)
+        floor = next(r for r in results if r.server == "uvicorn-floor" and r.connections == connections)
+        print(f"conns={connections:3}: throughput {ours.rps / peer.rps:4.2f}x the aiohttp peer, "
+              f"CPU per request {ours.cpu_us_per_request / peer.cpu_us_per_request:4.2f}x; "
+              f"ours above the uvicorn floor: {ours.cpu_us_per_request - floor.cpu_us_per_request:5.1f} us/req")
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(result) for result in results], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""The floor: uvicorn configured exactly as our webhook, serving a fixed answer.
+
+No decoding, no decision, no metrics, no log: what remains is the cost of
+uvicorn, uvloop, httptools and TLS per request, so the benchmark can show how
+much of an admission is ours and how much is the server underneath.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import uvicorn
+
+from webhook.server.serve import event_loop_factory
+from webhook.server.tls import ReloadingTLS
+
+ANSWER = b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"x","allowed":true}}'
+HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(ANSWER)).encode())]
+
+
+async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    await send({"type": "http.response.body", "body": ANSWER})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--cert", required=True)
+    parser.add_argument("--key", required=True)
+    args = parser.parse_args()
+    tls = ReloadingTLS(args.cert, args.key)
+    config = uvicorn.Config(app, host="127.0.0.1", port=args.port, http="httptools", lifespan="off",
+                            access_log=False, log_config=None, proxy_headers=False, server_header=False, date_header=False)
+    config.load()
+    config.ssl = tls.listener
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(uvicorn.Server(config).serve())
+
+
+if __name__ == "__main__":
+    main()
