@@ -44,7 +44,9 @@ def webhook_certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 @pytest.fixture(scope="session")
 def webhook_process(webhook_certs: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebhookProcess]:
     folder, _ = webhook_certs
-    process = WebhookProcess(folder, tmp_path_factory.mktemp("webhook-logs") / "webhook.log").start()
+    # drift-maker stands for anyone who gets past the (fail-open) validating webhook.
+    process = WebhookProcess(folder, tmp_path_factory.mktemp("webhook-logs") / "webhook.log",
+                             extra_args=("--privileged-user", "drift-maker")).start()
     yield process
     process.stop()
 
@@ -83,3 +85,14 @@ def namespace(control_plane: ControlPlane) -> Iterator[str]:
         wait_for(lambda: core.read_namespaced_service_account("default", name), 30, f"ServiceAccount {name}/default")
         yield name
         core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def controller_kubeconfig(control_plane: ControlPlane) -> Path:
+    """The shipped RBAC applied, and a kubeconfig for the controller's own service account."""
+    root = Path(__file__).resolve().parent.parent
+    for manifest in ("namespace.yaml", "rbac.yaml"):
+        applied = control_plane.kubectl("apply", "-f", str(root / "manifests" / "base" / manifest))
+        assert applied.returncode == 0, applied.stderr
+    credentials = control_plane.credentials_for_service_account("sortie-system", "sortie-egress", create=False)
+    return control_plane.kubeconfig_for("sortie-egress-controller", credentials)

@@ -102,3 +102,44 @@ class WebhookProcess:
             except ValueError:
                 pass
         return lines
+
+
+class ControllerProcess:
+    """``sortie-egress controller`` as its own process, under its own service account."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ControllerProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [CLI, "controller", "--kubeconfig", str(self.kubeconfig), "--metrics-port", "0", *self.extra_args],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        wait_for(lambda: self._alive() and "caches synced" in self.log_path.read_text(errors="replace"),
+                 30, f"the controller to sync (log: {self.log_path})")
+        return self
+
+    def _alive(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"controller exited {self.process.returncode}; log: {self.log_path}")
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, no lease hand-back, as when a node dies."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> int | None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode if self.process else None

@@ -180,3 +180,30 @@ def _exists(api, name: str) -> bool:
         if exc.status == 404:
             return False
         raise
+
+
+EDGE_POLICIES = [
+    {"mode": "denylist", "rules": [{"cidr": "0.0.0.0/0"}, {"cidr": "2001:db8::/32"}]},
+    {"mode": "denylist", "rules": [{"cidr": "0.0.0.0/0"}, {"cidr": "::/0"}]},
+    {"mode": "denylist", "rules": [{"cidr": "10.0.0.0/8"}, {"cidr": "10.1.0.0/16"}, {"cidr": "fd00::/8"}]},
+    {"mode": "denylist", "rules": []},
+    {"mode": "allowlist", "rules": [{"cidr": "0.0.0.0/0"}, {"cidr": "::/0", "port": 443}]},
+    {"mode": "allowlist", "rules": [{"cidr": "2001:db8::1", "port": 1, "end_port": 65535, "protocol": "SCTP"},
+                                    {"cidr": "192.0.2.7/24", "protocol": "udp"}, {"cidr": "198.51.100.0/24", "port": 8443}]},
+    {"mode": "allowlist", "rules": []},
+]
+
+
+@pytest.mark.parametrize("dns", ["cluster", "any", "169.254.20.10,fd00::53"])
+@pytest.mark.parametrize("policy", EDGE_POLICIES, ids=[f"edge{i}" for i in range(len(EDGE_POLICIES))])
+def test_the_real_api_server_accepts_what_render_prints(control_plane: ControlPlane, tmp_path, policy: dict, dns: str) -> None:
+    """The schema cannot see NetworkPolicy validation rules (except inside cidr, ports); the API server can."""
+    pod = session_pod(policy=policy, namespace="default")
+    pod["metadata"]["uid"] = "00000000-0000-0000-0000-000000000001"
+    manifest = tmp_path / "pod.json"
+    manifest.write_text(json.dumps(pod))
+    rendered = subprocess.run([CLI, "render", "-f", str(manifest), "-o", "json", "--dns", dns], capture_output=True, text=True)
+    assert rendered.returncode == 0, rendered.stderr
+    created = control_plane.kubectl("create", "--dry-run=server", "-f", "-", "-o", "json", input=rendered.stdout)
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["spec"]["egress"] == json.loads(rendered.stdout)["spec"]["egress"]

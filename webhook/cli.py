@@ -191,6 +191,23 @@ def cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_controller(args: argparse.Namespace) -> int:
+    from . import logs
+    from .controller.main import ControllerOptions, run
+
+    logs.configure(args.log_level)
+    options = ControllerOptions(
+        namespaces=list(args.namespace), dns=args.dns, kubeconfig=args.kubeconfig, workers=args.workers,
+        metrics_port=args.metrics_port or None, leader_elect=args.leader_elect, lease_namespace=args.lease_namespace,
+    )
+    logs.event("starting", component="controller", version=__version__, namespaces=options.namespaces or "all",
+               dns=str(args.dns), leader_elect=args.leader_elect)
+    try:
+        return run(options)
+    except (OSError, TimeoutError) as exc:
+        raise CommandError(f"controller: {exc}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sortie-egress", description="Per-session egress enforcement for Sortie session pods."
@@ -210,6 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="another username allowed to change managed NetworkPolicies (repeatable)")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     serve.set_defaults(handler=cmd_serve)
+
+    controller = commands.add_parser("controller", help="create each session's NetworkPolicy, then release its gate")
+    controller.add_argument("--namespace", action="append", default=[], help="watch only this namespace (repeatable; default: all)")
+    controller.add_argument("--dns", type=_dns, default=DnsDestination(), help="DNS destination: cluster, any, or CIDR,...")
+    controller.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG/~/.kube/config)")
+    controller.add_argument("--workers", type=int, default=4)
+    controller.add_argument("--metrics-port", type=int, default=8080, help="plain-HTTP /metrics port; 0 turns it off")
+    controller.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True)
+    controller.add_argument("--lease-namespace", default="sortie-system")
+    controller.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    controller.set_defaults(handler=cmd_controller)
 
     render = commands.add_parser("render", help="print the NetworkPolicy the controller will create for a pod")
     render.add_argument("-f", "--file", required=True, help="Pod manifest, YAML or JSON; - for stdin")

@@ -1,0 +1,228 @@
+"""The controller against the real control plane, with the webhook registered and the shipped RBAC."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster.harness import NODE_NAME, ControlPlane, wait_for
+from tests.support import ControllerProcess, WebhookProcess, session_pod
+from webhook.configuration import MUTATING_NAME, mutating_configuration
+from webhook.render import DnsDestination, render_network_policy
+from webhook.policy import parse_policy
+from webhook.session import session_pod as read_session
+
+pytestmark = pytest.mark.cluster
+
+POLICY = {"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8", "port": 443, "protocol": "TCP"}]}
+
+
+@pytest.fixture
+def controller(control_plane: ControlPlane, registered_webhook: WebhookProcess, controller_kubeconfig: Path,
+               tmp_path: Path) -> Iterator[ControllerProcess]:
+    process = ControllerProcess(controller_kubeconfig, tmp_path / "controller.log").start()
+    yield process
+    process.stop()
+
+
+def _api(plane: ControlPlane) -> tuple[Any, Any, Any]:
+    from kubernetes import client
+
+    api = plane.admin.api_client()
+    return api, client.CoreV1Api(api), client.NetworkingV1Api(api)
+
+
+def _policy(networking: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return json.loads(networking.read_namespaced_network_policy(name, namespace, _preload_content=False).data)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def _pod(core: Any, namespace: str, name: str) -> dict[str, Any]:
+    return json.loads(core.read_namespaced_pod(name, namespace, _preload_content=False).data)
+
+
+def _gates(pod: dict[str, Any]) -> list[str]:
+    return [gate["name"] for gate in pod["spec"].get("schedulingGates") or []]
+
+
+def _expected(pod: dict[str, Any], dns: DnsDestination = DnsDestination()) -> dict[str, Any]:
+    session = read_session(pod)
+    parsed = parse_policy(session.annotation)
+    return render_network_policy(session, parsed.policy, dns)
+
+
+def _converged(core: Any, networking: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    pod = _pod(core, namespace, name)
+    policy = _policy(networking, namespace, "sortie-egress-" + pod["metadata"]["labels"]["sortie.io/session-id"])
+    if policy is None or "sortie.io/egress-policy" in _gates(pod):
+        return None
+    return policy
+
+
+@contextlib.contextmanager
+def webhook_unregistered(plane: ControlPlane, webhook: WebhookProcess, ca_bundle: str) -> Iterator[None]:
+    """As before the webhook was installed: pods are created unmutated and ungated."""
+    from kubernetes import client
+
+    api, core, _ = _api(plane)
+    admission = client.AdmissionregistrationV1Api(api)
+    admission.delete_mutating_webhook_configuration(MUTATING_NAME)
+    probe = session_pod(policy={"mode": "allowlist"})
+    wait_for(lambda: "sortie.io/egress-mode" not in (core.create_namespaced_pod("default", probe, dry_run="All").metadata.labels or {}),
+             30, "the webhook to be out of the way")
+    try:
+        yield
+    finally:
+        admission.create_mutating_webhook_configuration(mutating_configuration(url=webhook.url, ca_bundle=ca_bundle))
+        wait_for(lambda: (core.create_namespaced_pod("default", probe, dry_run="All").metadata.labels or {}).get(
+            "sortie.io/egress-mode") == "allowlist", 30, "the webhook to be back")
+
+
+def test_session_pod_gets_its_policy_then_is_released_and_bound(control_plane: ControlPlane, controller: ControllerProcess,
+                                                                 namespace: str) -> None:
+    _, core, networking = _api(control_plane)
+    pod = session_pod(policy=POLICY, namespace=namespace)
+    name = pod["metadata"]["name"]
+    core.create_namespaced_pod(namespace, pod)
+    policy = wait_for(lambda: _converged(core, networking, namespace, name), 30, "policy and gate release")
+    stored = _pod(core, namespace, name)
+    expected = _expected(stored)
+    assert policy["spec"] == expected["spec"]
+    assert policy["metadata"]["labels"] == expected["metadata"]["labels"]
+    owner = policy["metadata"]["ownerReferences"]
+    assert owner == [{"apiVersion": "v1", "kind": "Pod", "name": name, "uid": stored["metadata"]["uid"],
+                      "controller": True, "blockOwnerDeletion": True}]
+    assert wait_for(lambda: _pod(core, namespace, name)["spec"].get("nodeName"), 30, "binding") == NODE_NAME
+
+    core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+    wait_for(lambda: _policy(networking, namespace, policy["metadata"]["name"]) is None, 60, "GC of the policy")
+
+
+def test_other_gates_stay(control_plane: ControlPlane, controller: ControllerProcess, namespace: str) -> None:
+    _, core, networking = _api(control_plane)
+    pod = session_pod(policy=POLICY, namespace=namespace, gates=["example.com/quota"])
+    core.create_namespaced_pod(namespace, pod)
+    name = pod["metadata"]["name"]
+    wait_for(lambda: _converged(core, networking, namespace, name), 30, "gate release")
+    assert _gates(_pod(core, namespace, name)) == ["example.com/quota"]
+
+
+def test_edited_and_deleted_policies_are_restored(control_plane: ControlPlane, controller: ControllerProcess,
+                                                  namespace: str) -> None:
+    from kubernetes import client
+
+    _, core, networking = _api(control_plane)
+    pod = session_pod(policy=POLICY, namespace=namespace)
+    core.create_namespaced_pod(namespace, pod)
+    policy = wait_for(lambda: _converged(core, networking, namespace, pod["metadata"]["name"]), 30, "first policy")
+    name = policy["metadata"]["name"]
+    drifter = client.NetworkingV1Api(control_plane.credentials_for_user("drift-maker", ("system:masters",)).api_client())
+    drifter.patch_namespaced_network_policy(name, namespace, {"spec": {"egress": [{}]}})  # allow everything
+    wait_for(lambda: _policy(networking, namespace, name)["spec"] == policy["spec"], 30, "the edit to be undone")
+    drifter.delete_namespaced_network_policy(name, namespace)
+    wait_for(lambda: (_policy(networking, namespace, name) or {}).get("spec") == policy["spec"], 30, "the policy to come back")
+
+
+def test_orphan_policy_is_deleted(control_plane: ControlPlane, controller: ControllerProcess, namespace: str) -> None:
+    _, _, networking = _api(control_plane)
+    orphan = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+              "metadata": {"name": "sortie-egress-gone", "namespace": namespace,
+                           "labels": {"app.kubernetes.io/managed-by": "sortie-egress", "sortie.io/session-id": "gone"}},
+              "spec": {"podSelector": {"matchLabels": {"sortie.io/session-id": "gone"}}, "policyTypes": ["Egress"]}}
+    networking.create_namespaced_network_policy(namespace, orphan)
+    wait_for(lambda: _policy(networking, namespace, "sortie-egress-gone") is None, 30, "the orphan to be deleted")
+
+
+def test_backfill_and_fail_closed_for_pods_from_before(control_plane: ControlPlane, registered_webhook: WebhookProcess,
+                                                       webhook_certs: tuple[Path, str], controller_kubeconfig: Path,
+                                                       namespace: str, tmp_path: Path) -> None:
+    _, core, networking = _api(control_plane)
+    good = session_pod(policy=POLICY, namespace=namespace)
+    bad = session_pod(policy='{"mode": "allowlist", "rules": [{"cidr": "10.0.0.300/8"}]}', namespace=namespace)
+    with webhook_unregistered(control_plane, registered_webhook, webhook_certs[1]):
+        core.create_namespaced_pod(namespace, good)
+        core.create_namespaced_pod(namespace, bad)
+    assert "sortie.io/egress-mode" not in _pod(core, namespace, good["metadata"]["name"])["metadata"]["labels"]
+    process = ControllerProcess(controller_kubeconfig, tmp_path / "controller.log").start()
+    try:
+        backfilled = wait_for(lambda: _policy(networking, namespace, "sortie-egress-" + good["metadata"]["labels"]["sortie.io/session-id"]),
+                              30, "the backfilled policy")
+        assert backfilled["spec"] == _expected(_pod(core, namespace, good["metadata"]["name"]))["spec"]
+        closed = wait_for(lambda: _policy(networking, namespace, "sortie-egress-" + bad["metadata"]["labels"]["sortie.io/session-id"]),
+                          30, "the fail-closed policy")
+        assert len(closed["spec"]["egress"]) == 1 and closed["spec"]["egress"][0]["ports"][0]["port"] == 53
+
+        def warning_event() -> list[Any]:
+            events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={bad['metadata']['name']}")
+            return [e for e in events.items if e.type == "Warning" and e.reason == "InvalidEgressPolicy"]
+
+        events = wait_for(warning_event, 30, "the Warning Event")
+        assert '"10.0.0.300/8" is not an IP network' in events[0].message
+    finally:
+        process.stop()
+
+
+def test_killed_in_a_burst_then_restarted_converges(control_plane: ControlPlane, registered_webhook: WebhookProcess,
+                                                    controller_kubeconfig: Path, namespace: str, tmp_path: Path) -> None:
+    _, core, networking = _api(control_plane)
+    first = ControllerProcess(controller_kubeconfig, tmp_path / "first.log").start()
+    pods = [session_pod(policy=POLICY, namespace=namespace) for _ in range(40)]
+    for index, pod in enumerate(pods):
+        core.create_namespaced_pod(namespace, pod)
+        if index == 20:
+            first.kill()
+    second = ControllerProcess(controller_kubeconfig, tmp_path / "second.log").start()
+    try:
+        def all_done() -> bool:
+            listed = json.loads(core.list_namespaced_pod(namespace, _preload_content=False).data)["items"]
+            return len(listed) == 40 and all("sortie.io/egress-policy" not in _gates(pod) for pod in listed)
+
+        wait_for(all_done, 90, "every gate released", interval=0.5)
+        policies = json.loads(networking.list_namespaced_network_policy(namespace, _preload_content=False).data)["items"]
+        assert sorted(p["metadata"]["name"] for p in policies) == sorted(
+            "sortie-egress-" + pod["metadata"]["labels"]["sortie.io/session-id"] for pod in pods)
+    finally:
+        second.stop()
+
+
+def test_two_controllers_one_leader_and_a_takeover(control_plane: ControlPlane, registered_webhook: WebhookProcess,
+                                                   controller_kubeconfig: Path, namespace: str, tmp_path: Path) -> None:
+    import time
+
+    from kubernetes import client
+
+    api, core, networking = _api(control_plane)
+    coordination = client.CoordinationV1Api(api)
+    a = ControllerProcess(controller_kubeconfig, tmp_path / "a.log").start()
+    b = ControllerProcess(controller_kubeconfig, tmp_path / "b.log").start()
+    try:
+        def holder() -> str:
+            return coordination.read_namespaced_lease("sortie-egress-controller", "sortie-system").spec.holder_identity or ""
+
+        leader_name = wait_for(holder, 30, "a leader")
+        logs = {a: a.log_path, b: b.log_path}
+        leaders = wait_for(lambda: [p for p, path in logs.items() if "became leader" in path.read_text()], 30, "a leader's log")
+        assert len(leaders) == 1
+        leader, follower = leaders[0], (b if leaders[0] is a else a)
+        leader.kill()
+        killed_at = time.monotonic()
+        wait_for(lambda: "became leader" in follower.log_path.read_text(), 30, "the follower to take over")
+        assert time.monotonic() - killed_at <= 17  # 15 s lease + one 2 s retry period
+        assert holder() != leader_name
+        pod = session_pod(policy=POLICY, namespace=namespace)
+        core.create_namespaced_pod(namespace, pod)
+        wait_for(lambda: _converged(core, networking, namespace, pod["metadata"]["name"]), 30, "the new leader to work")
+    finally:
+        a.stop()
+        b.stop()

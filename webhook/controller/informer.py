@@ -1,0 +1,205 @@
+"""List-then-watch caches of session pods and managed NetworkPolicies.
+
+Objects are kept as small projections of the fields the controller reads
+(5,000 full pods would be most of the memory budget), parsed from raw JSON
+(the client's generated models cost far more than json.loads). A watch carries
+on from the list's resourceVersion, so no event falls in between; a watch that
+expires (410 Gone) or breaks is followed by a fresh list, which also reports
+objects deleted while nobody was watching.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+log = logging.getLogger("sortie.controller.informer")
+
+ObjectKey = tuple[str, str]  # namespace, name
+WATCH_SECONDS = 240
+
+
+class Expired(Exception):
+    """The watch's resourceVersion is too old (410 Gone): list again."""
+
+
+def project_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    metadata = pod.get("metadata") or {}
+    return {
+        "metadata": {key: metadata[key] for key in (
+            "name", "namespace", "uid", "labels", "annotations", "resourceVersion", "deletionTimestamp",
+            "creationTimestamp") if key in metadata},
+        "spec": {"schedulingGates": (pod.get("spec") or {}).get("schedulingGates")},
+        "status": {"phase": (pod.get("status") or {}).get("phase")},
+    }
+
+
+def project_policy(policy: dict[str, Any]) -> dict[str, Any]:
+    metadata = policy.get("metadata") or {}
+    return {
+        "metadata": {key: metadata[key] for key in (
+            "name", "namespace", "uid", "labels", "ownerReferences", "resourceVersion", "deletionTimestamp")
+            if key in metadata},
+        "spec": policy.get("spec"),
+    }
+
+
+def object_key(obj: dict[str, Any]) -> ObjectKey:
+    metadata = obj.get("metadata") or {}
+    return metadata.get("namespace", ""), metadata.get("name", "")
+
+
+class Store:
+    """A thread-safe map of projected objects by namespace and name, with an
+    optional secondary index (session pods by session id, so a reconcile finds
+    its pods without scanning 5,000 of them)."""
+
+    def __init__(self, index: Callable[[dict[str, Any]], Any] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._objects: dict[ObjectKey, dict[str, Any]] = {}
+        self._index_of = index
+        self._index: dict[Any, set[ObjectKey]] = {}
+
+    def _unindex(self, key: ObjectKey) -> None:
+        old = self._objects.pop(key, None)
+        if old is not None and self._index_of is not None:
+            bucket = self._index.get(self._index_of(old))
+            if bucket is not None:
+                bucket.discard(key)
+                if not bucket:
+                    self._index.pop(self._index_of(old), None)
+
+    def _insert(self, obj: dict[str, Any]) -> None:
+        key = object_key(obj)
+        self._unindex(key)
+        self._objects[key] = obj
+        if self._index_of is not None:
+            self._index.setdefault(self._index_of(obj), set()).add(key)
+
+    def get(self, key: ObjectKey) -> dict[str, Any] | None:
+        with self._lock:
+            return self._objects.get(key)
+
+    def by_index(self, value: Any) -> list[dict[str, Any]]:
+        with self._lock:
+            return [self._objects[key] for key in self._index.get(value, ())]
+
+    def put(self, obj: dict[str, Any]) -> None:
+        with self._lock:
+            self._insert(obj)
+
+    def remove(self, key: ObjectKey) -> None:
+        with self._lock:
+            self._unindex(key)
+
+    def replace(self, objects: list[dict[str, Any]], namespace: str | None) -> list[dict[str, Any]]:
+        """Swap in a fresh list (of one namespace, or all); returns the objects that vanished."""
+        fresh = {object_key(obj): obj for obj in objects}
+        with self._lock:
+            gone = [obj for key, obj in self._objects.items()
+                    if (namespace is None or key[0] == namespace) and key not in fresh]
+            for obj in gone:
+                self._unindex(object_key(obj))
+            for obj in objects:
+                self._insert(obj)
+        return gone
+
+    def items(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._objects.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._objects)
+
+
+def _lines(response: Any) -> Iterator[bytes]:
+    buffer = b""
+    for chunk in response.stream(65536, decode_content=True):
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if line.strip():
+                yield line
+    if buffer.strip():
+        yield buffer
+
+
+class Informer(threading.Thread):
+    """Keeps ``store`` in step with the API server and calls ``on_change`` for every object that moves."""
+
+    def __init__(self, name: str, list_call: Callable[..., Any], project: Callable[[dict[str, Any]], dict[str, Any]],
+                 store: Store, on_change: Callable[[dict[str, Any]], None], stop: threading.Event,
+                 namespace: str | None = None) -> None:
+        super().__init__(name=f"informer-{name}", daemon=True)
+        self.list_call = list_call
+        self.project = project
+        self.store = store
+        self.on_change = on_change
+        self.stop_event = stop
+        self.namespace = namespace
+        self.synced = threading.Event()
+        self.relists = 0
+        self.expired = 0
+        self._rand = random.Random()
+
+    def _list(self) -> str:
+        response = self.list_call(_preload_content=False)
+        document = json.loads(response.data)
+        objects = [self.project(item) for item in document.get("items") or []]
+        for obj in self.store.replace(objects, self.namespace):
+            self.on_change(obj)
+        for obj in objects:
+            self.on_change(obj)
+        self.relists += 1
+        return str(document["metadata"]["resourceVersion"])
+
+    def _watch(self, resource_version: str) -> str:
+        timeout = WATCH_SECONDS + self._rand.randint(0, 60)  # spread re-watches out
+        response = self.list_call(watch=True, resource_version=resource_version, allow_watch_bookmarks=True,
+                                  timeout_seconds=timeout, _preload_content=False, _request_timeout=(10, timeout + 30))
+        try:
+            for line in _lines(response):
+                if self.stop_event.is_set():
+                    break
+                event = json.loads(line)
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise Expired(obj.get("message", "410 Gone"))
+                    raise RuntimeError(f"watch error: {obj.get('message', obj)}")
+                resource_version = str((obj.get("metadata") or {}).get("resourceVersion") or resource_version)
+                if kind == "BOOKMARK":
+                    continue
+                projected = self.project(obj)
+                if kind == "DELETED":
+                    self.store.remove(object_key(projected))
+                else:
+                    self.store.put(projected)
+                self.on_change(projected)
+        finally:
+            response.release_conn()
+        return resource_version
+
+    def run(self) -> None:
+        failures = 0
+        while not self.stop_event.is_set():
+            try:
+                resource_version = self._list()
+                self.synced.set()
+                failures = 0
+                while not self.stop_event.is_set():
+                    resource_version = self._watch(resource_version)
+            except Expired as exc:
+                self.expired += 1
+                log.info("%s: watch expired (%s); listing again", self.name, exc)
+            except Exception as exc:  # the API server restarted, a connection reset: list again, after a pause
+                failures += 1
+                delay = min(30.0, 0.2 * 2 ** min(failures, 8)) * (0.5 + self._rand.random() / 2)
+                log.warning("%s: %s; listing again in %.1f s", self.name, exc, delay)
+                self.stop_event.wait(delay)

@@ -1,0 +1,24 @@
+"""Prometheus metrics for the controller."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class ControllerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.reconciles = Counter("sortie_egress_reconciles", "Session reconciles, by result.", ("result",),
+                                  registry=self.registry)
+        self.reconcile_latency = Histogram("sortie_egress_reconcile_duration_seconds", "Time to reconcile one session.",
+                                           buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.queue_depth = Gauge("sortie_egress_queue_depth", "Sessions waiting to be reconciled.", registry=self.registry)
+        self.managed_policies = Gauge("sortie_egress_managed_policies", "Managed NetworkPolicies in the cache.",
+                                      registry=self.registry)
+        self.gate_release = Histogram("sortie_egress_gate_release_seconds",
+                                      "From pod creation to its scheduling gate's removal.",
+                                      buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.writes = Counter("sortie_egress_api_writes", "API writes, by kind.", ("kind",), registry=self.registry)
+        self.leader = Gauge("sortie_egress_leader", "1 while this replica holds the leader lease.", registry=self.registry)
