@@ -226,3 +226,66 @@ def test_two_controllers_one_leader_and_a_takeover(control_plane: ControlPlane, 
     finally:
         a.stop()
         b.stop()
+
+
+def _audit(plane: ControlPlane, kubeconfig: Path, namespace: str) -> tuple[int, dict[str, str]]:
+    import subprocess
+
+    from tests.support import CLI
+
+    result = subprocess.run([CLI, "audit", "--kubeconfig", str(kubeconfig), "--namespace", namespace],
+                            capture_output=True, text=True, timeout=60)
+    states = {}
+    for line in result.stdout.splitlines()[1:]:
+        columns = line.split()
+        states[columns[2]] = columns[3]
+    return result.returncode, states
+
+
+def test_audit_reports_missing_and_orphans_then_ok(control_plane: ControlPlane, registered_webhook: WebhookProcess,
+                                                   controller_kubeconfig: Path, namespace: str, tmp_path: Path) -> None:
+    _, core, networking = _api(control_plane)
+    pod = session_pod(policy=POLICY, namespace=namespace)
+    session = pod["metadata"]["labels"]["sortie.io/session-id"]
+    core.create_namespaced_pod(namespace, pod)
+    networking.create_namespaced_network_policy(namespace, {
+        "metadata": {"name": "sortie-egress-lost", "labels": {"app.kubernetes.io/managed-by": "sortie-egress"}},
+        "spec": {"podSelector": {}, "policyTypes": ["Egress"]}})
+    code, states = _audit(control_plane, controller_kubeconfig, namespace)
+    assert code == 1 and states == {session: "missing", "lost": "orphan"}
+    process = ControllerProcess(controller_kubeconfig, tmp_path / "controller.log").start()
+    try:
+        wait_for(lambda: _audit(control_plane, controller_kubeconfig, namespace) == (0, {session: "ok"}), 30,
+                 "audit to be clean")
+    finally:
+        process.stop()
+
+
+def test_run_serves_the_webhook_and_reconciles(control_plane: ControlPlane, registered_webhook: WebhookProcess,
+                                               controller_kubeconfig: Path, namespace: str, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import urllib.request
+
+    from tests.cluster.harness import free_port
+    from tests.support import CLI
+
+    _, core, networking = _api(control_plane)
+    port = free_port()
+    certs = registered_webhook.cert_dir
+    process = subprocess.Popen([CLI, "run", "--host", "127.0.0.1", "--port", str(port), "--tls-cert", str(certs / "tls.crt"),
+                                "--tls-key", str(certs / "tls.key"), "--kubeconfig", str(controller_kubeconfig),
+                                "--namespace", namespace], stdout=subprocess.DEVNULL, stderr=(tmp_path / "run.log").open("wb"))
+    try:
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=registered_webhook.context(), timeout=2) as reply:
+                return reply.status == 200
+
+        wait_for(healthy, 30, "run's webhook")
+        pod = session_pod(policy=POLICY, namespace=namespace)
+        core.create_namespaced_pod(namespace, pod)
+        wait_for(lambda: _converged(core, networking, namespace, pod["metadata"]["name"]), 30, "run's controller")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    assert process.returncode in (0, -signal.SIGTERM)

@@ -208,6 +208,76 @@ def cmd_controller(args: argparse.Namespace) -> int:
         raise CommandError(f"controller: {exc}") from None
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    import json as _json
+
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    from .constants import MANAGED_BY_LABEL, MANAGED_BY_VALUE, SESSION_ID_LABEL
+    from .controller.audit import audit, format_rows
+    from .controller.main import api_client
+
+    try:
+        api = api_client(args.kubeconfig)
+        core, networking = client.CoreV1Api(api), client.NetworkingV1Api(api)
+        managed = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+        pods: list[dict[str, Any]] = []
+        policies: list[dict[str, Any]] = []
+        for namespace in args.namespace or [None]:
+            if namespace is None:
+                pod_list = core.list_pod_for_all_namespaces(label_selector=SESSION_ID_LABEL, _preload_content=False)
+                policy_list = networking.list_network_policy_for_all_namespaces(label_selector=managed, _preload_content=False)
+            else:
+                pod_list = core.list_namespaced_pod(namespace, label_selector=SESSION_ID_LABEL, _preload_content=False)
+                policy_list = networking.list_namespaced_network_policy(namespace, label_selector=managed, _preload_content=False)
+            pods += _json.loads(pod_list.data)["items"]
+            policies += _json.loads(policy_list.data)["items"]
+    except ApiException as exc:
+        raise CommandError(f"cannot read the cluster: {exc.status} {exc.reason}") from None
+    except (HTTPError, OSError, Exception) as exc:  # no kubeconfig, unreachable server
+        raise CommandError(f"cannot read the cluster: {exc}") from None
+    rows = audit(pods, policies, args.dns)
+    sys.stdout.write(format_rows(rows))
+    wrong = [row for row in rows if row.wrong]
+    print(f"{len(rows)} rows, {len(wrong)} need attention", file=sys.stderr)
+    return 1 if wrong else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Webhook and controller in one process, for local development."""
+    from .controller.main import Controller, ControllerOptions
+
+    options = ControllerOptions(namespaces=list(args.namespace), dns=args.dns, kubeconfig=args.kubeconfig,
+                                metrics_port=None, leader_elect=args.leader_elect, lease_namespace=args.lease_namespace)
+    from . import logs
+
+    logs.configure(args.log_level)
+    try:
+        controller = Controller(options)
+        controller.start()
+    except (OSError, TimeoutError) as exc:
+        raise CommandError(f"controller: {exc}") from None
+    try:
+        return cmd_serve(args)
+    finally:
+        controller.shutdown()
+
+
+def _serve_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=os.environ.get("SORTIE_HOST", "0.0.0.0"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("SORTIE_PORT", "8443")))
+    parser.add_argument("--tls-cert", help="serving certificate (PEM); reloaded when the file changes")
+    parser.add_argument("--tls-key", help="serving key (PEM); with no certificate and key, local ones are made in certs/")
+    parser.add_argument("--dns", type=_dns, default=DnsDestination(), help="DNS destination: cluster, any, or CIDR,...")
+    parser.add_argument("--controller-identity", default=DEFAULT_CONTROLLER_IDENTITY,
+                       help="the username allowed to change managed NetworkPolicies")
+    parser.add_argument("--privileged-user", action="append", default=[],
+                       help="another username allowed to change managed NetworkPolicies (repeatable)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sortie-egress", description="Per-session egress enforcement for Sortie session pods."
@@ -216,16 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the admission webhook over TLS")
-    serve.add_argument("--host", default=os.environ.get("SORTIE_HOST", "0.0.0.0"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("SORTIE_PORT", "8443")))
-    serve.add_argument("--tls-cert", help="serving certificate (PEM); reloaded when the file changes")
-    serve.add_argument("--tls-key", help="serving key (PEM); with no certificate and key, local ones are made in certs/")
-    serve.add_argument("--dns", type=_dns, default=DnsDestination(), help="DNS destination: cluster, any, or CIDR,...")
-    serve.add_argument("--controller-identity", default=DEFAULT_CONTROLLER_IDENTITY,
-                       help="the username allowed to change managed NetworkPolicies")
-    serve.add_argument("--privileged-user", action="append", default=[],
-                       help="another username allowed to change managed NetworkPolicies (repeatable)")
-    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _serve_flags(serve)
     serve.set_defaults(handler=cmd_serve)
 
     controller = commands.add_parser("controller", help="create each session's NetworkPolicy, then release its gate")
@@ -238,6 +299,20 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--lease-namespace", default="sortie-system")
     controller.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     controller.set_defaults(handler=cmd_controller)
+
+    audit = commands.add_parser("audit", help="list session pods and the state of their NetworkPolicies")
+    audit.add_argument("--namespace", action="append", default=[], help="only this namespace (repeatable)")
+    audit.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG/~/.kube/config)")
+    audit.add_argument("--dns", type=_dns, default=DnsDestination(), help="the controller's DNS setting")
+    audit.set_defaults(handler=cmd_audit)
+
+    run = commands.add_parser("run", help="webhook and controller in one process (local development)")
+    _serve_flags(run)
+    run.add_argument("--namespace", action="append", default=[])
+    run.add_argument("--kubeconfig")
+    run.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=False)
+    run.add_argument("--lease-namespace", default="sortie-system")
+    run.set_defaults(handler=cmd_run)
 
     render = commands.add_parser("render", help="print the NetworkPolicy the controller will create for a pod")
     render.add_argument("-f", "--file", required=True, help="Pod manifest, YAML or JSON; - for stdin")

@@ -75,7 +75,7 @@ def _unescape(token: str) -> str:
 
 
 def apply_patch(document: Any, ops: JsonPatch) -> Any:
-    """Apply add/replace/remove operations to a copy of ``document``.
+    """Apply add/replace/remove/test operations to a copy of ``document``.
 
     Just what the webhook emits, for ``sortie-egress review`` to show the pod
     as the API server will store it; the cluster tests check it against the
@@ -91,6 +91,11 @@ def apply_patch(document: Any, ops: JsonPatch) -> Any:
             parent = parent[int(token)] if isinstance(parent, list) else parent[token]
         last = tokens[-1]
         kind = op["op"]
+        if kind == "test":
+            current = parent[int(last)] if isinstance(parent, list) else parent[last]
+            if current != op["value"]:
+                raise ValueError(f"JSONPatch test failed at {op['path']}")
+            continue
         if isinstance(parent, list):
             if kind == "add":
                 parent.insert(len(parent) if last == "-" else int(last), copy.deepcopy(op["value"]))
