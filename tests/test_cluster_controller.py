@@ -109,6 +109,36 @@ def test_session_pod_gets_its_policy_then_is_released_and_bound(control_plane: C
     wait_for(lambda: _policy(networking, namespace, policy["metadata"]["name"]) is None, 60, "GC of the policy")
 
 
+def test_metrics_count_writes_and_sigterm_stops_cleanly(control_plane: ControlPlane, registered_webhook: WebhookProcess,
+                                                         controller_kubeconfig: Path, namespace: str, tmp_path: Path) -> None:
+    import urllib.request
+
+    from tests.cluster.harness import free_port
+
+    _, core, networking = _api(control_plane)
+    port = free_port()
+    process = ControllerProcess(controller_kubeconfig, tmp_path / "controller.log",
+                                extra_args=("--metrics-port", str(port), "--namespace", namespace)).start()
+    try:
+        pod = session_pod(policy=POLICY, namespace=namespace)
+        core.create_namespaced_pod(namespace, pod)
+        wait_for(lambda: _converged(core, networking, namespace, pod["metadata"]["name"]), 30, "convergence")
+
+        def scrape() -> str | None:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            return text if "sortie_egress_managed_policies 1.0" in text else None
+
+        text = wait_for(scrape, 10, "the managed-policy gauge")
+        assert 'sortie_egress_api_writes_total{kind="create_policy"} 1.0' in text
+        assert 'sortie_egress_api_writes_total{kind="release_gate"} 1.0' in text
+        assert "sortie_egress_gate_release_seconds_count 1.0" in text
+        assert "sortie_egress_leader 1.0" in text
+    finally:
+        code = process.stop()
+    assert code == 0
+    assert "controller stopped" in process.log_path.read_text()
+
+
 def test_other_gates_stay(control_plane: ControlPlane, controller: ControllerProcess, namespace: str) -> None:
     _, core, networking = _api(control_plane)
     pod = session_pod(policy=POLICY, namespace=namespace, gates=["example.com/quota"])

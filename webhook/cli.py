@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--namespace", action="append", default=[], help="watch only this namespace (repeatable; default: all)")
     controller.add_argument("--dns", type=_dns, default=DnsDestination(), help="DNS destination: cluster, any, or CIDR,...")
     controller.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG/~/.kube/config)")
-    controller.add_argument("--workers", type=int, default=4)
+    controller.add_argument("--workers", type=int, default=48, help="reconciles in flight (they mostly wait on the API server)")
     controller.add_argument("--metrics-port", type=int, default=8080, help="plain-HTTP /metrics port; 0 turns it off")
     controller.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True)
     controller.add_argument("--lease-namespace", default="sortie-system")
