@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tests.cluster.harness import free_port, wait_for
+from tests.cluster.harness import free_port, stop_process_group, wait_for
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 BIN = Path(sys.executable).parent
@@ -86,13 +86,7 @@ class WebhookProcess:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
+        stop_process_group(self.process, 15)
 
     def log_lines(self) -> list[dict[str, Any]]:
         lines = []
@@ -136,10 +130,4 @@ class ControllerProcess:
             self.process.wait(10)
 
     def stop(self) -> int | None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.process.returncode if self.process else None
+        return stop_process_group(self.process, 20)

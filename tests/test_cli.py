@@ -179,3 +179,14 @@ def test_serve_generates_local_certificates_when_none_are_given(tmp_path: Path) 
 def test_serve_refuses_half_a_certificate_pair() -> None:
     result = run("serve", "--tls-cert", "x.crt")
     assert result.returncode == 2 and "--tls-cert and --tls-key go together" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["audit", "controller"])
+@pytest.mark.parametrize("content", [None, "-----BEGIN CERTIFICATE-----\n", "apiVersion: v1\nkind: Config\n"])
+def test_unusable_kubeconfig_is_exit_2_without_a_traceback(tmp_path: Path, command: str, content: str | None) -> None:
+    path = tmp_path / "kubeconfig"
+    if content is not None:
+        path.write_text(content)
+    result = run(command, "--kubeconfig", str(path), *(["--metrics-port", "0"] if command == "controller" else []))
+    assert result.returncode == 2, result.stderr
+    assert "is not a usable kubeconfig" in result.stderr and "Traceback" not in result.stderr

@@ -9,7 +9,6 @@ import pytest
 
 from tests.cluster.harness import NODE_NAME, ControlPlane, wait_for
 from tests.support import CLI, WebhookProcess, session_pod
-from webhook.patch import apply_patch
 
 pytestmark = pytest.mark.cluster
 

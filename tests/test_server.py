@@ -9,7 +9,6 @@ import shutil
 import socket
 import ssl
 import threading
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path

@@ -204,7 +204,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
                dns=str(args.dns), leader_elect=args.leader_elect)
     try:
         return run(options)
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError) as exc:
         raise CommandError(f"controller: {exc}") from None
 
 
@@ -213,6 +213,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
+    from kubernetes.config.config_exception import ConfigException
     from urllib3.exceptions import HTTPError
 
     from .constants import MANAGED_BY_LABEL, MANAGED_BY_VALUE, SESSION_ID_LABEL
@@ -236,7 +237,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             policies += _json.loads(policy_list.data)["items"]
     except ApiException as exc:
         raise CommandError(f"cannot read the cluster: {exc.status} {exc.reason}") from None
-    except (HTTPError, OSError, Exception) as exc:  # no kubeconfig, unreachable server
+    except (ConfigException, HTTPError, OSError, ValueError) as exc:  # no kubeconfig, unreachable server
         raise CommandError(f"cannot read the cluster: {exc}") from None
     rows = audit(pods, policies, args.dns)
     sys.stdout.write(format_rows(rows))
@@ -257,7 +258,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         controller = Controller(options)
         controller.start()
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError) as exc:
         raise CommandError(f"controller: {exc}") from None
     try:
         return cmd_serve(args)

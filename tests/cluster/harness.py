@@ -80,6 +80,22 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
+def stop_process_group(process: subprocess.Popen[bytes] | None, grace: float = 10.0) -> int | None:
+    """SIGTERM a process started in a session of its own, SIGKILL it after ``grace``; its exit status."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(grace)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+    return process.returncode
+
+
 @dataclass
 class Component:
     name: str
@@ -101,17 +117,7 @@ class Component:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, grace: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            self.process.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
+        stop_process_group(self.process, grace)
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -329,53 +335,45 @@ class ControlPlane:
         )
         self._wait(apiserver, lambda: self._ready("/readyz", self.admin, self.api_port), "kube-apiserver /readyz")
 
-    def _start_controller_manager(self) -> None:
-        kubeconfig = self._kubeconfig_for(
-            "kube-controller-manager", self._client_credentials("system:kube-controller-manager")
-        )
+    def _start_kube_component(self, name: str, binary: Path, user: str, flags: list[str]) -> None:
+        """A controller-style component: its own client certificate, a serving port, /healthz."""
+        kubeconfig = self._kubeconfig_for(name, self._client_credentials(user))
         port = free_port()
-        manager = self._component(
-            "kube-controller-manager",
+        component = self._component(
+            name,
             [
-                str(self.binaries.kube_controller_manager),
+                str(binary),
                 f"--kubeconfig={kubeconfig}",
                 f"--authentication-kubeconfig={kubeconfig}",
                 f"--authorization-kubeconfig={kubeconfig}",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={port}",
-                f"--cert-dir={self.root / 'kcm-certs'}",
+                f"--cert-dir={self.root / (name + '-certs')}",
                 "--leader-elect=false",
+                "--v=1",
+                *flags,
+            ],
+            port,
+        )
+        self._wait(component, lambda: self._ready("/healthz", self.admin, port), f"{name} /healthz")
+
+    def _start_controller_manager(self) -> None:
+        self._start_kube_component(
+            "kube-controller-manager",
+            self.binaries.kube_controller_manager,
+            "system:kube-controller-manager",
+            [
                 "--use-service-account-credentials=true",
                 f"--service-account-private-key-file={self.sa_key_file}",
                 f"--root-ca-file={self.ca_file}",
                 # No kubelet heartbeats here: the node lifecycle controller would
                 # taint our Node unreachable and nothing would ever schedule.
                 "--controllers=*,-node-lifecycle-controller",
-                "--v=1",
             ],
-            port,
         )
-        self._wait(manager, lambda: self._ready("/healthz", self.admin, port), "kube-controller-manager /healthz")
 
     def _start_scheduler(self) -> None:
-        kubeconfig = self._kubeconfig_for("kube-scheduler", self._client_credentials("system:kube-scheduler"))
-        port = free_port()
-        scheduler = self._component(
-            "kube-scheduler",
-            [
-                str(self.binaries.kube_scheduler),
-                f"--kubeconfig={kubeconfig}",
-                f"--authentication-kubeconfig={kubeconfig}",
-                f"--authorization-kubeconfig={kubeconfig}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={port}",
-                f"--cert-dir={self.root / 'scheduler-certs'}",
-                "--leader-elect=false",
-                "--v=1",
-            ],
-            port,
-        )
-        self._wait(scheduler, lambda: self._ready("/healthz", self.admin, port), "kube-scheduler /healthz")
+        self._start_kube_component("kube-scheduler", self.binaries.kube_scheduler, "system:kube-scheduler", [])
 
     def _create_node(self) -> None:
         from kubernetes import client

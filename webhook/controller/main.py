@@ -45,10 +45,15 @@ def api_client(kubeconfig: str | None, connections: int = 16) -> Any:
     from kubernetes import client, config
 
     configuration = client.Configuration()
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config(client_configuration=configuration)
-    else:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    try:
+        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config(client_configuration=configuration)
+        else:
+            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    except (config.ConfigException, OSError, TypeError, KeyError, AttributeError, ValueError) as exc:
+        # The loader reports a malformed file with whatever its parsing tripped over.
+        source = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+        raise ValueError(f"{source} is not a usable kubeconfig: {exc or type(exc).__name__}") from None
     configuration.connection_pool_maxsize = connections
     return client.ApiClient(configuration)
 
