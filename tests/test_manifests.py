@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from webhook.configuration import mutating_configuration, validating_configurati
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
-KUSTOMIZATIONS = ["base", "overlays/cert-manager", "examples/session-namespace", "."]
+KUSTOMIZATIONS = ["base", "overlays/self-managed", "overlays/cert-manager", "examples/session-namespace", "."]
 # Custom resources have no schema in kubernetes-validate; they are checked by the
 # API server (with their CRDs installed) in the dry-run test below.
 CUSTOM_KINDS = {("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate")}
@@ -83,10 +84,16 @@ def test_workloads_are_hardened(name: str) -> None:
         assert container["livenessProbe"] and container["readinessProbe"]
 
 
-def test_only_the_controller_gets_an_api_token() -> None:
+def test_only_the_controller_gets_an_api_token_unless_the_webhook_follows_its_secret() -> None:
     deployments = {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in by_kind(render("base"), "Deployment")}
     assert deployments["sortie-egress-webhook"]["automountServiceAccountToken"] is False
     assert deployments["sortie-egress-controller"]["serviceAccountName"] == "sortie-egress"
+    managed = {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in by_kind(render("overlays/self-managed"), "Deployment")}
+    webhook = managed["sortie-egress-webhook"]
+    assert webhook["automountServiceAccountToken"] is True and "volumes" not in webhook or webhook["volumes"] == [
+        {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}]
+    assert "--tls-secret" in webhook["containers"][0]["args"]
+    assert "--manage-certificates" in managed["sortie-egress-controller"]["containers"][0]["args"]
 
 
 def test_baseline_splits_session_pods_by_the_mode_label() -> None:
@@ -162,21 +169,36 @@ def _rights(plane: ControlPlane, namespace: str, account: str = "sortie-egress")
     for line in result.stdout.splitlines()[1:]:
         if line.startswith(" "):
             continue  # a non-resource URL (discovery, health): every identity has those
-        resource, verbs = line.split()[0], line[line.rindex("[") + 1:line.rindex("]")]
+        resource = line.split()[0]
+        groups = [group.split() for group in re.findall(r"\[([^\]]*)\]", line)]
+        names, verbs = groups[-2] if len(groups) >= 3 else [], groups[-1]
+        key = f"{resource}@{','.join(sorted(names))}" if names else resource
         if resource not in DEFAULT_RESOURCES:
-            rights.setdefault(resource, set()).update(verbs.split())
+            rights.setdefault(key, set()).update(verbs)
     return rights
+
+
+CERTIFICATE_RIGHTS = {
+    "mutatingwebhookconfigurations.admissionregistration.k8s.io@sortie-egress": {"get", "patch"},
+    "validatingwebhookconfigurations.admissionregistration.k8s.io@sortie-egress-protect": {"get", "patch"},
+}
 
 
 @pytest.mark.cluster
 def test_controller_identity_has_exactly_what_it_needs(own_plane: ControlPlane) -> None:
-    result = own_plane.kubectl("apply", "-k", str(MANIFESTS / "base"))
+    result = own_plane.kubectl("apply", "-k", str(MANIFESTS / "overlays" / "self-managed"))
     assert result.returncode == 0, result.stderr
-    assert _rights(own_plane, "sessions") == EXPECTED_CLUSTER_RIGHTS
+    assert _rights(own_plane, "sessions") == {**EXPECTED_CLUSTER_RIGHTS, **CERTIFICATE_RIGHTS}
     assert _rights(own_plane, "sortie-system") == {
-        **EXPECTED_CLUSTER_RIGHTS, "leases.coordination.k8s.io": {"get", "create", "update"}}
+        **EXPECTED_CLUSTER_RIGHTS, **CERTIFICATE_RIGHTS,
+        "leases.coordination.k8s.io": {"get", "create", "update"},
+        "secrets": {"create"},
+        "secrets@sortie-egress-ca": {"get", "update"},
+        "secrets@sortie-egress-tls": {"get", "update"},
+    }
     for namespace in ("sessions", "kube-system", "sortie-system"):
         denied = own_plane.kubectl("auth", "can-i", "get", "secrets", "-n", namespace,
                                    "--as=system:serviceaccount:sortie-system:sortie-egress")
         assert denied.stdout.strip() == "no"
-    assert _rights(own_plane, "sortie-system", "sortie-egress-webhook") == {}
+    assert _rights(own_plane, "sortie-system", "sortie-egress-webhook") == {"secrets@sortie-egress-tls": {"get", "list", "watch"}}
+    assert _rights(own_plane, "sessions", "sortie-egress-webhook") == {}

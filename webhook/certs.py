@@ -90,6 +90,10 @@ class Authority:
     def pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
+    @property
+    def key_pem(self) -> bytes:
+        return _pem_key(self.key)
+
     @classmethod
     def create(cls, common_name: str, lifetime: dt.timedelta, now: dt.datetime | None = None) -> Authority:
         now = now or dt.datetime.now(dt.timezone.utc)
@@ -144,6 +148,20 @@ class Authority:
             builder = builder.add_extension(x509.SubjectAlternativeName(_subject_names(hosts)), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+
+
+def load_authority(cert_pem: bytes | None, key_pem: bytes | None) -> Authority | None:
+    """An Authority from PEM, or None when either part is missing, unreadable or they do not match."""
+    if not cert_pem or not key_pem:
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
+        return None
+    return Authority(key=key, cert=cert)
 
 
 def generate(

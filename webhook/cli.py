@@ -149,13 +149,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CommandError("--tls-cert and --tls-key go together")
-    cert, key = (args.tls_cert, args.tls_key) if args.tls_cert else _local_certificates(DEFAULT_CERT_DIR)
+    if args.tls_secret and args.tls_cert:
+        raise CommandError("--tls-secret and --tls-cert/--tls-key are alternatives")
+    secret = None
+    if args.tls_secret:
+        namespace, _, name = args.tls_secret.partition("/")
+        if not namespace or not name:
+            raise CommandError("--tls-secret takes NAMESPACE/NAME")
+        secret, cert, key = (namespace, name), None, None
+    elif args.tls_cert:
+        cert, key = args.tls_cert, args.tls_key
+    else:
+        cert, key = _local_certificates(DEFAULT_CERT_DIR)
     logs.configure(args.log_level)
     options = ServeOptions(
         host=args.host,
         port=args.port,
         cert_file=cert,
         key_file=key,
+        tls_secret=secret,
+        kubeconfig=getattr(args, "kubeconfig", None),
         webhook=WebhookSettings(
             controller_identity=args.controller_identity,
             extra_privileged_users=tuple(args.privileged_user),
@@ -191,14 +204,37 @@ def cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(text: str) -> dt.timedelta:
+    """90, 90s, 15m, 12h, 30d."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        value = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 90s, 15m, 12h, 30d)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("a duration must be positive")
+    return dt.timedelta(seconds=value * units[unit])
+
+
 def cmd_controller(args: argparse.Namespace) -> int:
     from . import logs
+    from .certs import DEFAULT_HOSTS
     from .controller.main import ControllerOptions, run
+    from .rotation import RotationPolicy
 
     logs.configure(args.log_level)
+    certificates = None
+    if args.manage_certificates:
+        hosts = tuple(h.strip() for h in args.certificate_hosts.split(",") if h.strip()) if args.certificate_hosts else DEFAULT_HOSTS[:3]
+        certificates = RotationPolicy(hosts=hosts, ca_lifetime=args.ca_lifetime, serving_lifetime=args.serving_lifetime,
+                                      overlap=args.certificate_overlap)
+        if certificates.overlap * 3 >= certificates.serving_lifetime:
+            raise CommandError("--certificate-overlap must be well under a third of --serving-lifetime")
     options = ControllerOptions(
         namespaces=list(args.namespace), dns=args.dns, kubeconfig=args.kubeconfig, workers=args.workers,
         metrics_port=args.metrics_port or None, leader_elect=args.leader_elect, lease_namespace=args.lease_namespace,
+        certificates=certificates, certificate_namespace=args.lease_namespace,
     )
     logs.event("starting", component="controller", version=__version__, namespaces=options.namespaces or "all",
                dns=str(args.dns), leader_elect=args.leader_elect)
@@ -271,6 +307,8 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("SORTIE_PORT", "8443")))
     parser.add_argument("--tls-cert", help="serving certificate (PEM); reloaded when the file changes")
     parser.add_argument("--tls-key", help="serving key (PEM); with no certificate and key, local ones are made in certs/")
+    parser.add_argument("--tls-secret", metavar="NAMESPACE/NAME",
+                        help="serve the pair in this kubernetes.io/tls Secret, followed through the API (self-managed certificates)")
     parser.add_argument("--dns", type=_dns, default=DnsDestination(), help="DNS destination: cluster, any, or CIDR,...")
     parser.add_argument("--controller-identity", default=DEFAULT_CONTROLLER_IDENTITY,
                        help="the username allowed to change managed NetworkPolicies")
@@ -288,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the admission webhook over TLS")
     _serve_flags(serve)
+    serve.add_argument("--kubeconfig", help="with --tls-secret: kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     serve.set_defaults(handler=cmd_serve)
 
     controller = commands.add_parser("controller", help="create each session's NetworkPolicy, then release its gate")
@@ -299,6 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True)
     controller.add_argument("--lease-namespace", default="sortie-system")
     controller.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    controller.add_argument("--manage-certificates", action="store_true",
+                            help="the leader keeps the webhook's CA, serving certificate and caBundles (self-managed)")
+    controller.add_argument("--certificate-hosts", help="serving certificate names (default: the in-cluster Service names)")
+    controller.add_argument("--ca-lifetime", type=_duration, default=dt.timedelta(days=365))
+    controller.add_argument("--serving-lifetime", type=_duration, default=dt.timedelta(days=30))
+    controller.add_argument("--certificate-overlap", type=_duration, default=dt.timedelta(minutes=2),
+                            help="how long old and new CA are both trusted around a switch")
     controller.set_defaults(handler=cmd_controller)
 
     audit = commands.add_parser("audit", help="list session pods and the state of their NetworkPolicies")

@@ -18,6 +18,7 @@ from ..render import DnsDestination
 from .informer import Informer, Store, project_policy, project_pod
 from .metrics import ControllerMetrics
 from .queue import WorkQueue
+from ..rotation import RotationPolicy
 from .reconciler import Conflict, Reconciler, SessionKey
 
 log = logging.getLogger("sortie.controller")
@@ -38,6 +39,9 @@ class ControllerOptions:
     lease_namespace: str = "sortie-system"
     lease_name: str = "sortie-egress-controller"
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
+    #: Self-managed webhook certificates (None: someone else, e.g. cert-manager, provides them).
+    certificates: RotationPolicy | None = None
+    certificate_namespace: str = "sortie-system"
 
 
 def api_client(kubeconfig: str | None, connections: int = 16) -> Any:
@@ -179,6 +183,19 @@ class Controller:
         for worker in self.workers:
             worker.start()
         threading.Thread(target=self._resync, name="resync", daemon=True).start()
+        if self.options.certificates is not None:
+            from kubernetes import client
+
+            from .certificates import CertificateManager
+
+            policy = self.options.certificates
+            self.certificates = CertificateManager(self.core, client.AdmissionregistrationV1Api(self.api), policy,
+                                                   namespace=self.options.certificate_namespace)
+            # Often enough to renew a third of the way before expiry, and to end an overlap on time.
+            interval = max(1.0, min(30.0, policy.overlap.total_seconds() / 3, policy.serving_lifetime.total_seconds() / 10))
+            leading = self.elector.leading if self.elector is not None else None
+            threading.Thread(target=self.certificates.run, args=(self.stop, leading, interval),
+                             name="certificates", daemon=True).start()
 
     def shutdown(self, grace: float = 10.0) -> None:
         """Finish in-flight reconciles, hand the lease back."""

@@ -42,6 +42,8 @@ class WebhookSettings:
     extra_privileged_users: Collection[str] = ()
     max_body_bytes: int = MAX_REVIEW_BYTES
     metrics: WebhookMetrics = field(default_factory=WebhookMetrics)
+    #: False while there is no real serving certificate yet (it comes from a Secret).
+    ready: Callable[[], bool] = field(default=lambda: True)
 
     @property
     def privileged_users(self) -> frozenset[str]:
@@ -172,6 +174,11 @@ def create_app(settings: WebhookSettings | None = None) -> AdmissionFastPath:
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok\n")
 
+    async def readyz(_: Request) -> Response:
+        if settings.ready():
+            return PlainTextResponse("ok\n")
+        return PlainTextResponse("waiting for the serving certificate\n", status_code=503)
+
     async def metrics(_: Request) -> Response:
         return Response(settings.metrics.render(), media_type=settings.metrics.content_type)
 
@@ -181,7 +188,7 @@ def create_app(settings: WebhookSettings | None = None) -> AdmissionFastPath:
         Route("/mutate", mutate, methods=["POST"]),
         Route("/validate", check, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
     app = Starlette(routes=routes)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
+from typing import Any
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,8 +22,11 @@ log = logging.getLogger("sortie.server")
 class ServeOptions:
     host: str
     port: int
-    cert_file: str
-    key_file: str
+    cert_file: str | None = None
+    key_file: str | None = None
+    #: (namespace, name) of a kubernetes.io/tls Secret to serve from instead of files.
+    tls_secret: tuple[str, str] | None = None
+    kubeconfig: str | None = None
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     cert_poll_seconds: float = 1.0
     keep_alive_seconds: int = 60
@@ -52,6 +57,31 @@ def uvicorn_config(options: ServeOptions, tls: ReloadingTLS) -> uvicorn.Config:
     return config
 
 
+def watch_secret(tls: ReloadingTLS, secret: tuple[str, str], kubeconfig: str | None) -> threading.Event:
+    """Follow one Secret through the API (no kubelet sync delay) and hand its pair to ``tls``."""
+    import base64
+    from functools import partial
+
+    from kubernetes import client
+
+    from ..controller.informer import Informer, Store
+    from ..controller.main import api_client
+
+    namespace, name = secret
+    core = client.CoreV1Api(api_client(kubeconfig, connections=2))
+    stop = threading.Event()
+
+    def changed(obj: dict[str, Any]) -> None:
+        data = obj.get("data") or {}
+        if "tls.crt" in data and "tls.key" in data:
+            tls.load_pem(base64.b64decode(data["tls.crt"]), base64.b64decode(data["tls.key"]))
+
+    informer = Informer(f"secret-{name}", partial(core.list_namespaced_secret, namespace, field_selector=f"metadata.name={name}"),
+                        lambda obj: obj, Store(), changed, stop, namespace)
+    informer.start()
+    return stop
+
+
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop when installed: its C TLS and transports cost a fraction of asyncio's pure-Python sslproto."""
     try:
@@ -69,7 +99,13 @@ def run(options: ServeOptions) -> None:
 
 async def serve(options: ServeOptions, sockets: list[socket.socket] | None = None) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn's handlers), reloading certificates as they change."""
-    tls = ReloadingTLS(options.cert_file, options.key_file)
+    if options.tls_secret is not None:
+        tls = ReloadingTLS.awaiting_secret()
+        watch_secret(tls, options.tls_secret, options.kubeconfig)
+    else:
+        assert options.cert_file and options.key_file
+        tls = ReloadingTLS(options.cert_file, options.key_file)
+    options.webhook.ready = lambda: tls.ready
     metrics = options.webhook.metrics
 
     async def watch_certificates() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,19 +51,60 @@ def _stamp(path: Path) -> _Stamp | None:
 
 
 class ReloadingTLS:
-    """The listening context, plus the certificate pair that it hands each new handshake."""
+    """The listening context, plus the certificate pair that it hands each new handshake.
 
-    def __init__(self, cert_file: str | os.PathLike[str], key_file: str | os.PathLike[str]) -> None:
+    The pair comes from files (watched for changes), or from PEM handed in by
+    whoever watches a Secret (``load_pem``). In the second case the server
+    starts on a throwaway self-signed pair and reports not ready until the
+    real one arrives.
+    """
+
+    def __init__(self, cert_file: str | os.PathLike[str], key_file: str | os.PathLike[str], ready: bool = True) -> None:
         self.cert_file = Path(cert_file)
         self.key_file = Path(key_file)
         self._current = server_context(self.cert_file, self.key_file)
         self._stamps = (_stamp(self.cert_file), _stamp(self.key_file))
         self.reloads = 0
         self.failed_reloads = 0
+        self.ready = ready
         # The listener's own context carries the first pair too, so a client
         # is served even if the callback were never reached.
         self.listener = server_context(self.cert_file, self.key_file)
         self.listener.sni_callback = self._select
+
+    @classmethod
+    def awaiting_secret(cls) -> ReloadingTLS:
+        """A placeholder pair until ``load_pem`` brings the real one; not ready until then."""
+        from ..certs import generate
+
+        folder = Path(tempfile.mkdtemp(prefix="sortie-tls-"))
+        placeholder = generate(("placeholder.invalid",))
+        (folder / "tls.key").write_bytes(placeholder.key_pem)
+        (folder / "tls.key").chmod(0o600)
+        (folder / "tls.crt").write_bytes(placeholder.cert_pem)
+        return cls(folder / "tls.crt", folder / "tls.key", ready=False)
+
+    def load_pem(self, cert_pem: bytes, key_pem: bytes) -> bool:
+        """Swap in a pair given as PEM (from a Secret); False, keeping the old pair, if it is unusable."""
+        folder = Path(tempfile.mkdtemp(prefix="sortie-tls-"))
+        try:
+            (folder / "tls.key").write_bytes(key_pem)
+            (folder / "tls.key").chmod(0o600)
+            (folder / "tls.crt").write_bytes(cert_pem)
+            fresh = server_context(folder / "tls.crt", folder / "tls.key")
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            self.failed_reloads += 1
+            log.warning("certificate from the Secret is unusable, keeping the previous pair: %s", exc)
+            return False
+        finally:
+            for name in ("tls.key", "tls.crt"):
+                (folder / name).unlink(missing_ok=True)
+            folder.rmdir()
+        self._current = fresh
+        self.reloads += 1
+        self.ready = True
+        log.info("serving certificate loaded from its Secret")
+        return True
 
     def _select(self, ssl_object: ssl.SSLObject, _server_name: str | None, _context: ssl.SSLContext) -> None:
         if ssl_object.context is not self._current:

@@ -1,0 +1,120 @@
+"""The self-managed certificate loop: the leader keeps both Secrets and the caBundles current.
+
+Decisions are ``webhook.rotation.plan``; this module reads the Secrets, writes
+what the plan changed, and keeps the webhook configurations' caBundle equal
+to the plan's trust bundle. A bundle that grows is injected before the
+Secrets are written (the API server must trust a CA before anything serves
+from it); a bundle that shrinks, after.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+
+from ..configuration import MUTATING_NAME, VALIDATING_NAME
+from ..rotation import CertificateState, RotationPolicy, decode_state, encode_ca_secret, encode_serving_secret, plan
+
+log = logging.getLogger("sortie.certificates")
+
+
+@dataclass
+class CertificateManager:
+    core: Any  # kubernetes.client.CoreV1Api
+    admission: Any  # kubernetes.client.AdmissionregistrationV1Api
+    policy: RotationPolicy
+    namespace: str = "sortie-system"
+    ca_secret: str = "sortie-egress-ca"
+    serving_secret: str = "sortie-egress-tls"
+    mutating: str = MUTATING_NAME
+    validating: str = VALIDATING_NAME
+    rotations: int = 0
+
+    # --- Secrets ------------------------------------------------------------
+
+    def _read_secret(self, name: str) -> tuple[dict[str, bytes] | None, str | None]:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            secret = json.loads(self.core.read_namespaced_secret(name, self.namespace, _preload_content=False).data)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None, None
+            raise
+        data = {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
+        return data, secret["metadata"]["resourceVersion"]
+
+    def _write_secret(self, name: str, data: dict[str, bytes], version: str | None, kind: str) -> None:
+        body = {"apiVersion": "v1", "kind": "Secret", "type": kind,
+                "metadata": {"name": name, "namespace": self.namespace,
+                             "labels": {"app.kubernetes.io/managed-by": "sortie-egress"}},
+                "data": {key: base64.b64encode(value).decode() for key, value in data.items()}}
+        if version is None:
+            self.core.create_namespaced_secret(self.namespace, body, _preload_content=False)
+        else:
+            body["metadata"]["resourceVersion"] = version  # a concurrent writer makes this fail, not interleave
+            self.core.replace_namespaced_secret(name, self.namespace, body, _preload_content=False)
+
+    # --- caBundle -------------------------------------------------------------
+
+    def _inject(self, bundle: bytes) -> None:
+        encoded = base64.b64encode(bundle).decode()
+        for read, patch, name in (
+            (self.admission.read_mutating_webhook_configuration, self.admission.patch_mutating_webhook_configuration, self.mutating),
+            (self.admission.read_validating_webhook_configuration, self.admission.patch_validating_webhook_configuration, self.validating),
+        ):
+            config = json.loads(read(name, _preload_content=False).data)
+            ops = [{"op": "replace" if "caBundle" in hook["clientConfig"] else "add",
+                    "path": f"/webhooks/{index}/clientConfig/caBundle", "value": encoded}
+                   for index, hook in enumerate(config.get("webhooks") or [])
+                   if hook["clientConfig"].get("caBundle") != encoded]
+            if ops:
+                patch(name, ops, _preload_content=False)
+                log.info("caBundle of %s updated (%d CA(s))", name, len(x509.load_pem_x509_certificates(bundle)))
+
+    def _injected(self) -> set[bytes]:
+        config = json.loads(self.admission.read_mutating_webhook_configuration(self.mutating, _preload_content=False).data)
+        bundles = [hook["clientConfig"].get("caBundle") for hook in config.get("webhooks") or []]
+        fingerprints: set[bytes] = set()
+        for value in bundles:
+            if value:
+                fingerprints |= {ca.fingerprint(ca.signature_hash_algorithm) for ca in  # type: ignore[arg-type]
+                                 x509.load_pem_x509_certificates(base64.b64decode(value))}
+        return fingerprints
+
+    # --- one round --------------------------------------------------------------
+
+    def reconcile(self, now: dt.datetime | None = None) -> tuple[str, ...]:
+        now = now or dt.datetime.now(dt.timezone.utc)
+        ca_data, ca_version = self._read_secret(self.ca_secret)
+        serving_data, serving_version = self._read_secret(self.serving_secret)
+        state: CertificateState = plan(decode_state(ca_data, serving_data), self.policy, now)
+        bundle = state.trust_bundle()
+        wanted = {ca.fingerprint(ca.signature_hash_algorithm) for ca in x509.load_pem_x509_certificates(bundle)}  # type: ignore[arg-type]
+        grows = not wanted <= self._injected()
+        if grows:
+            self._inject(bundle)
+        if state.changes:
+            self._write_secret(self.ca_secret, encode_ca_secret(state), ca_version, "Opaque")
+            self._write_secret(self.serving_secret, encode_serving_secret(state), serving_version, "kubernetes.io/tls")
+            self.rotations += 1
+            log.info("certificates: %s", "; ".join(state.changes))
+        if not grows:
+            self._inject(bundle)
+        return state.changes
+
+    def run(self, stop: threading.Event, leading: threading.Event | None, interval: float) -> None:
+        while not stop.is_set():
+            if leading is None or leading.is_set():
+                try:
+                    self.reconcile()
+                except Exception as exc:  # the API server away, a conflict with a second writer: next round
+                    log.warning("certificate round failed: %s", exc)
+            stop.wait(interval)
