@@ -50,6 +50,7 @@ ENVELOPE = b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", '
     ("body", "reason"),
     [(b"", "body is not JSON"), (b"{", "body is not JSON"), (b"\xff\xfe", "body is not JSON"),
      (b'{"a": NaN}', "body is not JSON"),
+     (ENVELOPE + b'"request": {"uid": "\x9e", "operation": "CREATE"}}', "body is not UTF-8 JSON"),  # fuzzer finding
      (b"[]", "not an AdmissionReview: Expected `object`, got `array`"),
      (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1beta1", "request": {"uid": "a", "operation": "CREATE"}}',
       "expected kind AdmissionReview, apiVersion admission.k8s.io/v1"),

@@ -70,6 +70,9 @@ def test_validate_endpoint_answers(server: WebhookProcess) -> None:
 
 
 @pytest.mark.parametrize(("body", "fragment"), [(b"not json", b"bad AdmissionReview: body is not JSON"),
+                                                 (b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", '
+                                                  b'"request": {"uid": "\x9e", "operation": "CREATE"}}',
+                                                  b"bad AdmissionReview: body is not UTF-8 JSON"),
                                      (b'{"kind": "Pod"}', b"bad AdmissionReview: not an AdmissionReview")])
 def test_malformed_review_is_400_with_a_reason(server: WebhookProcess, body: bytes, fragment: bytes) -> None:
     status, reply = request(server, "POST", "/mutate", body)

@@ -112,6 +112,8 @@ def decode_review(body: bytes) -> AdmissionRequest:
         raise ReviewError(f"not an AdmissionReview: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ReviewError(f"body is not JSON: {exc}") from None
+    except UnicodeDecodeError as exc:  # msgspec decodes strings lazily: found by fuzz/fuzz_admission.py
+        raise ReviewError(f"body is not UTF-8 JSON: byte {exc.start} of a string") from None
     if review.kind != "AdmissionReview" or review.apiVersion != ADMISSION_API_VERSION:
         raise ReviewError(f"expected kind AdmissionReview, apiVersion {ADMISSION_API_VERSION}")
     request = review.request

@@ -1,0 +1,130 @@
+"""Coverage-guided fuzzing (atheris) of annotation parsing and AdmissionReview handling.
+
+    python fuzz/fuzz_admission.py policy -runs=1000000      # the documented run (README)
+    python fuzz/fuzz_admission.py review -runs=1000000
+    python fuzz/fuzz_admission.py policy -runs=20000 -seed=1  # what CI runs (tests/test_fuzz.py)
+
+A finding is any exception other than the documented refusal, a refusal without
+a message, or one input taking over 10 ms (timed again, uninstrumented
+timing noise aside, before it counts). Seeds come from fuzz/corpus/.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import atheris
+
+with atheris.instrument_imports(include=["webhook"]):
+    from webhook.admission.mutate import mutate_pod
+    from webhook.admission.response import encode_response
+    from webhook.admission.review import ReviewError, decode_review
+    from webhook.policy import parse_policy
+
+parse_uncached = parse_policy.__wrapped__  # the memo would hide repeated work from the fuzzer
+SLOW_SECONDS = 0.010
+stats = {"inputs": 0, "slowest": 0.0}
+
+
+def _timed(call, data):  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    result = call(data)
+    elapsed = time.perf_counter() - started
+    if elapsed > SLOW_SECONDS:
+        again = min(_once(call, data) for _ in range(3))
+        if again > SLOW_SECONDS:
+            raise AssertionError(f"input took {again * 1000:.1f} ms (> 10 ms): {data[:80]!r}")
+        elapsed = again
+    stats["slowest"] = max(stats["slowest"], elapsed)
+    stats["inputs"] += 1
+    if stats["inputs"] % 100000 == 0:
+        print(f"#{stats['inputs']} slowest so far {stats['slowest'] * 1000:.2f} ms", file=sys.stderr, flush=True)
+    return result
+
+
+def _once(call, data) -> float:  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    call(data)
+    return time.perf_counter() - started
+
+
+def _policy(data: bytes) -> None:
+    text = data.decode("utf-8", "surrogatepass") if data else ""
+    result = parse_uncached(text)
+    if result.errors:
+        assert result.policy is None, "a refused policy must not also be a policy"
+        assert all(isinstance(error, str) and ": " in error for error in result.errors), result.errors
+    elif result.policy is not None:
+        again = parse_uncached(result.canonical)
+        assert again.ok and again.policy == result.policy, "canonical form does not parse back to itself"
+
+
+def _review(data: bytes) -> None:
+    try:
+        request = decode_review(data)
+    except ReviewError as exc:
+        assert str(exc), "a refusal needs a reason"
+        return
+    encode_response(request.uid, mutate_pod(request))
+
+
+def _structured(data: bytes) -> bytes:
+    """Half the inputs: a policy-shaped document built from the bytes, so the
+    fuzzer reaches validation instead of stopping at the JSON parser."""
+    provider = atheris.FuzzedDataProvider(data)
+
+    def value(depth: int = 0) -> object:
+        kind = provider.ConsumeIntInRange(0, 9 if depth < 3 else 5)
+        if kind == 0:
+            return provider.ConsumeIntInRange(-(2**70), 2**70)
+        if kind == 1:
+            return provider.ConsumeBool()
+        if kind == 2:
+            return provider.ConsumeFloat()
+        if kind == 3:
+            return None
+        if kind in (4, 5):
+            return provider.PickValueInList(["10.0.0.0/8", "10.0.0.1/33", "::/0", "0.0.0.0/0", "2001:db8::1", "tcp",
+                                             "UDP", "sctp", "allowlist", "denylist", "", "::ffff:1.2.3.4/128"]
+                                            ) if provider.ConsumeBool() else provider.ConsumeUnicodeNoSurrogates(12)
+        if kind in (6, 7):
+            return [value(depth + 1) for _ in range(provider.ConsumeIntInRange(0, 4))]
+        keys = ["cidr", "port", "end_port", "protocol", "mode", "rules", "rule", provider.ConsumeUnicodeNoSurrogates(4)]
+        return {provider.PickValueInList(keys): value(depth + 1) for _ in range(provider.ConsumeIntInRange(0, 5))}
+
+    rules = [value(1) if provider.ConsumeIntInRange(0, 4) == 0 else {
+        key: value(2) for key in ("cidr", "port", "end_port", "protocol") if provider.ConsumeBool()}
+        for _ in range(provider.ConsumeIntInRange(0, 6))]
+    document: object = {"mode": value(1) if provider.ConsumeIntInRange(0, 3) == 0 else provider.PickValueInList(
+        ["allowlist", "denylist", ""]), "rules": rules}
+    if provider.ConsumeIntInRange(0, 7) == 0:
+        document = value()
+    import json
+
+    try:
+        return json.dumps(document, allow_nan=provider.ConsumeBool()).encode()
+    except (ValueError, OverflowError):
+        return b"{}"
+
+
+def main() -> None:
+    target = sys.argv.pop(1) if len(sys.argv) > 1 and sys.argv[1] in ("policy", "review") else "policy"
+    check = _policy if target == "policy" else _review
+
+    def one_input(data: bytes) -> None:
+        if target == "policy":
+            if data[:1] == b"\x01":
+                data = _structured(data[1:])
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                return  # annotations are UTF-8 strings by the time we see them
+        _timed(check, data)
+
+    atheris.Setup(sys.argv, one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
