@@ -319,3 +319,39 @@ def test_run_serves_the_webhook_and_reconciles(control_plane: ControlPlane, regi
         process.send_signal(signal.SIGTERM)
         process.wait(30)
     assert process.returncode in (0, -signal.SIGTERM)
+
+
+def test_api_server_restarted_mid_burst_converges_with_bounded_writes(
+        control_plane: ControlPlane, registered_webhook: WebhookProcess, controller_kubeconfig: Path,
+        namespace: str, tmp_path: Path) -> None:
+    import re
+    import urllib.request
+
+    from tests.cluster.harness import free_port
+
+    port = free_port()
+    process = ControllerProcess(controller_kubeconfig, tmp_path / "controller.log",
+                                extra_args=("--metrics-port", str(port), "--namespace", namespace)).start()
+    try:
+        _, core, networking = _api(control_plane)
+        pods = [session_pod(policy=POLICY, namespace=namespace) for _ in range(40)]
+        for pod in pods[:20]:
+            core.create_namespaced_pod(namespace, pod)
+        control_plane.restart_apiserver(downtime=3)
+        _, core, networking = _api(control_plane)  # fresh connections
+        for pod in pods[20:]:
+            wait_for(lambda pod=pod: core.create_namespaced_pod(namespace, pod), 30, "a create after the restart")
+
+        def converged() -> bool:
+            listed = json.loads(core.list_namespaced_pod(namespace, _preload_content=False).data)["items"]
+            return len(listed) == 40 and all("sortie.io/egress-policy" not in _gates(pod) for pod in listed)
+
+        wait_for(converged, 90, "every gate released after the restart", interval=0.5)
+        policies = json.loads(networking.list_namespaced_network_policy(namespace, _preload_content=False).data)["items"]
+        assert sorted(p["metadata"]["name"] for p in policies) == sorted(
+            "sortie-egress-" + pod["metadata"]["labels"]["sortie.io/session-id"] for pod in pods)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        writes = sum(float(v) for v in re.findall(r'^sortie_egress_api_writes_total\{[^}]*\} (\S+)$', text, re.M))
+        assert writes <= 2 * 40 + 10, f"{writes} writes for 40 sessions: retries are not bounded"
+    finally:
+        process.stop()

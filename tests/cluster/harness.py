@@ -392,6 +392,15 @@ class ControlPlane:
             # controller sees a kubelet; there is none, so lift it ourselves.
             core.patch_node(NODE_NAME, {"spec": {"taints": None}})
 
+    def restart_apiserver(self, downtime: float) -> None:
+        """Stop kube-apiserver, keep it down for ``downtime`` seconds, start it again on the same port."""
+        component = next(c for c in self.components if c.name == "kube-apiserver")
+        component.stop()
+        wait_for(lambda: not port_is_bound(component.port), 10, "the API server's port to close")
+        time.sleep(downtime)  # the outage itself is what is being simulated
+        component.start(self._env())
+        self._wait(component, lambda: self._ready("/readyz", self.admin, self.api_port), "kube-apiserver /readyz")
+
     def stop(self) -> None:
         """Stop exactly what was started, newest first, and check the ports are free again."""
         for component in reversed(self.components):

@@ -4,7 +4,10 @@ As client-go does it: a follower does not compare the holder's renewTime with
 its own clock (clocks drift); it notes when it last saw the lease record
 change, and takes over once it has stayed unchanged for leaseDurationSeconds.
 Writes carry the resourceVersion they read, so of two candidates exactly one
-wins. A leader that cannot renew within its deadline stops leading.
+wins. A leader that cannot renew within its deadline (10 s, well inside the
+15 s a follower waits) stops reconciling, and keeps trying: when it holds the
+lease again, it starts over with a full reconcile. It does not exit, so an API
+server outage does not turn into a crash loop of every replica.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("sortie.controller.lease")
@@ -26,8 +28,7 @@ def _now_text() -> str:
 
 class LeaderElector(threading.Thread):
     def __init__(self, coordination: Any, namespace: str, name: str, identity: str, stop: threading.Event,
-                 lease_seconds: int = 15, renew_deadline: float = 10.0, retry_period: float = 2.0,
-                 on_lost: Callable[[], None] | None = None) -> None:
+                 lease_seconds: int = 15, renew_deadline: float = 10.0, retry_period: float = 2.0) -> None:
         super().__init__(name="leader-elector", daemon=True)
         self.api = coordination
         self.namespace = namespace
@@ -37,7 +38,6 @@ class LeaderElector(threading.Thread):
         self.lease_seconds = lease_seconds
         self.renew_deadline = renew_deadline
         self.retry_period = retry_period
-        self.on_lost = on_lost
         self.leading = threading.Event()
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
@@ -116,8 +116,6 @@ class LeaderElector(threading.Thread):
                     log.info("became leader (%s)", self.identity)
                     self.leading.set()
             elif self.leading.is_set() and now - last_renewal > self.renew_deadline:
-                log.error("lost the lease: stopping leading")
+                log.error("could not renew the lease for %.0f s: pausing until it is held again", now - last_renewal)
                 self.leading.clear()
-                if self.on_lost:
-                    self.on_lost()
             self.stop_event.wait(self.retry_period)

@@ -84,18 +84,11 @@ class Controller:
         self.reconciler = Reconciler(self.core, self.networking, self.pods, self.policies, options.dns, self.metrics)
         self.informers = self._informers()
         self.elector = None
-        self.lost_leadership = False
         if options.leader_elect:
             from .lease import LeaderElector
 
             self.elector = LeaderElector(self.coordination, options.lease_namespace, options.lease_name,
-                                         options.identity, self.stop, on_lost=self._lost)
-        self.lost_leadership = False
-
-    def _lost(self) -> None:
-        # Another replica may already be acting: stop at once rather than fight it.
-        self.lost_leadership = True
-        self.stop.set()
+                                         options.identity, self.stop)
 
     def _enqueue(self, obj: dict[str, Any]) -> None:
         key = Reconciler.key_for(obj)
@@ -209,7 +202,7 @@ class Controller:
 
 
 def run(options: ControllerOptions) -> int:
-    """Run until SIGTERM/SIGINT; 0 on a clean stop, 1 when leadership was lost."""
+    """Run until SIGTERM/SIGINT."""
     controller = Controller(options)
     if options.metrics_port is not None:
         from prometheus_client import start_http_server
@@ -221,4 +214,4 @@ def run(options: ControllerOptions) -> int:
     controller.stop.wait()
     controller.shutdown()
     log.info("controller stopped")
-    return 1 if controller.lost_leadership else 0
+    return 0
