@@ -206,3 +206,50 @@ def test_the_real_api_server_accepts_what_render_prints(control_plane: ControlPl
     created = control_plane.kubectl("create", "--dry-run=server", "-f", "-", "-o", "json", input=rendered.stdout)
     assert created.returncode == 0, created.stderr
     assert json.loads(created.stdout)["spec"]["egress"] == json.loads(rendered.stdout)["spec"]["egress"]
+
+
+def test_webhook_killed_under_load_refuses_never_admits_unmutated_and_recovers(
+        control_plane: ControlPlane, registered_webhook: WebhookProcess) -> None:
+    """failurePolicy Fail: while no replica is up, session pods are refused, never admitted as they came."""
+    import threading
+    import time
+
+    from kubernetes import client
+
+    results: list[tuple[float, str]] = []
+    done = threading.Event()
+
+    def load() -> None:
+        with control_plane.admin.api_client() as api:
+            core = client.CoreV1Api(api)
+            while not done.is_set():
+                pod = session_pod(policy=POLICY)
+                try:
+                    created = core.create_namespaced_pod("default", pod, dry_run="All", _request_timeout=15)
+                    mutated = (created.metadata.labels or {}).get("sortie.io/egress-mode") == "allowlist"
+                    results.append((time.monotonic(), "mutated" if mutated else "UNMUTATED"))
+                except Exception:  # refused: what failurePolicy Fail promises
+                    results.append((time.monotonic(), "refused"))
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        wait_for(lambda: sum(r == "mutated" for _, r in results) > 20, 30, "load before the kill")
+        registered_webhook.process.kill()
+        registered_webhook.process.wait(10)
+        killed_at = time.monotonic()
+        wait_for(lambda: any(r == "refused" and t > killed_at for t, r in results), 30, "refusals while down")
+        time.sleep(2)  # the outage being simulated
+        registered_webhook.start()  # same port, same certificates
+        ready_at = time.monotonic()
+        wait_for(lambda: sum(r == "mutated" and t > ready_at for t, r in results) > 20, 30, "load after the restart")
+    finally:
+        done.set()
+        for worker in workers:
+            worker.join(30)
+    assert not any(r == "UNMUTATED" for _, r in results)
+    first_after = min(t for t, r in results if r == "mutated" and t > ready_at)
+    assert first_after - ready_at <= 2.0, f"recovered {first_after - ready_at:.2f} s after the webhook was ready"
+    refusals_after_recovery = [t for t, r in results if r == "refused" and t > first_after + 0.5]
+    assert refusals_after_recovery == []

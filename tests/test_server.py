@@ -9,6 +9,7 @@ import shutil
 import socket
 import ssl
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -250,3 +251,35 @@ def test_half_written_rotation_keeps_serving_the_old_pair(tmp_path: Path) -> Non
     assert tls.reload_if_changed() is False and tls.failed_reloads == 1
     shutil.copy(new_dir / "tls.key", old_dir / "tls.key")
     assert tls.reload_if_changed() is True and tls.reloads == 1
+
+
+def test_slow_loris_connections_are_cut_and_do_not_starve_others(tmp_path: Path) -> None:
+    generate_certs(tmp_path / "c")
+    server = WebhookProcess(tmp_path / "c", tmp_path / "log", extra_args=("--request-timeout", "1")).start()
+    slow: list[ssl.SSLSocket] = []
+    try:
+        for index in range(40):
+            tls = _raw_tls(server)
+            if index % 2:
+                tls.sendall(b"POST /mutate HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # headers never finish
+            else:
+                tls.sendall(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 4096\r\n\r\n{")  # body never finishes
+            slow.append(tls)
+        started = time.monotonic()
+        status, _ = request(server, "POST", "/mutate", review_body(session_pod(policy={"mode": "allowlist"})))
+        assert status == 200 and time.monotonic() - started < 0.5
+        deadline = time.monotonic() + 5
+        for tls in slow:
+            tls.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                while True:  # keep dribbling; the server must hang up
+                    tls.sendall(b"a")
+                    if tls.recv(1) == b"":
+                        break
+            except (ssl.SSLError, OSError):
+                pass
+            assert time.monotonic() < deadline, "a slow connection outlived its deadline"
+    finally:
+        for tls in slow:
+            tls.close()
+        server.stop()

@@ -169,6 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         key_file=key,
         tls_secret=secret,
         kubeconfig=getattr(args, "kubeconfig", None),
+        request_timeout=args.request_timeout,
         webhook=WebhookSettings(
             controller_identity=args.controller_identity,
             extra_privileged_users=tuple(args.privileged_user),
@@ -314,6 +315,8 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
                        help="the username allowed to change managed NetworkPolicies")
     parser.add_argument("--privileged-user", action="append", default=[],
                        help="another username allowed to change managed NetworkPolicies (repeatable)")
+    parser.add_argument("--request-timeout", type=float, default=10.0,
+                        help="seconds a client has to send a whole request, headers and body (slow-loris guard)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import uvicorn
 
 from .app import WebhookSettings, create_app
+from .protocol import protocol_with
 from .tls import ReloadingTLS
 
 log = logging.getLogger("sortie.server")
@@ -31,6 +32,7 @@ class ServeOptions:
     cert_poll_seconds: float = 1.0
     keep_alive_seconds: int = 60
     max_connections: int = 2048
+    request_timeout: float = 10.0
 
 
 def uvicorn_config(options: ServeOptions, tls: ReloadingTLS) -> uvicorn.Config:
@@ -39,7 +41,7 @@ def uvicorn_config(options: ServeOptions, tls: ReloadingTLS) -> uvicorn.Config:
         host=options.host,
         port=options.port,
         loop="uvloop",
-        http="httptools",
+        http=protocol_with(options.request_timeout),
         lifespan="off",
         access_log=False,
         log_config=None,
