@@ -134,7 +134,7 @@ class Informer(threading.Thread):
 
     def __init__(self, name: str, list_call: Callable[..., Any], project: Callable[[dict[str, Any]], dict[str, Any]],
                  store: Store, on_change: Callable[[dict[str, Any]], None], stop: threading.Event,
-                 namespace: str | None = None) -> None:
+                 namespace: str | None = None, on_restart: Callable[[str], None] | None = None) -> None:
         super().__init__(name=f"informer-{name}", daemon=True)
         self.list_call = list_call
         self.project = project
@@ -142,6 +142,7 @@ class Informer(threading.Thread):
         self.on_change = on_change
         self.stop_event = stop
         self.namespace = namespace
+        self.on_restart = on_restart or (lambda _reason: None)
         self.synced = threading.Event()
         self.relists = 0
         self.expired = 0
@@ -196,9 +197,11 @@ class Informer(threading.Thread):
                     resource_version = self._watch(resource_version)
             except Expired as exc:
                 self.expired += 1
+                self.on_restart("expired")
                 log.info("%s: watch expired (%s); listing again", self.name, exc)
             except Exception as exc:  # the API server restarted, a connection reset: list again, after a pause
                 failures += 1
+                self.on_restart("error")
                 delay = min(30.0, 0.2 * 2 ** min(failures, 8)) * (0.5 + self._rand.random() / 2)
                 log.warning("%s: %s; listing again in %.1f s", self.name, exc, delay)
                 self.stop_event.wait(delay)

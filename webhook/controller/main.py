@@ -106,10 +106,15 @@ class Controller:
                 pods = partial(self.core.list_namespaced_pod, namespace, label_selector=SESSION_ID_LABEL)
                 policies = partial(self.networking.list_namespaced_network_policy, namespace, label_selector=managed)
             suffix = namespace or "all"
-            informers.append(Informer(f"pods-{suffix}", pods, project_pod, self.pods, self._enqueue, self.stop, namespace))
+            restarted = self._watch_restarted
+            informers.append(Informer(f"pods-{suffix}", pods, project_pod, self.pods, self._enqueue, self.stop, namespace,
+                                      restarted))
             informers.append(Informer(f"policies-{suffix}", policies, project_policy, self.policies, self._enqueue,
-                                      self.stop, namespace))
+                                      self.stop, namespace, restarted))
         return informers
+
+    def _watch_restarted(self, reason: str) -> None:
+        self.metrics.watch_restarts.labels(reason).inc()
 
     @property
     def leading(self) -> bool:

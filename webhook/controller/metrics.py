@@ -21,4 +21,6 @@ class ControllerMetrics:
                                       "From pod creation to its scheduling gate's removal.",
                                       buckets=LATENCY_BUCKETS, registry=self.registry)
         self.writes = Counter("sortie_egress_api_writes", "API writes, by kind.", ("kind",), registry=self.registry)
+        self.watch_restarts = Counter("sortie_egress_watch_restarts", "Lists after a watch ended: expired (410) or error.",
+                                      ("reason",), registry=self.registry)
         self.leader = Gauge("sortie_egress_leader", "1 while this replica holds the leader lease.", registry=self.registry)
