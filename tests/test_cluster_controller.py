@@ -352,6 +352,7 @@ def test_api_server_restarted_mid_burst_converges_with_bounded_writes(
             "sortie-egress-" + pod["metadata"]["labels"]["sortie.io/session-id"] for pod in pods)
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         writes = sum(float(v) for v in re.findall(r'^sortie_egress_api_writes_total\{[^}]*\} (\S+)$', text, re.M))
+        print(f"api server restart: 40 sessions, {len(policies)} policies, {writes:.0f} writes")
         assert writes <= 2 * 40 + 10, f"{writes} writes for 40 sessions: retries are not bounded"
     finally:
         process.stop()

@@ -110,6 +110,7 @@ def test_admissions_keep_succeeding_across_rotations(plane: ControlPlane, tmp_pa
         controller.stop()
         webhook.send_signal(signal.SIGTERM)
         webhook.wait(20)
+    print(f"rotation: {attempts} admissions, {len(failures)} failed, {len(serials)} serving certificates, {len(cas)} CAs")
     assert failures == [], f"{len(failures)} of {attempts} admissions failed: {failures[:3]}"
     assert attempts > 200
     assert len(serials) >= 3, f"only {len(serials)} serving certificates seen: fewer than two rotations"

@@ -248,6 +248,9 @@ def test_webhook_killed_under_load_refuses_never_admits_unmutated_and_recovers(
         done.set()
         for worker in workers:
             worker.join(30)
+    first_after = min(t for t, r in results if r == "mutated" and t > ready_at)
+    print(f"webhook kill: {len(results)} admissions, {sum(r == 'refused' for _, r in results)} refused while down, "
+          f"{sum(r == 'UNMUTATED' for _, r in results)} unmutated, recovered {first_after - ready_at:.2f} s after ready")
     assert not any(r == "UNMUTATED" for _, r in results)
     first_after = min(t for t, r in results if r == "mutated" and t > ready_at)
     assert first_after - ready_at <= 2.0, f"recovered {first_after - ready_at:.2f} s after the webhook was ready"
