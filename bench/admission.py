@@ -203,7 +203,17 @@ def wait_healthy(url: str, ca: str, process: subprocess.Popen[bytes]) -> None:
 
 
 def start_servers(folder: Path) -> dict[str, tuple[subprocess.Popen[bytes], int, str]]:
-    servers = {}
+    servers: dict[str, tuple[subprocess.Popen[bytes], int, str]] = {}
+    try:
+        _start_each(folder, servers)
+    except BaseException:
+        for process, _, _ in servers.values():  # no server outlives a failed start
+            process.kill()
+        raise
+    return servers
+
+
+def _start_each(folder: Path, servers: dict[str, tuple[subprocess.Popen[bytes], int, str]]) -> None:
     for name in ("sortie-egress", "aiohttp-peer", "uvicorn-floor"):
         certs = folder / name
         subprocess.run([str(BIN / "sortie-egress"), "certs", "generate", "--out", str(certs), "--hosts", "127.0.0.1"],
@@ -221,9 +231,8 @@ def start_servers(folder: Path) -> dict[str, tuple[subprocess.Popen[bytes], int,
             probe = f"https://127.0.0.1:{port}/mutate"
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                    env={**os.environ, "PYTHONPATH": str(ROOT)})
-        wait_healthy(probe, str(certs / "ca.crt"), process)
         servers[name] = (process, port, str(certs / "ca.crt"))
-    return servers
+        wait_healthy(probe, str(certs / "ca.crt"), process)
 
 
 def measure(name: str, process: subprocess.Popen[bytes], port: int, ca: str, connections: int,
