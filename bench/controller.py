@@ -62,7 +62,7 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def watch_gates(kubeconfig: str, namespace: str, expected: int, ready: Any, results: Any) -> None:
+def watch_gates(kubeconfig: str, namespace: str, expected: int, ready: Any, results: Any, prefix: str = "burst-") -> None:
     """In a process of its own (so the creating threads do not delay what it sees): the wall-clock
     time at which each pod is first seen without our gate; stops after ``expected`` of them."""
     from kubernetes import config
@@ -87,7 +87,7 @@ def watch_gates(kubeconfig: str, namespace: str, expected: int, ready: Any, resu
                     version = obj["metadata"].get("resourceVersion", version)
                     if event["type"] in ("ADDED", "MODIFIED"):
                         gates = [g["name"] for g in obj["spec"].get("schedulingGates") or []]
-                        if GATE not in gates:
+                        if GATE not in gates and obj["metadata"]["name"].startswith(prefix):
                             released.setdefault(obj["metadata"]["name"], time.time())
                 if len(released) >= expected:
                     break
@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=500)
     parser.add_argument("--rss-pods", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=48, help="controller worker threads")
+    parser.add_argument("--backfill", type=int, default=500,
+                        help="gated pods created before the controller starts: its own processing rate, no creates competing")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sortie-bench-controller-"))
     plane = ControlPlane(find_binaries(), root=work / "cluster").start()
@@ -139,12 +141,25 @@ def main() -> None:
         wait_for(lambda: "sortie.io/egress-mode" in (core.create_namespaced_pod(namespace, probe, dry_run="All").metadata.labels or {}),
                  30, "the webhook")
         metrics_port = free_port()
+        if args.backfill:
+            create_pods(core, namespace, args.backfill, "backfill")
         # A later --metrics-port overrides the helper's own "0".
         controller = ControllerProcess(kubeconfig, work / "controller.log",
                                        extra_args=("--no-leader-elect", "--namespace", namespace, "--workers", str(args.workers),
-                                                   "--metrics-port", str(metrics_port))).start()
+                                                   "--metrics-port", str(metrics_port)))
+        started = time.time()
+        controller.start()
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         wait_for(lambda: writes(metrics_url) >= 0, 10, "controller metrics")
+        if args.backfill:
+            def backfilled() -> bool:
+                pods = json.loads(core.list_namespaced_pod(namespace, _preload_content=False).data)["items"]
+                return not any(GATE in [g["name"] for g in p["spec"].get("schedulingGates") or []] for p in pods)
+
+            wait_for(backfilled, 300, "the backfill", interval=0.1)
+            seconds = time.time() - started
+            print(f"backfill of {args.backfill} gated pods: all released {seconds:.2f} s after the controller started "
+                  f"({args.backfill / seconds:.0f} pods/s, start-up and cache sync included)", flush=True)
 
         import multiprocessing
 
@@ -166,7 +181,7 @@ def main() -> None:
         total = max(released[name] for name in created) - started
         latencies = sorted(released[name] - created[name] for name in created)
         policies = json.loads(client.NetworkingV1Api(api).list_namespaced_network_policy(namespace, _preload_content=False).data)["items"]
-        assert len(policies) == args.burst, len(policies)
+        assert len(policies) == args.burst + args.backfill, len(policies)
         per_pod = (writes(metrics_url) - writes_before) / args.burst
         q = statistics.quantiles(latencies, n=100)
         print(f"burst of {args.burst}: created in {create_seconds:.2f} s ({args.burst / create_seconds:.0f} pods/s offered); "
@@ -178,8 +193,8 @@ def main() -> None:
         print("CPU seconds during the burst (2 cores = 2 s per second): " + ", ".join(
             f"{name} {seconds:.1f}" for name, seconds in sorted(used.items(), key=lambda item: -item[1])), flush=True)
 
-        if args.rss_pods > args.burst:
-            created_more = create_pods(core, namespace, args.rss_pods - args.burst, "rss")
+        if args.rss_pods > args.burst + args.backfill:
+            created_more = create_pods(core, namespace, args.rss_pods - args.burst - args.backfill, "rss")
 
             def all_released() -> bool:
                 pods = json.loads(core.list_namespaced_pod(namespace, _preload_content=False).data)["items"]

@@ -168,3 +168,14 @@ def test_queue_hands_each_key_to_one_worker_at_a_time() -> None:
     for thread in threads:
         thread.join()
     assert overlaps == []
+
+
+def test_cached_projection_of_a_policy_is_judged_like_the_policy() -> None:
+    from webhook.controller.informer import project_policy
+
+    desired = desired_for(pod_with(POLICY), DNS).policy
+    assert policy_matches(project_policy(copy.deepcopy(desired)), desired)
+    drifted = copy.deepcopy(desired)
+    drifted["spec"]["egress"][1]["ports"][0]["port"] = 444
+    assert not policy_matches(project_policy(drifted), desired)
+    assert "spec" not in project_policy(desired)

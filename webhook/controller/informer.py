@@ -13,9 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import random
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from ..constants import APP_ID_LABEL, EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, SESSION_ID_LABEL
+from .desired import spec_digest
 
 log = logging.getLogger("sortie.controller.informer")
 
@@ -27,12 +31,31 @@ class Expired(Exception):
     """The watch's resourceVersion is too old (410 Gone): list again."""
 
 
+_POD_LABELS = (SESSION_ID_LABEL, APP_ID_LABEL, EGRESS_MODE_LABEL)
+
+
+def _only(mapping: Any, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The entries we read, under the code's own (interned) key strings: 5,000 pods
+    would otherwise each carry their own copies of every label key and of every
+    other tool's annotations."""
+    if not isinstance(mapping, dict):
+        return {}
+    return {key: mapping[key] for key in keys if key in mapping}
+
+
 def project_pod(pod: dict[str, Any]) -> dict[str, Any]:
     metadata = pod.get("metadata") or {}
+    projected = _only(metadata, ("name", "namespace", "uid", "resourceVersion", "deletionTimestamp", "creationTimestamp"))
+    if "namespace" in projected:
+        projected["namespace"] = sys.intern(projected["namespace"])
+    projected["labels"] = _only(metadata.get("labels"), _POD_LABELS)
+    annotations = _only(metadata.get("annotations"), (EGRESS_POLICY_ANNOTATION,))
+    if isinstance(annotations.get(EGRESS_POLICY_ANNOTATION), str):
+        # Every session of an app carries the same policy text: keep one copy of it.
+        annotations[EGRESS_POLICY_ANNOTATION] = sys.intern(annotations[EGRESS_POLICY_ANNOTATION])
+    projected["annotations"] = annotations
     return {
-        "metadata": {key: metadata[key] for key in (
-            "name", "namespace", "uid", "labels", "annotations", "resourceVersion", "deletionTimestamp",
-            "creationTimestamp") if key in metadata},
+        "metadata": projected,
         "spec": {"schedulingGates": (pod.get("spec") or {}).get("schedulingGates")},
         "status": {"phase": (pod.get("status") or {}).get("phase")},
     }
@@ -40,12 +63,11 @@ def project_pod(pod: dict[str, Any]) -> dict[str, Any]:
 
 def project_policy(policy: dict[str, Any]) -> dict[str, Any]:
     metadata = policy.get("metadata") or {}
-    return {
-        "metadata": {key: metadata[key] for key in (
-            "name", "namespace", "uid", "labels", "ownerReferences", "resourceVersion", "deletionTimestamp")
-            if key in metadata},
-        "spec": policy.get("spec"),
-    }
+    projected = _only(metadata, ("name", "namespace", "uid", "labels", "ownerReferences", "resourceVersion",
+                                 "deletionTimestamp"))
+    if "namespace" in projected:
+        projected["namespace"] = sys.intern(projected["namespace"])
+    return {"metadata": projected, "spec_digest": spec_digest(policy.get("spec"))}
 
 
 def object_key(obj: dict[str, Any]) -> ObjectKey:
