@@ -8,25 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.binaries import BinariesMissing, find_binaries
 from tests.cluster.harness import ControlPlane, ControlPlaneError, wait_for
-from tests.support import IN_CI, WebhookProcess, generate_certs, session_pod
+from tests.support import WebhookProcess, control_plane_binaries, generate_certs, session_pod
 from webhook.configuration import mutating_configuration, validating_configuration
-
-
-def _unavailable(reason: str) -> None:
-    """In CI a missing control plane is a failure, never a skip."""
-    if IN_CI:
-        pytest.fail(f"control plane unavailable in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    try:
-        binaries = find_binaries(build=True)
-    except BinariesMissing as exc:
-        _unavailable(str(exc))
+    binaries = control_plane_binaries()
     try:
         plane = ControlPlane(binaries, root=tmp_path_factory.mktemp("control-plane")).start()
     except ControlPlaneError as exc:

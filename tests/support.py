@@ -131,3 +131,17 @@ class ControllerProcess:
 
     def stop(self) -> int | None:
         return stop_process_group(self.process, 20)
+
+
+def control_plane_binaries() -> Any:
+    """The control-plane binaries; without them a failure in CI, a skip (with how to get them) elsewhere."""
+    import pytest
+
+    from tests.cluster.binaries import BinariesMissing, find_binaries
+
+    try:
+        return find_binaries(build=True)
+    except BinariesMissing as exc:
+        if IN_CI:
+            pytest.fail(f"control plane unavailable in CI: {exc}", pytrace=False)
+        pytest.skip(str(exc))

@@ -70,6 +70,20 @@ def _converged(core: Any, networking: Any, namespace: str, name: str) -> dict[st
     return policy
 
 
+def _assert_exactly_their_policies(core: Any, networking: Any, namespace: str, pods: list[dict[str, Any]]) -> list[Any]:
+    """Wait until every one of ``pods`` is released, then: exactly their policies, nothing missing, nothing extra."""
+
+    def all_released() -> bool:
+        listed = json.loads(core.list_namespaced_pod(namespace, _preload_content=False).data)["items"]
+        return len(listed) == len(pods) and all("sortie.io/egress-policy" not in _gates(pod) for pod in listed)
+
+    wait_for(all_released, 90, "every gate released", interval=0.5)
+    policies = json.loads(networking.list_namespaced_network_policy(namespace, _preload_content=False).data)["items"]
+    assert sorted(p["metadata"]["name"] for p in policies) == sorted(
+        "sortie-egress-" + pod["metadata"]["labels"]["sortie.io/session-id"] for pod in pods)
+    return policies
+
+
 @contextlib.contextmanager
 def webhook_unregistered(plane: ControlPlane, webhook: WebhookProcess, ca_bundle: str) -> Iterator[None]:
     """As before the webhook was installed: pods are created unmutated and ungated."""
@@ -214,14 +228,7 @@ def test_killed_in_a_burst_then_restarted_converges(control_plane: ControlPlane,
             first.kill()
     second = ControllerProcess(controller_kubeconfig, tmp_path / "second.log").start()
     try:
-        def all_done() -> bool:
-            listed = json.loads(core.list_namespaced_pod(namespace, _preload_content=False).data)["items"]
-            return len(listed) == 40 and all("sortie.io/egress-policy" not in _gates(pod) for pod in listed)
-
-        wait_for(all_done, 90, "every gate released", interval=0.5)
-        policies = json.loads(networking.list_namespaced_network_policy(namespace, _preload_content=False).data)["items"]
-        assert sorted(p["metadata"]["name"] for p in policies) == sorted(
-            "sortie-egress-" + pod["metadata"]["labels"]["sortie.io/session-id"] for pod in pods)
+        _assert_exactly_their_policies(core, networking, namespace, pods)
     finally:
         second.stop()
 
@@ -342,14 +349,7 @@ def test_api_server_restarted_mid_burst_converges_with_bounded_writes(
         for pod in pods[20:]:
             wait_for(lambda pod=pod: core.create_namespaced_pod(namespace, pod), 30, "a create after the restart")
 
-        def converged() -> bool:
-            listed = json.loads(core.list_namespaced_pod(namespace, _preload_content=False).data)["items"]
-            return len(listed) == 40 and all("sortie.io/egress-policy" not in _gates(pod) for pod in listed)
-
-        wait_for(converged, 90, "every gate released after the restart", interval=0.5)
-        policies = json.loads(networking.list_namespaced_network_policy(namespace, _preload_content=False).data)["items"]
-        assert sorted(p["metadata"]["name"] for p in policies) == sorted(
-            "sortie-egress-" + pod["metadata"]["labels"]["sortie.io/session-id"] for pod in pods)
+        policies = _assert_exactly_their_policies(core, networking, namespace, pods)
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         writes = sum(float(v) for v in re.findall(r'^sortie_egress_api_writes_total\{[^}]*\} (\S+)$', text, re.M))
         print(f"api server restart: 40 sessions, {len(policies)} policies, {writes:.0f} writes")

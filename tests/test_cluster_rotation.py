@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.cluster.binaries import BinariesMissing, find_binaries
 from tests.cluster.harness import ControlPlane, free_port, wait_for
-from tests.support import CLI, IN_CI, ControllerProcess, session_pod
+from tests.support import CLI, ControllerProcess, control_plane_binaries, session_pod
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,13 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def plane(tmp_path: Path) -> Iterator[ControlPlane]:
     """A control plane of its own: the overlay registers webhooks cluster-wide and the controller rewrites their caBundle."""
-    try:
-        binaries = find_binaries(build=True)
-    except BinariesMissing as exc:
-        if IN_CI:
-            pytest.fail(str(exc), pytrace=False)
-        pytest.skip(str(exc))
-    control = ControlPlane(binaries, root=tmp_path / "plane", with_scheduler=False).start()
+    control = ControlPlane(control_plane_binaries(), root=tmp_path / "plane", with_scheduler=False).start()
     yield control
     control.stop()
 

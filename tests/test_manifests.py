@@ -14,9 +14,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.cluster.binaries import find_binaries
 from tests.cluster.harness import ControlPlane, wait_for
-from tests.support import IN_CI
+from tests.support import control_plane_binaries
 from webhook.configuration import mutating_configuration, validating_configuration
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,15 +120,7 @@ CERT_MANAGER_CRDS = [
 
 @pytest.fixture(scope="module")
 def own_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    from tests.cluster.binaries import BinariesMissing
-
-    try:
-        binaries = find_binaries(build=True)
-    except BinariesMissing as exc:
-        if IN_CI:
-            pytest.fail(str(exc), pytrace=False)
-        pytest.skip(str(exc))
-    plane = ControlPlane(binaries, root=tmp_path_factory.mktemp("manifest-plane"), with_scheduler=False).start()
+    plane = ControlPlane(control_plane_binaries(), root=tmp_path_factory.mktemp("manifest-plane"), with_scheduler=False).start()
     # Stand-in CRDs so the API server accepts cert-manager's kinds: their
     # schemas are cert-manager's business; that ours apply is what is tested.
     for crd in CERT_MANAGER_CRDS:
