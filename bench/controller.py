@@ -13,6 +13,7 @@ RSS with N session pods present.
 from __future__ import annotations
 
 import argparse
+import base64
 import concurrent.futures
 import json
 import re
@@ -127,7 +128,7 @@ def main() -> None:
         api = plane.admin.api_client()
         api.configuration.connection_pool_maxsize = 32
         core = client.CoreV1Api(api)
-        ca_bundle = __import__("base64").b64encode((work / "certs" / "ca.crt").read_bytes()).decode()
+        ca_bundle = base64.b64encode((work / "certs" / "ca.crt").read_bytes()).decode()
         admission = client.AdmissionregistrationV1Api(api)
         admission.create_mutating_webhook_configuration(mutating_configuration(url=webhook.url, ca_bundle=ca_bundle))
         admission.create_validating_webhook_configuration(validating_configuration(url=webhook.url, ca_bundle=ca_bundle))

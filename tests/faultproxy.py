@@ -96,6 +96,10 @@ class FaultProxy:
         return line, headers, body
 
     @staticmethod
+    def _status(code: int, reason: str) -> bytes:
+        return json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code}).encode()
+
+    @staticmethod
     async def _answer(writer: asyncio.StreamWriter, status: str, body: bytes, extra: bytes = b"") -> None:
         writer.write(b"HTTP/1.1 " + status.encode() + b"\r\nContent-Type: application/json\r\nConnection: close\r\n"
                      + extra + b"Content-Length: %d\r\n\r\n" % len(body) + body)
@@ -111,16 +115,14 @@ class FaultProxy:
             if method in ("POST", "PUT", "PATCH", "DELETE"):
                 self.writes += 1
             watch = b"watch=true" in line.split(b" ")[1] if b" " in line else False
-            status_body = lambda code, reason: json.dumps(  # noqa: E731
-                {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code}).encode()
             if self._roll("reset", self.odds.reset):
                 writer.transport.abort()
                 return
             if self._roll("throttle_429", self.odds.throttle):
-                await self._answer(writer, "429 Too Many Requests", status_body(429, "TooManyRequests"), b"Retry-After: 1\r\n")
+                await self._answer(writer, "429 Too Many Requests", self._status(429, "TooManyRequests"), b"Retry-After: 1\r\n")
                 return
             if self._roll("unavailable_503", self.odds.unavailable):
-                await self._answer(writer, "503 Service Unavailable", status_body(503, "ServiceUnavailable"))
+                await self._answer(writer, "503 Service Unavailable", self._status(503, "ServiceUnavailable"))
                 return
             if watch and self._roll("watch_410", self.odds.watch_gone):
                 chunk = GONE_EVENT.encode() + b"\n"
