@@ -73,7 +73,9 @@ class FaultProxy:
             await self._stop.wait()
 
     def _roll(self, name: str, odds: float) -> bool:
-        if self._rand.random() < odds:
+        # Each kind fires at least once (on its first chance), then with its odds:
+        # a run short enough for CI still meets every kind of fault.
+        if not self.injected[name] or self._rand.random() < odds:
             self.injected[name] += 1
             return True
         return False

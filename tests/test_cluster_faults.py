@@ -49,6 +49,8 @@ def test_controller_converges_through_injected_faults(control_plane: ControlPlan
                     "sortie.io/egress-policy" in [g["name"] for g in p["spec"].get("schedulingGates") or []] for p in listed)
 
             wait_for(converged, 120, "every gate released through the faults", interval=0.5)
+            # A watch is cut only once it has lived its 3 s: wait for that, rather than hope.
+            wait_for(lambda: proxy.injected["watch_cut"] > 0, 30, "a watch to be cut")
             policies = json.loads(networking.list_namespaced_network_policy(namespace, _preload_content=False).data)["items"]
             assert sorted(p["metadata"]["name"] for p in policies) == sorted(
                 "sortie-egress-" + p["metadata"]["labels"]["sortie.io/session-id"] for p in pods)
