@@ -8,13 +8,15 @@ everything around the decision: framework, parsing, encoding, and TLS setup.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import ssl
 
 from aiohttp import web
 
+from bench.common import (
+    server_arguments,  # run with the repository on PYTHONPATH, as bench/admission.py does
+)
 from webhook.admission.mutate import mutate_pod
 
 
@@ -44,11 +46,7 @@ def _request_from_dict(req: dict):  # type: ignore[no-untyped-def]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--cert", required=True)
-    parser.add_argument("--key", required=True)
-    args = parser.parse_args()
+    args = server_arguments()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(args.cert, args.key)

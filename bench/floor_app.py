@@ -7,11 +7,13 @@ much of an admission is ours and how much is the server underneath.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 
 import uvicorn
 
+from bench.common import (
+    server_arguments,  # run with the repository on PYTHONPATH, as bench/admission.py does
+)
 from webhook.server.serve import event_loop_factory
 from webhook.server.tls import ReloadingTLS
 
@@ -29,11 +31,7 @@ async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--cert", required=True)
-    parser.add_argument("--key", required=True)
-    args = parser.parse_args()
+    args = server_arguments()
     tls = ReloadingTLS(args.cert, args.key)
     config = uvicorn.Config(app, host="127.0.0.1", port=args.port, http="httptools", lifespan="off",
                             access_log=False, log_config=None, proxy_headers=False, server_header=False, date_header=False)
