@@ -19,9 +19,8 @@ import yaml
 
 from . import __version__
 from .constants import DEFAULT_CONTROLLER_IDENTITY
-from .policy import parse_policy
 from .render import DnsDestination, render_network_policy
-from .session import session_id_problem, session_pod
+from .session import session_pod
 
 DEFAULT_CERT_DIR = Path("certs")
 # `serve` with no certificate regenerates local ones that are this close to expiry.
@@ -71,15 +70,12 @@ def _warn(lines: Sequence[str]) -> None:
 
 def _judge(manifest: dict[str, Any]) -> tuple[Any, Any, list[str]]:
     """(session, parsed policy, problems) exactly as admission judges the pod."""
+    from .admission.mutate import judge
+
     session = session_pod(manifest)
     if session is None:
         return None, None, []
-    parsed = parse_policy(session.annotation)
-    problems = list(parsed.errors)
-    if parsed.errors or parsed.policy is not None:
-        naming = session_id_problem(session.session_id)
-        if naming:
-            problems.append(naming)
+    parsed, problems = judge(session)
     return session, parsed, problems
 
 
