@@ -32,7 +32,7 @@ async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
 
 def main() -> None:
     args = server_arguments()
-    tls = ReloadingTLS(args.cert, args.key)
+    tls = ReloadingTLS.from_files(args.cert, args.key)
     config = uvicorn.Config(app, host="127.0.0.1", port=args.port, http="httptools", lifespan="off",
                             access_log=False, log_config=None, proxy_headers=False, server_header=False, date_header=False)
     config.load()

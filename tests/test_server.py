@@ -234,7 +234,7 @@ def test_listener_context_refuses_anything_below_tls_1_2(tmp_path: Path) -> None
     from webhook.server.tls import ReloadingTLS
 
     generate_certs(tmp_path)
-    tls = ReloadingTLS(tmp_path / "tls.crt", tmp_path / "tls.key")
+    tls = ReloadingTLS.from_files(tmp_path / "tls.crt", tmp_path / "tls.key")
     assert tls.listener.minimum_version == ssl.TLSVersion.TLSv1_2
     names = {cipher["name"] for cipher in tls.listener.get_ciphers() if cipher["protocol"] == "TLSv1.2"}
     assert names and all("ECDHE" in name and ("GCM" in name or "CHACHA20" in name) for name in names)
@@ -246,11 +246,15 @@ def test_half_written_rotation_keeps_serving_the_old_pair(tmp_path: Path) -> Non
     old_dir, new_dir = tmp_path / "old", tmp_path / "new"
     generate_certs(old_dir)
     generate_certs(new_dir)
-    tls = ReloadingTLS(old_dir / "tls.crt", old_dir / "tls.key")
+    heard: list[str] = []
+    tls = ReloadingTLS.from_files(old_dir / "tls.crt", old_dir / "tls.key", on_reload=heard.append)
     shutil.copy(new_dir / "tls.crt", old_dir / "tls.crt")  # new certificate, old key: a mismatch
     assert tls.reload_if_changed() is False and tls.failed_reloads == 1
     shutil.copy(new_dir / "tls.key", old_dir / "tls.key")
     assert tls.reload_if_changed() is True and tls.reloads == 1
+    assert tls.load_pem(b"not a certificate", b"not a key") is False
+    assert tls.load_pem((new_dir / "tls.crt").read_bytes(), (new_dir / "tls.key").read_bytes()) is True
+    assert heard == ["failed", "ok", "failed", "ok"]
 
 
 def test_slow_loris_connections_are_cut_and_do_not_starve_others(tmp_path: Path) -> None:

@@ -101,23 +101,23 @@ def run(options: ServeOptions) -> None:
 
 async def serve(options: ServeOptions, sockets: list[socket.socket] | None = None) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn's handlers), reloading certificates as they change."""
+    metrics = options.webhook.metrics
+
+    def count(result: str) -> None:
+        metrics.cert_reloads.labels(result).inc()
+
     if options.tls_secret is not None:
-        tls = ReloadingTLS.awaiting_secret()
+        tls = ReloadingTLS.awaiting_secret(on_reload=count)
         watch_secret(tls, options.tls_secret, options.kubeconfig)
     else:
         assert options.cert_file and options.key_file
-        tls = ReloadingTLS(options.cert_file, options.key_file)
+        tls = ReloadingTLS.from_files(options.cert_file, options.key_file, on_reload=count)
     options.webhook.ready = lambda: tls.ready
-    metrics = options.webhook.metrics
 
     async def watch_certificates() -> None:
-        while True:
+        while tls.files is not None:  # a Secret is followed by its own watch, not polled
             await asyncio.sleep(options.cert_poll_seconds)
-            before = tls.failed_reloads
-            if tls.reload_if_changed():
-                metrics.cert_reloads.labels("ok").inc()
-            elif tls.failed_reloads != before:
-                metrics.cert_reloads.labels("failed").inc()
+            tls.reload_if_changed()
 
     server = uvicorn.Server(uvicorn_config(options, tls))
     watcher = asyncio.create_task(watch_certificates())

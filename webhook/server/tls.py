@@ -13,6 +13,7 @@ import logging
 import os
 import ssl
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,61 +51,78 @@ def _stamp(path: Path) -> _Stamp | None:
     return _Stamp(status.st_ino, status.st_size, status.st_mtime_ns)
 
 
+def pem_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+    """``server_context`` for a pair held in memory (``load_cert_chain`` only reads files)."""
+    folder = Path(tempfile.mkdtemp(prefix="sortie-tls-"))
+    try:
+        (folder / "tls.key").touch(mode=0o600)
+        (folder / "tls.key").write_bytes(key_pem)
+        (folder / "tls.crt").write_bytes(cert_pem)
+        return server_context(folder / "tls.crt", folder / "tls.key")
+    finally:
+        for name in ("tls.key", "tls.crt"):
+            (folder / name).unlink(missing_ok=True)
+        folder.rmdir()
+
+
 class ReloadingTLS:
     """The listening context, plus the certificate pair that it hands each new handshake.
 
-    The pair comes from files (watched for changes), or from PEM handed in by
-    whoever watches a Secret (``load_pem``). In the second case the server
-    starts on a throwaway self-signed pair and reports not ready until the
-    real one arrives.
+    The pair comes from files (``from_files``, polled for changes), or from PEM
+    handed in by whoever watches a Secret (``awaiting_secret``, then
+    ``load_pem``). In the second case the server starts on a throwaway
+    self-signed pair and reports not ready until the real one arrives.
+    ``on_reload`` hears "ok" or "failed" for every attempted swap, from either source.
     """
 
-    def __init__(self, cert_file: str | os.PathLike[str], key_file: str | os.PathLike[str], ready: bool = True) -> None:
-        self.cert_file = Path(cert_file)
-        self.key_file = Path(key_file)
-        self._current = server_context(self.cert_file, self.key_file)
-        self._stamps = (_stamp(self.cert_file), _stamp(self.key_file))
+    def __init__(self, context: ssl.SSLContext, files: tuple[Path, Path] | None = None, ready: bool = True,
+                 on_reload: Callable[[str], None] | None = None) -> None:
+        self.files = files
+        self._stamps = (_stamp(files[0]), _stamp(files[1])) if files else None
         self.reloads = 0
         self.failed_reloads = 0
         self.ready = ready
-        # The listener's own context carries the first pair too, so a client
-        # is served even if the callback were never reached.
-        self.listener = server_context(self.cert_file, self.key_file)
+        self.on_reload = on_reload or (lambda _result: None)
+        # The first pair serves as the listener's own context too; later pairs
+        # are handed to each handshake by the servername callback.
+        self._current = context
+        self.listener = context
         self.listener.sni_callback = self._select
 
     @classmethod
-    def awaiting_secret(cls) -> ReloadingTLS:
+    def from_files(cls, cert_file: str | os.PathLike[str], key_file: str | os.PathLike[str],
+                   on_reload: Callable[[str], None] | None = None) -> ReloadingTLS:
+        files = (Path(cert_file), Path(key_file))
+        return cls(server_context(*files), files=files, on_reload=on_reload)
+
+    @classmethod
+    def awaiting_secret(cls, on_reload: Callable[[str], None] | None = None) -> ReloadingTLS:
         """A placeholder pair until ``load_pem`` brings the real one; not ready until then."""
         from ..certs import generate
 
-        folder = Path(tempfile.mkdtemp(prefix="sortie-tls-"))
         placeholder = generate(("placeholder.invalid",))
-        (folder / "tls.key").write_bytes(placeholder.key_pem)
-        (folder / "tls.key").chmod(0o600)
-        (folder / "tls.crt").write_bytes(placeholder.cert_pem)
-        return cls(folder / "tls.crt", folder / "tls.key", ready=False)
+        return cls(pem_context(placeholder.cert_pem, placeholder.key_pem), ready=False, on_reload=on_reload)
 
-    def load_pem(self, cert_pem: bytes, key_pem: bytes) -> bool:
-        """Swap in a pair given as PEM (from a Secret); False, keeping the old pair, if it is unusable."""
-        folder = Path(tempfile.mkdtemp(prefix="sortie-tls-"))
+    def _swap(self, build: Callable[[], ssl.SSLContext], source: str) -> bool:
         try:
-            (folder / "tls.key").write_bytes(key_pem)
-            (folder / "tls.key").chmod(0o600)
-            (folder / "tls.crt").write_bytes(cert_pem)
-            fresh = server_context(folder / "tls.crt", folder / "tls.key")
+            fresh = build()
         except (ssl.SSLError, OSError, ValueError) as exc:
+            # Probably caught mid-write (certificate and key disagree): keep the
+            # old pair, and try again on the next change.
             self.failed_reloads += 1
-            log.warning("certificate from the Secret is unusable, keeping the previous pair: %s", exc)
+            self.on_reload("failed")
+            log.warning("certificate from %s is unusable, keeping the previous pair: %s", source, exc)
             return False
-        finally:
-            for name in ("tls.key", "tls.crt"):
-                (folder / name).unlink(missing_ok=True)
-            folder.rmdir()
         self._current = fresh
         self.reloads += 1
         self.ready = True
-        log.info("serving certificate loaded from its Secret")
+        self.on_reload("ok")
+        log.info("serving certificate loaded from %s", source)
         return True
+
+    def load_pem(self, cert_pem: bytes, key_pem: bytes) -> bool:
+        """Swap in a pair given as PEM (from a Secret); False, keeping the old pair, if it is unusable."""
+        return self._swap(lambda: pem_context(cert_pem, key_pem), "its Secret")
 
     def _select(self, ssl_object: ssl.SSLObject, _server_name: str | None, _context: ssl.SSLContext) -> None:
         if ssl_object.context is not self._current:
@@ -112,19 +130,12 @@ class ReloadingTLS:
 
     def reload_if_changed(self) -> bool:
         """Swap in the files' pair if they changed and form a usable pair; True if swapped."""
-        stamps = (_stamp(self.cert_file), _stamp(self.key_file))
+        if self.files is None:
+            return False
+        stamps = (_stamp(self.files[0]), _stamp(self.files[1]))
         if stamps == self._stamps or None in stamps:
             return False
-        try:
-            fresh = server_context(self.cert_file, self.key_file)
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            # Probably caught mid-write (certificate and key disagree): keep the
-            # old pair, and try again on the next change or poll.
-            self.failed_reloads += 1
-            log.warning("certificate reload failed, keeping the previous pair: %s", exc)
+        if not self._swap(lambda: server_context(*self.files), str(self.files[0])):  # type: ignore[misc]
             return False
-        self._current = fresh
         self._stamps = stamps
-        self.reloads += 1
-        log.info("serving certificate reloaded from %s", self.cert_file)
         return True
