@@ -52,10 +52,11 @@ def desired_for(pod: dict[str, Any], dns: DnsDestination) -> Desired:
     parsed = parse_policy(session.annotation)
     if parsed.ok and parsed.policy is None:
         return Desired(policy=None)
-    if session_id_problem(session.session_id):
+    naming = session_id_problem(session.session_id)
+    if naming:
         # No valid name exists for its policy; admission refuses such pods,
         # so one that exists anyway gets nothing it could be matched by.
-        return Desired(policy=None, invalid_reason=session_id_problem(session.session_id))
+        return Desired(policy=None, invalid_reason=naming)
     if not parsed.ok:
         reason = "invalid egress policy, enforcing DNS only: " + "; ".join(parsed.errors)
         return Desired(policy=render_network_policy(session, FAIL_CLOSED_POLICY, dns), invalid_reason=reason)
