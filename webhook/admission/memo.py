@@ -1,0 +1,127 @@
+"""Memoised mutation answers: the same app policy arrives again and again.
+
+A burst of sessions is many pods of a few apps. The answer to a session pod's
+CREATE depends on four things only: the policy annotation, the mode label, the
+scheduling gate names, and whether the session id can name a NetworkPolicy.
+Everything else that varies from pod to pod (uid, name, user labels,
+containers) never enters it. So the encoded answer is memoised on those four
+things, and per request only the request uid is spliced in: decision and
+encoding (parse, patch, base64, JSON) become a dictionary lookup.
+
+The memo cannot disagree with the decision it stands for, by construction:
+a miss rebuilds a minimal pod from the key alone and asks the real
+``mutate_pod`` about it, so an answer can only depend on what the key holds.
+If ``mutate_pod`` ever reads a field the key lacks, memoised and direct
+answers differ, and the property test in tests/test_memo.py fails.
+
+Pods the memo does not cover (not a Pod CREATE, not a session pod, a session
+id that cannot name a NetworkPolicy, an annotation over ``MAX_MEMO_ANNOTATION``
+characters, or fields that are not strings) take the direct path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import msgspec
+
+from ..constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, SESSION_ID_LABEL
+from ..session import session_id_problem
+from .mutate import mutate_pod
+from .response import encode_response
+from .review import AdmissionRequest
+
+#: Annotations longer than this (real policies are a few hundred bytes; the
+#: limit is 64 KiB) are decided directly, so the memo stays within a few MiB.
+MAX_MEMO_ANNOTATION = 4096
+MEMO_ENTRIES = 1024
+
+_PLACEHOLDER_SESSION = "memo"  # any session id that can name a NetworkPolicy decides alike
+_UID_MARK = "\x00uid\x00"
+_NONE: dict[str, Any] = {}
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedAnswer:
+    """An encoded AdmissionReview response, cut open where the request uid goes."""
+
+    verdict: str
+    warnings: int
+    head: bytes
+    tail: bytes
+
+    def for_uid(self, uid: str) -> bytes:
+        return self.head + _encode(uid) + self.tail
+
+
+def _plain(value: Any) -> bool:
+    return value is None or type(value) is str
+
+
+def mutation_key(request: AdmissionRequest) -> tuple[Hashable, ...] | None:
+    """What a session pod's CREATE answer depends on, or None when the memo does not apply.
+
+    Reads the manifest inline (exact type checks, no helper calls): this runs
+    on every admission, the memoised answer only on a miss.
+    """
+    pod = request.obj
+    if request.kind != "Pod" or request.operation != "CREATE" or type(pod) is not dict:
+        return None
+    metadata = pod.get("metadata")
+    labels = metadata.get("labels") if type(metadata) is dict else None
+    if type(labels) is not dict:
+        return None  # no labels, no session id: not a session pod
+    session_id = labels.get(SESSION_ID_LABEL)
+    if type(session_id) is not str or session_id_problem(session_id) is not None:
+        return None
+    annotations = metadata.get("annotations")  # type: ignore[union-attr]  # metadata is a dict here
+    if type(annotations) is not dict:
+        annotations = _NONE
+    annotation = annotations.get(EGRESS_POLICY_ANNOTATION)
+    if not _plain(annotation) or (annotation is not None and len(annotation) > MAX_MEMO_ANNOTATION):
+        return None
+    mode = labels.get(EGRESS_MODE_LABEL)
+    if not _plain(mode):
+        return None
+    spec = pod.get("spec")
+    raw_gates = spec.get("schedulingGates") if type(spec) is dict else None
+    gates: tuple[str | None, ...] | None = None
+    if type(raw_gates) is list:
+        names = tuple(gate.get("name") if type(gate) is dict else None for gate in raw_gates)
+        if not all(_plain(name) for name in names):
+            return None
+        gates = names
+    return (annotation, EGRESS_POLICY_ANNOTATION in annotations, mode, EGRESS_MODE_LABEL in labels, gates)
+
+
+def _pod_from_key(key: tuple[Hashable, ...]) -> dict[str, Any]:
+    annotation, has_annotation, mode, has_mode, gates = key
+    labels: dict[str, Any] = {SESSION_ID_LABEL: _PLACEHOLDER_SESSION}
+    if has_mode:
+        labels[EGRESS_MODE_LABEL] = mode
+    metadata: dict[str, Any] = {"labels": labels, "annotations": {}}
+    if has_annotation:
+        metadata["annotations"][EGRESS_POLICY_ANNOTATION] = annotation
+    pod: dict[str, Any] = {"metadata": metadata, "spec": {}}
+    if gates is not None:
+        pod["spec"]["schedulingGates"] = [{"name": name} for name in gates]  # type: ignore[attr-defined]
+    return pod
+
+
+@lru_cache(maxsize=MEMO_ENTRIES)
+def _answer_for(key: tuple[Hashable, ...]) -> EncodedAnswer:
+    request = AdmissionRequest(uid=_UID_MARK, kind="Pod", operation="CREATE", namespace="memo", name=None,
+                               username="", obj=_pod_from_key(key), old_obj=None, dry_run=False)
+    decision = mutate_pod(request)
+    head, tail = encode_response(_UID_MARK, decision).split(_encode(_UID_MARK), 1)
+    return EncodedAnswer(decision.verdict, len(decision.warnings), head, tail)
+
+
+def memoised_mutation(request: AdmissionRequest) -> EncodedAnswer | None:
+    """The memoised answer to ``request``, or None when it must be decided directly."""
+    key = mutation_key(request)
+    return None if key is None else _answer_for(key)
