@@ -166,6 +166,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_secret=secret,
         kubeconfig=getattr(args, "kubeconfig", None),
         request_timeout=args.request_timeout,
+        keep_alive_seconds=args.keep_alive,
         webhook=WebhookSettings(
             controller_identity=args.controller_identity,
             extra_privileged_users=tuple(args.privileged_user),
@@ -212,6 +213,16 @@ def _duration(text: str) -> dt.timedelta:
     if value <= 0:
         raise argparse.ArgumentTypeError("a duration must be positive")
     return dt.timedelta(seconds=value * units[unit])
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds must be a positive, finite number")
+    return value
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
@@ -311,8 +322,10 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
                        help="the username allowed to change managed NetworkPolicies")
     parser.add_argument("--privileged-user", action="append", default=[],
                        help="another username allowed to change managed NetworkPolicies (repeatable)")
-    parser.add_argument("--request-timeout", type=float, default=10.0,
+    parser.add_argument("--request-timeout", type=_positive_seconds, default=10.0,
                         help="seconds a client has to send a whole request, headers and body (slow-loris guard)")
+    parser.add_argument("--keep-alive", type=_positive_seconds, default=60.0,
+                        help="seconds an idle connection stays open for the API server to reuse")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 

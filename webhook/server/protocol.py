@@ -10,7 +10,10 @@ clients never come near it.
 
 The deadline is a number on the connection, checked by one sweep per event
 loop every half second: the hot path pays a float assignment per request, not
-a timer.
+a timer. The same sweep closes idle keep-alive connections whose answers were
+written by the admission fast path (``idle_deadline``): re-arming a uvicorn
+keep-alive timer per request cost 1.7 us (a TimerHandle created and
+cancelled), against 0.1 us for the number.
 """
 
 from __future__ import annotations
@@ -30,8 +33,7 @@ _connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[DeadlineH
 def _sweep(loop: asyncio.AbstractEventLoop) -> None:
     now = loop.time()
     for protocol in list(_connections.get(loop, ())):
-        deadline = protocol.read_deadline
-        if deadline is not None and deadline < now and not protocol.transport.is_closing():
+        if protocol.expired(now) and not protocol.transport.is_closing():
             protocol.transport.close()
     if _connections.get(loop):
         loop.call_later(SWEEP_SECONDS, _sweep, loop)
@@ -43,6 +45,14 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.read_deadline: float | None = None
+        #: When an idle keep-alive connection is closed, if no uvicorn timer is doing it.
+        self.idle_deadline: float | None = None
+
+    def expired(self, now: float) -> bool:
+        for deadline in (self.read_deadline, self.idle_deadline):
+            if deadline is not None and deadline < now:
+                return True
+        return False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -58,14 +68,19 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.request_begun()
+
+    def request_begun(self) -> None:
+        """A request's first byte: it must now arrive whole within ``request_timeout``."""
+        self.idle_deadline = None
         if self.read_deadline is None:  # the first request keeps the deadline the connection started
             self.read_deadline = self.loop.time() + self.request_timeout
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self.read_deadline = None  # from here on uvicorn's keep-alive timeout governs an idle connection
+        self.request_read()
 
+    def request_read(self) -> None:
+        """The request is in whole: from here on a keep-alive timeout governs the connection."""
+        self.read_deadline = None
 
-def protocol_with(request_timeout: float) -> type[DeadlineHttpToolsProtocol]:
-    """A protocol class with this deadline (uvicorn takes a class, not an instance)."""
-    return type("ConfiguredDeadlineHttpToolsProtocol", (DeadlineHttpToolsProtocol,), {"request_timeout": request_timeout})

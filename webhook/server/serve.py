@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 import uvicorn
 
+from .. import logs
 from .app import WebhookSettings, create_app
-from .protocol import protocol_with
+from .fastpath import admission_protocol
 from .tls import ReloadingTLS
 
 log = logging.getLogger("sortie.server")
@@ -30,18 +31,19 @@ class ServeOptions:
     kubeconfig: str | None = None
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     cert_poll_seconds: float = 1.0
-    keep_alive_seconds: int = 60
+    keep_alive_seconds: float = 60.0
     max_connections: int = 2048
     request_timeout: float = 10.0
 
 
 def uvicorn_config(options: ServeOptions, tls: ReloadingTLS) -> uvicorn.Config:
+    app = create_app(options.webhook)
     config = uvicorn.Config(
-        create_app(options.webhook),
+        app,
         host=options.host,
         port=options.port,
         loop="uvloop",
-        http=protocol_with(options.request_timeout),
+        http=admission_protocol(options.request_timeout, app.endpoints),
         lifespan="off",
         access_log=False,
         log_config=None,
@@ -123,6 +125,7 @@ async def serve(options: ServeOptions, sockets: list[socket.socket] | None = Non
     watcher = asyncio.create_task(watch_certificates())
     try:
         log.info("serving admission on https://%s:%s", options.host, options.port)
-        await server.serve(sockets=sockets)
+        with logs.batched_per_loop_turn(asyncio.get_running_loop()):
+            await server.serve(sockets=sockets)
     finally:
         watcher.cancel()
