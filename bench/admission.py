@@ -1,15 +1,23 @@
 """Admission benchmark: our webhook against a minimal aiohttp peer, in one run.
 
-Both servers run as child processes of this script on loopback, each on its
+All servers run as child processes of this script on loopback, each on its
 own TLS certificate; a uvloop client drives POST /mutate over keep-alive TLS
 connections with a realistic ~4.5 KB AdmissionReview (a fresh uid each time,
 the same app policy, as in a real burst of sessions). For each server and
 connection count it prints requests/s, p50 and p99 latency, and the server's
 CPU time per request (from /proc, so the client's own cost is excluded).
-A third server, the "uvicorn floor", answers a fixed body with uvicorn set up
-exactly as ours: the difference to it is the cost of our own code.
 
-    python bench/admission.py [--seconds 5] [--connections 1,16,64] [--json out.json]
+Two floors answer a fixed body without decoding anything: the "protocol
+floor" is our own server stack (uvicorn, the admission fast path, TLS), so
+ours minus it is the cost of our admission code; the "uvicorn floor" is
+uvicorn's ordinary ASGI route, which the fast path bypasses.
+
+This machine's speed drifts by a quarter within minutes, so the servers are
+measured in interleaved rounds (each server once per round, in turn) and the
+summary takes each server's median over the rounds: a slow minute then
+weighs on every server alike instead of on whichever ran in it.
+
+    python bench/admission.py [--seconds 5] [--rounds 3] [--connections 1,16,64] [--json out.json]
 
 A script, not a test: figures depend on the machine; the README records them.
 """
@@ -34,6 +42,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Server name -> the script under bench/ that runs it (ours is the installed console script).
+SERVERS = {"sortie-egress": "", "aiohttp-peer": "aiohttp_peer.py", "protocol-floor": "protocol_floor.py",
+           "uvicorn-floor": "floor_app.py"}
+#: Issue 2's targets for our webhook at 16 connections.
+TARGET_CPU_US, TARGET_PEER_RATIO, TARGET_P99_MS = 50.0, 1.5, 3.0
 BIN = Path(sys.executable).parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -214,7 +227,7 @@ def start_servers(folder: Path) -> dict[str, tuple[subprocess.Popen[bytes], int,
 
 
 def _start_each(folder: Path, servers: dict[str, tuple[subprocess.Popen[bytes], int, str]]) -> None:
-    for name in ("sortie-egress", "aiohttp-peer", "uvicorn-floor"):
+    for name in SERVERS:
         certs = folder / name
         subprocess.run([str(BIN / "sortie-egress"), "certs", "generate", "--out", str(certs), "--hosts", "127.0.0.1"],
                        check=True, capture_output=True)
@@ -225,8 +238,7 @@ def _start_each(folder: Path, servers: dict[str, tuple[subprocess.Popen[bytes], 
                     "--tls-cert", str(certs / "tls.crt"), "--tls-key", str(certs / "tls.key")]
             probe = f"https://127.0.0.1:{port}/healthz"
         else:
-            script = "aiohttp_peer.py" if name == "aiohttp-peer" else "floor_app.py"
-            argv = [sys.executable, str(ROOT / "bench" / script), "--port", str(port),
+            argv = [sys.executable, str(ROOT / "bench" / SERVERS[name]), "--port", str(port),
                     "--cert", str(certs / "tls.crt"), "--key", str(certs / "tls.key")]
             probe = f"https://127.0.0.1:{port}/mutate"
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
@@ -252,42 +264,74 @@ def measure(name: str, process: subprocess.Popen[bytes], port: int, ca: str, con
     )
 
 
+def median_result(runs: list[Result]) -> Result:
+    """One server's figures at one connection count: the median of each figure over the rounds."""
+    first = runs[0]
+    return Result(
+        server=first.server, connections=first.connections,
+        requests=int(statistics.median(run.requests for run in runs)), errors=sum(run.errors for run in runs),
+        rps=statistics.median(run.rps for run in runs), p50_ms=statistics.median(run.p50_ms for run in runs),
+        p99_ms=statistics.median(run.p99_ms for run in runs),
+        cpu_us_per_request=statistics.median(run.cpu_us_per_request for run in runs),
+    )
+
+
+def _line(result: Result, suffix: str = "") -> str:
+    return (f"{result.server:14} conns={result.connections:3}  {result.rps:8.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
+            f"p99 {result.p99_ms:6.2f} ms  server CPU {result.cpu_us_per_request:6.1f} us/req  errors {result.errors}{suffix}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per server and connection count")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per server, connection count and round")
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the summary is each figure's median")
     parser.add_argument("--connections", default="1,16,64")
-    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--json", help="also write every run and the medians here")
     args = parser.parse_args()
+    if args.rounds < 1 or args.seconds <= 0:
+        parser.error("--rounds must be at least 1 and --seconds positive")
     levels = [int(level) for level in args.connections.split(",")]
     before, after = review_template()
     print(f"review size: {len(before) + 36 + len(after)} bytes; {args.seconds:.0f} s per run after {args.warmup:.0f} s warm-up; "
-          f"{os.cpu_count()} CPUs", flush=True)
-    results: list[Result] = []
+          f"{args.rounds} interleaved round(s); {os.cpu_count()} CPUs", flush=True)
+    runs: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="sortie-bench-") as folder:
         servers = start_servers(Path(folder))
         try:
             for connections in levels:
-                for name, (process, port, ca) in servers.items():
-                    result = measure(name, process, port, ca, connections, args.seconds, args.warmup)
-                    results.append(result)
-                    print(f"{name:14} conns={connections:3}  {result.rps:8.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
-                          f"p99 {result.p99_ms:6.2f} ms  server CPU {result.cpu_us_per_request:6.1f} us/req  "
-                          f"errors {result.errors}", flush=True)
+                for round_number in range(1, args.rounds + 1):
+                    for name, (process, port, ca) in servers.items():
+                        result = measure(name, process, port, ca, connections, args.seconds, args.warmup)
+                        runs.append(result)
+                        print(_line(result, f"  (round {round_number})"), flush=True)
         finally:
             for process, _, _ in servers.values():
                 process.send_signal(signal.SIGTERM)
                 process.wait(15)
+    medians = [median_result([run for run in runs if run.server == name and run.connections == connections])
+               for connections in levels for name in SERVERS]
+    print(f"\nmedians over {args.rounds} round(s):")
+    for result in medians:
+        print(_line(result))
     print()
     for connections in levels:
-        ours = next(r for r in results if r.server == "sortie-egress" and r.connections == connections)
-        peer = next(r for r in results if r.server == "aiohttp-peer" and r.connections == connections)
-        floor = next(r for r in results if r.server == "uvicorn-floor" and r.connections == connections)
+        ours, peer, protocol, uvicorn_floor = (next(r for r in medians if r.server == name and r.connections == connections)
+                                              for name in SERVERS)
         print(f"conns={connections:3}: throughput {ours.rps / peer.rps:4.2f}x the aiohttp peer, "
-              f"CPU per request {ours.cpu_us_per_request / peer.cpu_us_per_request:4.2f}x; "
-              f"ours above the uvicorn floor: {ours.cpu_us_per_request - floor.cpu_us_per_request:5.1f} us/req")
+              f"CPU per request {ours.cpu_us_per_request / peer.cpu_us_per_request:4.2f}x; ours above the protocol floor "
+              f"{ours.cpu_us_per_request - protocol.cpu_us_per_request:5.1f} us/req; protocol floor "
+              f"{protocol.cpu_us_per_request:5.1f} vs uvicorn floor {uvicorn_floor.cpu_us_per_request:5.1f} us/req")
+        if connections == 16:
+            verdicts = [
+                f"CPU {ours.cpu_us_per_request:.1f} us <= {TARGET_CPU_US:.0f}: {'met' if ours.cpu_us_per_request <= TARGET_CPU_US else 'NOT met'}",
+                f"throughput {ours.rps / peer.rps:.2f}x >= {TARGET_PEER_RATIO}x: {'met' if ours.rps >= TARGET_PEER_RATIO * peer.rps else 'NOT met'}",
+                f"p99 {ours.p99_ms:.2f} ms <= {TARGET_P99_MS:.0f} ms: {'met' if ours.p99_ms <= TARGET_P99_MS else 'NOT met'}",
+            ]
+            print("           issue 2 targets at 16 connections: " + "; ".join(verdicts))
     if args.json:
-        Path(args.json).write_text(json.dumps([asdict(result) for result in results], indent=2))
+        Path(args.json).write_text(json.dumps({"runs": [asdict(run) for run in runs],
+                                               "medians": [asdict(result) for result in medians]}, indent=2))
 
 
 if __name__ == "__main__":
