@@ -22,7 +22,7 @@ from webhook.admission import memo
 from webhook.admission.memo import MAX_MEMO_ANNOTATION, memoised_mutation, mutation_key
 from webhook.admission.mutate import mutate_pod
 from webhook.admission.response import encode_response
-from webhook.admission.review import AdmissionRequest, decode_review
+from webhook.admission.review import ReviewRequest, admission_request, decode_request
 from webhook.constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, SCHEDULING_GATE, SESSION_ID_LABEL
 
 VALID_POLICIES = [
@@ -78,18 +78,15 @@ def review_bytes(pod: dict[str, Any], uid: str, namespace: str, user: str, dry_r
         "namespace": namespace, "userInfo": {"username": user}, "object": pod, "dryRun": dry_run}}).encode()
 
 
-def direct(request: AdmissionRequest) -> bytes:
-    return encode_response(request.uid, mutate_pod(request))
-
-
-def disagreement(request: AdmissionRequest) -> str | None:
+def disagreement(request: ReviewRequest) -> str | None:
     """Why the memo's answer differs from the direct one, or None (also when the memo does not apply)."""
     answer = memoised_mutation(request)
     if answer is None:
         return None
-    expected = mutate_pod(request)
-    if answer.for_uid(request.uid) != direct(request):
-        return f"answer bytes differ for {request.obj}"
+    plain = admission_request(request)
+    expected = mutate_pod(plain)
+    if answer.for_uid(request.uid) != encode_response(request.uid, expected):
+        return f"answer bytes differ for {plain.obj}"
     if (answer.verdict, answer.warnings) != (expected.verdict, len(expected.warnings)):
         return "verdict or warning count differs"
     return None
@@ -99,7 +96,7 @@ def disagreement(request: AdmissionRequest) -> str | None:
 @given(pods(), st.text(min_size=1, max_size=40), st.sampled_from(["sessions", "other"]),
        st.sampled_from(["system:serviceaccount:sortie:broker", "alice"]), st.booleans())
 def test_the_memoised_answer_is_the_direct_answer(pod: dict, uid: str, namespace: str, user: str, dry_run: bool) -> None:
-    request = decode_review(review_bytes(pod, uid, namespace, user, dry_run))
+    request = decode_request(review_bytes(pod, uid, namespace, user, dry_run))
     assert disagreement(request) is None
 
 
@@ -110,7 +107,7 @@ def test_pods_that_differ_only_in_what_the_answer_ignores_share_one_entry() -> N
         pod = {"metadata": {"name": f"p-{index}", "labels": {SESSION_ID_LABEL: f"s-{index}", "sortie.io/user": f"u{index}"},
                             "annotations": {EGRESS_POLICY_ANNOTATION: policy}},
                "spec": {"containers": [{"name": "app", "image": f"img:{index}"}]}}
-        assert memoised_mutation(decode_review(review_bytes(pod, f"uid-{index}", f"ns-{index % 3}", "a", index % 2 == 0)))
+        assert memoised_mutation(decode_request(review_bytes(pod, f"uid-{index}", f"ns-{index % 3}", "a", index % 2 == 0)))
     info = memo._answer_for.cache_info()
     assert (info.misses, info.hits) == (1, 49)
 
@@ -125,19 +122,19 @@ def test_pods_that_differ_only_in_what_the_answer_ignores_share_one_entry() -> N
                   "annotations": {EGRESS_POLICY_ANNOTATION: json.dumps({"mode": "allowlist", "pad": "x" * MAX_MEMO_ANNOTATION})}}},
 ])
 def test_what_the_memo_does_not_cover_is_decided_directly(pod: dict) -> None:
-    assert mutation_key(decode_review(review_bytes(pod, "u", "n", "a", False))) is None
+    assert mutation_key(decode_request(review_bytes(pod, "u", "n", "a", False))) is None
 
 
 def test_only_pod_creates_are_memoised() -> None:
     pod = {"metadata": {"labels": {SESSION_ID_LABEL: "s"}}}
-    update = decode_review(review_bytes(pod, "u", "n", "a", False).replace(b'"CREATE"', b'"UPDATE"'))
+    update = decode_request(review_bytes(pod, "u", "n", "a", False).replace(b'"CREATE"', b'"UPDATE"'))
     assert mutation_key(update) is None
 
 
 # --- the comparison above can fail: keys that leave out what the decision reads --------------
 
-def _mutant(drop: int) -> Callable[[AdmissionRequest], tuple[Hashable, ...] | None]:
-    def key(request: AdmissionRequest) -> tuple[Hashable, ...] | None:
+def _mutant(drop: int) -> Callable[[ReviewRequest], tuple[Hashable, ...] | None]:
+    def key(request: ReviewRequest) -> tuple[Hashable, ...] | None:
         real = mutation_key(request)
         return None if real is None else tuple(None if index == drop else part for index, part in enumerate(real))
     return key
@@ -162,6 +159,6 @@ def test_a_key_missing_a_field_the_decision_reads_is_caught(monkeypatch: pytest.
 
     memo._answer_for.cache_clear()
     monkeypatch.setattr(memo, "mutation_key", _mutant(drop))
-    found = [disagreement(decode_review(review_bytes(pod(extra), "u", "n", "a", False))) for extra in (first, second)]
+    found = [disagreement(decode_request(review_bytes(pod(extra), "u", "n", "a", False))) for extra in (first, second)]
     memo._answer_for.cache_clear()
     assert any(found), "a memo key without this field went unnoticed"

@@ -32,7 +32,7 @@ from ..constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, SESSION_ID_
 from ..session import session_id_problem
 from .mutate import mutate_pod
 from .response import encode_response
-from .review import AdmissionRequest
+from .review import AdmissionRequest, ReviewRequest
 
 #: Annotations longer than this (real policies are a few hundred bytes; the
 #: limit is 64 KiB) are decided directly, so the memo stays within a few MiB.
@@ -62,36 +62,34 @@ def _plain(value: Any) -> bool:
     return value is None or type(value) is str
 
 
-def mutation_key(request: AdmissionRequest) -> tuple[Hashable, ...] | None:
+def mutation_key(request: ReviewRequest) -> tuple[Hashable, ...] | None:
     """What a session pod's CREATE answer depends on, or None when the memo does not apply.
 
-    Reads the manifest inline (exact type checks, no helper calls): this runs
-    on every admission, the memoised answer only on a miss.
+    Reads the decoded request's typed projection directly, not the plain-dict
+    manifest the decisions take: a memo hit never builds that at all.
     """
-    pod = request.obj
-    if request.kind != "Pod" or request.operation != "CREATE" or type(pod) is not dict:
+    kind, pod = request.kind, request.object
+    if request.operation != "CREATE" or kind is None or kind.kind != "Pod" or pod is None:
         return None
-    metadata = pod.get("metadata")
-    labels = metadata.get("labels") if type(metadata) is dict else None
-    if type(labels) is not dict:
+    metadata = pod.metadata
+    labels = None if metadata is None else metadata.labels
+    if labels is None:
         return None  # no labels, no session id: not a session pod
     session_id = labels.get(SESSION_ID_LABEL)
     if type(session_id) is not str or session_id_problem(session_id) is not None:
         return None
-    annotations = metadata.get("annotations")  # type: ignore[union-attr]  # metadata is a dict here
-    if type(annotations) is not dict:
-        annotations = _NONE
+    annotations = metadata.annotations or _NONE  # type: ignore[union-attr]  # metadata has labels, so it is there
     annotation = annotations.get(EGRESS_POLICY_ANNOTATION)
     if not _plain(annotation) or (annotation is not None and len(annotation) > MAX_MEMO_ANNOTATION):
         return None
     mode = labels.get(EGRESS_MODE_LABEL)
     if not _plain(mode):
         return None
-    spec = pod.get("spec")
-    raw_gates = spec.get("schedulingGates") if type(spec) is dict else None
+    spec = pod.spec
+    raw_gates = None if spec is None else spec.schedulingGates
     gates: tuple[str | None, ...] | None = None
-    if type(raw_gates) is list:
-        names = tuple(gate.get("name") if type(gate) is dict else None for gate in raw_gates)
+    if raw_gates is not None:
+        names = tuple(gate.name for gate in raw_gates)
         if not all(_plain(name) for name in names):
             return None
         gates = names
@@ -121,7 +119,7 @@ def _answer_for(key: tuple[Hashable, ...]) -> EncodedAnswer:
     return EncodedAnswer(decision.verdict, len(decision.warnings), head, tail)
 
 
-def memoised_mutation(request: AdmissionRequest) -> EncodedAnswer | None:
+def memoised_mutation(request: ReviewRequest) -> EncodedAnswer | None:
     """The memoised answer to ``request``, or None when it must be decided directly."""
     key = mutation_key(request)
     return None if key is None else _answer_for(key)

@@ -21,7 +21,7 @@ class ReviewError(ValueError):
     """The envelope is not an AdmissionReview v1 request: answered with HTTP 400."""
 
 
-class _Metadata(msgspec.Struct, omit_defaults=True):
+class MetadataView(msgspec.Struct, omit_defaults=True):
     name: str | None = None
     generateName: str | None = None
     namespace: str | None = None
@@ -30,54 +30,61 @@ class _Metadata(msgspec.Struct, omit_defaults=True):
     annotations: dict[str, Any] | None = None
 
 
-class _SchedulingGate(msgspec.Struct, omit_defaults=True):
+class GateView(msgspec.Struct, omit_defaults=True):
     name: Any = None
 
 
-class _Spec(msgspec.Struct, omit_defaults=True):
-    schedulingGates: list[_SchedulingGate] | None = None
+class SpecView(msgspec.Struct, omit_defaults=True):
+    schedulingGates: list[GateView] | None = None
 
 
-class _Object(msgspec.Struct, omit_defaults=True):
+class ObjectView(msgspec.Struct, omit_defaults=True):
     """A Kubernetes object, projected onto what the decisions read."""
 
-    metadata: _Metadata | None = None
-    spec: _Spec | None = None
+    metadata: MetadataView | None = None
+    spec: SpecView | None = None
 
 
-class _GroupVersionKind(msgspec.Struct):
+class GroupVersionKind(msgspec.Struct):
     kind: str = ""
 
 
-class _GroupVersionResource(msgspec.Struct):
+class GroupVersionResource(msgspec.Struct):
     resource: str = ""
 
 
-class _UserInfo(msgspec.Struct):
+class UserInfo(msgspec.Struct):
     username: str = ""
 
 
-class _Request(msgspec.Struct):
+class ReviewRequest(msgspec.Struct):
+    """The request of an AdmissionReview as decoded: typed, and projected onto what is read.
+
+    The webhook's hot path reads this directly (the memo key, the log line);
+    ``admission_request`` turns it into the plain-dict form the decisions take.
+    """
+
     uid: str
     operation: str
-    kind: _GroupVersionKind | None = None
-    resource: _GroupVersionResource | None = None
+    kind: GroupVersionKind | None = None
+    resource: GroupVersionResource | None = None
     subResource: str | None = None
     namespace: str | None = None
     name: str | None = None
-    userInfo: _UserInfo | None = None
-    object: _Object | None = None
-    oldObject: _Object | None = None
+    userInfo: UserInfo | None = None
+    object: ObjectView | None = None
+    oldObject: ObjectView | None = None
     dryRun: bool | None = None
 
 
-class _Review(msgspec.Struct):
+class Review(msgspec.Struct):
     apiVersion: str
     kind: str
-    request: _Request
+    request: ReviewRequest
 
 
-_decoder = msgspec.json.Decoder(_Review)
+_decoder = msgspec.json.Decoder(Review)
+_to_builtins = msgspec.to_builtins
 
 
 class AdmissionRequest(NamedTuple):
@@ -103,11 +110,7 @@ class AdmissionRequest(NamedTuple):
     sub_resource: str = ""
 
 
-def _manifest(obj: _Object | None) -> dict[str, Any] | None:
-    return None if obj is None else msgspec.to_builtins(obj)
-
-
-def decode_review(body: bytes) -> AdmissionRequest:
+def decode_request(body: bytes) -> ReviewRequest:
     """Parse and check the envelope; every failure is a ReviewError with a reason."""
     try:
         review = _decoder.decode(body)
@@ -122,16 +125,27 @@ def decode_review(body: bytes) -> AdmissionRequest:
     request = review.request
     if not request.uid:
         raise ReviewError("request.uid must be a non-empty string")
+    return request
+
+
+def admission_request(request: ReviewRequest) -> AdmissionRequest:
+    """The decisions' view of a decoded request: manifests as plain dicts."""
+    kind, user, obj, old, resource = request.kind, request.userInfo, request.object, request.oldObject, request.resource
     return AdmissionRequest(
-        uid=request.uid,
-        kind=request.kind.kind if request.kind else "",
-        operation=request.operation,
-        namespace=request.namespace,
-        name=request.name,
-        username=request.userInfo.username if request.userInfo else "",
-        obj=_manifest(request.object),
-        old_obj=_manifest(request.oldObject),
-        dry_run=request.dryRun is True,
-        resource=request.resource.resource if request.resource else "",
-        sub_resource=request.subResource or "",
+        request.uid,
+        "" if kind is None else kind.kind,
+        request.operation,
+        request.namespace,
+        request.name,
+        "" if user is None else user.username,
+        None if obj is None else _to_builtins(obj),
+        None if old is None else _to_builtins(old),
+        request.dryRun is True,
+        "" if resource is None else resource.resource,
+        request.subResource or "",
     )
+
+
+def decode_review(body: bytes) -> AdmissionRequest:
+    """``decode_request`` and ``admission_request`` in one: for callers off the hot path."""
+    return admission_request(decode_request(body))

@@ -26,7 +26,7 @@ from .. import logs
 from ..admission.memo import EncodedAnswer, memoised_mutation
 from ..admission.mutate import mutate_pod
 from ..admission.response import Decision, encode_response
-from ..admission.review import AdmissionRequest, ReviewError, decode_review
+from ..admission.review import AdmissionRequest, ReviewError, ReviewRequest, admission_request, decode_request
 from ..admission.validate import validate
 from ..constants import DEFAULT_CONTROLLER_IDENTITY, KUBERNETES_SYSTEM_IDENTITIES, MAX_REVIEW_BYTES
 from .metrics import WebhookMetrics
@@ -100,12 +100,14 @@ async def respond(send: Send, status: int, payload: bytes, content_type: bytes, 
     await send({"type": "http.response.body", "body": payload})
 
 
-def _object_name(review: AdmissionRequest) -> str:
-    if review.name:
-        return review.name
-    source = review.obj or review.old_obj or {}
-    metadata = source.get("metadata") if isinstance(source.get("metadata"), dict) else {}
-    return str(metadata.get("name") or metadata.get("generateName") or "")
+def _object_name(request: ReviewRequest) -> str:
+    if request.name:
+        return request.name
+    source = request.object or request.oldObject
+    metadata = None if source is None else source.metadata
+    if metadata is None:
+        return ""
+    return metadata.name or metadata.generateName or ""
 
 
 class Reply(NamedTuple):
@@ -127,7 +129,7 @@ class AdmissionEndpoint:
     """
 
     def __init__(self, name: str, decide: Callable[[AdmissionRequest], Decision], fail_open: bool, settings: WebhookSettings,
-                 memo: Callable[[AdmissionRequest], EncodedAnswer | None] | None = None):
+                 memo: Callable[[ReviewRequest], EncodedAnswer | None] | None = None):
         self.name = name
         self.decide = decide
         #: Encoded answers for requests that repeat what matters (admission/memo.py); None: decide each.
@@ -136,9 +138,9 @@ class AdmissionEndpoint:
         self.settings = settings
         self.max_body_bytes = settings.max_body_bytes
 
-    def _on_bug(self, review: AdmissionRequest) -> Decision:
-        log.exception("%s: decision failed for uid %s", self.name, review.uid)
-        note = f"sortie-egress internal error on {self.name} (uid {review.uid}); see the webhook's logs"
+    def _on_bug(self, uid: str) -> Decision:
+        log.exception("%s: decision failed for uid %s", self.name, uid)
+        note = f"sortie-egress internal error on {self.name} (uid {uid}); see the webhook's logs"
         if self.fail_open:
             return Decision(allowed=True, warnings=(note,))
         return Decision(allowed=False, message=note, code=500)
@@ -151,33 +153,34 @@ class AdmissionEndpoint:
         """The whole admission for one request body; never raises for any input."""
         metrics = self.settings.metrics
         try:
-            review = decode_review(body)
+            request = decode_request(body)
         except ReviewError as exc:
             metrics.observe(self.name, "bad_request", time.perf_counter() - started)
             logs.event("admission", level="warning", endpoint=self.name, decision="bad_request", reason=str(exc))
             return Reply(400, f"bad AdmissionReview: {exc}\n".encode(), TEXT)
         try:
-            memoised = self.memo(review) if self.memo is not None else None
+            memoised = None if self.memo is None else self.memo(request)
             if memoised is not None:
-                verdict, warnings, payload = memoised.verdict, memoised.warnings, memoised.for_uid(review.uid)
+                verdict, warnings, payload = memoised.verdict, memoised.warnings, memoised.for_uid(request.uid)
             else:
-                decision = self.decide(review)
-                verdict, warnings, payload = decision.verdict, len(decision.warnings), encode_response(review.uid, decision)
+                decision = self.decide(admission_request(request))
+                verdict, warnings, payload = decision.verdict, len(decision.warnings), encode_response(request.uid, decision)
         except Exception:  # a bug must still get the failurePolicy's answer, never a 500
-            decision = self._on_bug(review)
-            verdict, warnings, payload = decision.verdict, len(decision.warnings), encode_response(review.uid, decision)
+            decision = self._on_bug(request.uid)
+            verdict, warnings, payload = decision.verdict, len(decision.warnings), encode_response(request.uid, decision)
         elapsed = time.perf_counter() - started
         metrics.observe(self.name, verdict, elapsed)
+        kind, user = request.kind, request.userInfo
         logs.emit(logs.AdmissionLine(
             ts=logs.now(),
             endpoint=self.name,
-            uid=review.uid,
-            operation=review.operation,
-            kind=review.kind,
-            namespace=review.namespace,
-            name=_object_name(review),
-            user=review.username,
-            dry_run=review.dry_run,
+            uid=request.uid,
+            operation=request.operation,
+            kind="" if kind is None else kind.kind,
+            namespace=request.namespace,
+            name=_object_name(request),
+            user="" if user is None else user.username,
+            dry_run=request.dryRun is True,
             decision=verdict,
             warnings=warnings,
             duration_ms=int(elapsed * 1_000_000) / 1000,  # to the microsecond, without round()'s cost
