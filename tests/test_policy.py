@@ -247,3 +247,19 @@ def test_never_raises_and_never_half_accepts(text: str) -> None:
     result = parse_policy(text)
     assert (result.policy is None) or result.ok
     assert all(isinstance(error, str) and ": " in error for error in result.errors)
+
+
+def test_only_small_annotations_are_memoised() -> None:
+    """A memo of every annotation up to 64 KiB could be driven past the webhook's memory limit."""
+    from webhook.constants import MAX_MEMO_ANNOTATION
+    from webhook.policy import POLICY_MEMO_ENTRIES, _memoised_parse_policy
+
+    large = json.dumps({"mode": "allowlist", "rules": [{"cidr": f"10.0.{i}.0/24", "port": 443} for i in range(200)]})
+    assert len(large) > MAX_MEMO_ANNOTATION
+    _memoised_parse_policy.cache_clear()
+    assert parse_policy(large).ok and parse_policy(large).ok
+    assert _memoised_parse_policy.cache_info().currsize == 0
+    small = json.dumps({"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8"}]})
+    assert parse_policy(small) is parse_policy(small)
+    info = _memoised_parse_policy.cache_info()
+    assert (info.currsize, info.hits, info.maxsize) == (1, 1, POLICY_MEMO_ENTRIES)

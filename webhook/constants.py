@@ -18,6 +18,9 @@ POLICY_NAME_PREFIX: Final = "sortie-egress-"
 
 MAX_RULES: Final = 256
 MAX_ANNOTATION_BYTES: Final = 64 * 1024
+#: Policy annotations up to this many characters are memoised (real ones are a few hundred);
+#: longer ones are worked out each time, so memos stay small whatever pods are created.
+MAX_MEMO_ANNOTATION: Final = 4096
 # The API server caps an admission request well below this; anything larger
 # is not from it and is refused before it is read whole.
 MAX_REVIEW_BYTES: Final = 3 * 1024 * 1024

@@ -23,7 +23,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
-from .constants import MAX_ANNOTATION_BYTES, MAX_RULES
+from .constants import MAX_ANNOTATION_BYTES, MAX_MEMO_ANNOTATION, MAX_RULES
 from .strict_json import JSONInputError, loads_strict
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -268,12 +268,25 @@ def _normalise(data: _PolicyInput) -> tuple[EgressPolicy, list[str]]:
     return EgressPolicy(mode=mode, rules=tuple(rules)), warnings
 
 
-@lru_cache(maxsize=2048)
+POLICY_MEMO_ENTRIES = 512
+
+
 def parse_policy(annotation: str | None) -> PolicyParse:
     """Read the ``sortie.io/egress-policy`` annotation (CONTRACT §1-2).
 
     Never raises for any input text: every failure comes back in ``errors``.
+    Memoised for annotations up to MAX_MEMO_ANNOTATION characters: a parsed
+    policy of that size holds ~40 KiB, so the memo stays near 20 MiB. (It
+    memoised every annotation up to 64 KiB before, 2048 of them: a few
+    thousand distinct large annotations could have taken the webhook past its
+    memory limit.)
     """
+    if annotation is not None and len(annotation) > MAX_MEMO_ANNOTATION:
+        return _parse_policy(annotation)
+    return _memoised_parse_policy(annotation)
+
+
+def _parse_policy(annotation: str | None) -> PolicyParse:
     if annotation is None or annotation.strip() == "":
         return PolicyParse()
     size = len(annotation.encode("utf-8", "surrogatepass"))
@@ -310,3 +323,6 @@ def parse_policy(annotation: str | None) -> PolicyParse:
         return PolicyParse(warnings=tuple(warnings))
     policy, notes = _normalise(data)
     return PolicyParse(policy=policy, warnings=tuple(warnings + notes), canonical=policy.canonical_json())
+
+
+_memoised_parse_policy = lru_cache(maxsize=POLICY_MEMO_ENTRIES)(_parse_policy)

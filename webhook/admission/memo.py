@@ -28,15 +28,13 @@ from typing import Any
 
 import msgspec
 
-from ..constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, SESSION_ID_LABEL
+from ..constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, MAX_MEMO_ANNOTATION, SESSION_ID_LABEL
 from ..session import session_id_problem
 from .mutate import mutate_pod
 from .response import encode_response
 from .review import AdmissionRequest, ReviewRequest
 
-#: Annotations longer than this (real policies are a few hundred bytes; the
-#: limit is 64 KiB) are decided directly, so the memo stays within a few MiB.
-MAX_MEMO_ANNOTATION = 4096
+#: 1024 answers of at most a few times MAX_MEMO_ANNOTATION each: a few MiB at most.
 MEMO_ENTRIES = 1024
 
 _PLACEHOLDER_SESSION = "memo"  # any session id that can name a NetworkPolicy decides alike
