@@ -17,6 +17,7 @@ import base64
 import datetime as dt
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -47,8 +48,29 @@ class ControlPlaneError(RuntimeError):
     """The control plane did not come up; the message names every component's log."""
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    """A loopback port that is free now and outside the kernel's ephemeral range.
+
+    A port the kernel handed out for binding port 0 is an ephemeral one: any
+    outgoing connection (the API server dialling etcd, a test's client) may
+    take it before the component we chose it for binds it, and that component
+    dies of "address already in use" (seen once in a suite run). Ports below
+    the ephemeral range are never handed to outgoing connections.
+    """
+    low, _ = _ephemeral_ports()
+    for _ in range(200):
+        port = random.randrange(20000, max(20001, low))
+        if not port_is_bound(port):
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:  # a crowded range: the kernel's choice
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 
@@ -238,15 +260,19 @@ class ControlPlane:
         return ControlPlaneError("\n".join(parts))
 
     def _wait(self, component: Component, check: Callable[[], Any], what: str) -> None:
+        exited = object()
+
         def probe() -> Any:
             if not component.alive():
-                raise self._fail(f"{component.name} exited")
+                return exited  # truthy: stop waiting at once (wait_for would retry an exception until the timeout)
             return check()
 
         try:
-            wait_for(probe, START_TIMEOUT, what, interval=0.2)
+            result = wait_for(probe, START_TIMEOUT, what, interval=0.2)
         except TimeoutError as exc:
             raise self._fail(str(exc)) from None
+        if result is exited:
+            raise self._fail(f"{component.name} exited")
 
     def start(self) -> ControlPlane:
         started = time.monotonic()
