@@ -24,6 +24,16 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     plane.stop()
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebhookProcess]:
+    """``sortie-egress serve`` on fresh certificates, one per test module, outside any control plane."""
+    folder = tmp_path_factory.mktemp("server-certs")
+    generate_certs(folder)
+    process = WebhookProcess(folder, folder / "webhook.log").start()
+    yield process
+    process.stop()
+
+
 @pytest.fixture(scope="session")
 def webhook_certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     folder = tmp_path_factory.mktemp("webhook-certs")

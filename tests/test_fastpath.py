@@ -14,7 +14,6 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -68,15 +67,6 @@ class Reader:
             return not self._fill()
         except (ConnectionResetError, ssl.SSLError):
             return True
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebhookProcess]:
-    folder = tmp_path_factory.mktemp("fastpath")
-    generate_certs(folder)
-    process = WebhookProcess(folder, folder / "webhook.log").start()
-    yield process
-    process.stop()
 
 
 def connect(server: WebhookProcess, timeout: float = 10) -> ssl.SSLSocket:

@@ -11,7 +11,6 @@ import ssl
 import threading
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,15 +26,6 @@ def review_body(pod: dict, uid: str = "uid-42") -> bytes:
     return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
         "uid": uid, "kind": {"group": "", "version": "v1", "kind": "Pod"}, "operation": "CREATE",
         "namespace": "sessions", "userInfo": {"username": "system:apiserver"}, "object": pod}}).encode()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebhookProcess]:
-    folder = tmp_path_factory.mktemp("server-certs")
-    generate_certs(folder)
-    process = WebhookProcess(folder, folder / "webhook.log").start()
-    yield process
-    process.stop()
 
 
 def request(server: WebhookProcess, method: str, path: str, body: bytes | None = None,
