@@ -31,7 +31,7 @@ import msgspec
 from ..constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, MAX_MEMO_ANNOTATION, SESSION_ID_LABEL
 from ..session import session_id_problem
 from .mutate import mutate_pod
-from .response import encode_response
+from .response import Decision, encode_response
 from .review import AdmissionRequest, ReviewRequest
 
 #: 1024 answers of at most a few times MAX_MEMO_ANNOTATION each: a few MiB at most.
@@ -108,13 +108,17 @@ def _pod_from_key(key: tuple[Hashable, ...]) -> dict[str, Any]:
     return pod
 
 
+def encoded(decision: Decision) -> EncodedAnswer:
+    """A decision's AdmissionReview response, cut open where the uid goes."""
+    head, tail = encode_response(_UID_MARK, decision).split(_encode(_UID_MARK), 1)
+    return EncodedAnswer(decision.verdict, len(decision.warnings), head, tail)
+
+
 @lru_cache(maxsize=MEMO_ENTRIES)
 def _answer_for(key: tuple[Hashable, ...]) -> EncodedAnswer:
     request = AdmissionRequest(uid=_UID_MARK, kind="Pod", operation="CREATE", namespace="memo", name=None,
                                username="", obj=_pod_from_key(key), old_obj=None, dry_run=False)
-    decision = mutate_pod(request)
-    head, tail = encode_response(_UID_MARK, decision).split(_encode(_UID_MARK), 1)
-    return EncodedAnswer(decision.verdict, len(decision.warnings), head, tail)
+    return encoded(mutate_pod(request))
 
 
 def memoised_mutation(request: ReviewRequest) -> EncodedAnswer | None:

@@ -23,9 +23,9 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .. import logs
-from ..admission.memo import EncodedAnswer, memoised_mutation
+from ..admission.memo import EncodedAnswer, encoded, memoised_mutation
 from ..admission.mutate import mutate_pod
-from ..admission.response import Decision, encode_response
+from ..admission.response import Decision
 from ..admission.review import AdmissionRequest, ReviewError, ReviewRequest, admission_request, decode_request
 from ..admission.validate import validate
 from ..constants import DEFAULT_CONTROLLER_IDENTITY, KUBERNETES_SYSTEM_IDENTITIES, MAX_REVIEW_BYTES
@@ -160,14 +160,11 @@ class AdmissionEndpoint:
             return Reply(400, f"bad AdmissionReview: {exc}\n".encode(), TEXT)
         try:
             memoised = None if self.memo is None else self.memo(request)
-            if memoised is not None:
-                verdict, warnings, payload = memoised.verdict, memoised.warnings, memoised.for_uid(request.uid)
-            else:
-                decision = self.decide(admission_request(request))
-                verdict, warnings, payload = decision.verdict, len(decision.warnings), encode_response(request.uid, decision)
+            if memoised is None:
+                memoised = encoded(self.decide(admission_request(request)))
         except Exception:  # a bug must still get the failurePolicy's answer, never a 500
-            decision = self._on_bug(request.uid)
-            verdict, warnings, payload = decision.verdict, len(decision.warnings), encode_response(request.uid, decision)
+            memoised = encoded(self._on_bug(request.uid))
+        verdict, warnings, payload = memoised.verdict, memoised.warnings, memoised.for_uid(request.uid)
         elapsed = time.perf_counter() - started
         metrics.observe(self.name, verdict, elapsed)
         kind, user = request.kind, request.userInfo
@@ -201,7 +198,17 @@ class AdmissionEndpoint:
         await respond(send, reply.status, reply.payload, reply.content_type, close=reply.close)
 
 
-def create_app(settings: WebhookSettings | None = None) -> AdmissionFastPath:
+@dataclass(frozen=True)
+class WebhookApp:
+    """The Starlette application, and the admission endpoints that the protocol's fast path
+    (server/fastpath.py) answers itself; the same endpoints are Starlette's routes for the
+    requests that take uvicorn's ordinary route."""
+
+    asgi: Starlette
+    endpoints: dict[str, AdmissionEndpoint]
+
+
+def create_app(settings: WebhookSettings | None = None) -> WebhookApp:
     settings = settings or WebhookSettings()
     privileged = settings.privileged_users
 
@@ -227,26 +234,4 @@ def create_app(settings: WebhookSettings | None = None) -> AdmissionFastPath:
     ]
     app = Starlette(routes=routes)
     app.state.settings = settings
-    return AdmissionFastPath(app, {"/mutate": mutate, "/validate": check})
-
-
-class AdmissionFastPath:
-    """POSTs to the admission paths go straight to their endpoint; all else to Starlette.
-
-    Starlette's middleware stack and router cost about a tenth of an admission,
-    and admissions are the only requests the API server is waiting on. The
-    routes above stay registered, so a wrong method still gets Starlette's 405.
-    """
-
-    def __init__(self, app: Starlette, endpoints: dict[str, AdmissionEndpoint]) -> None:
-        self.app = app
-        self.endpoints = endpoints
-        self.state = app.state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = self.endpoints.get(scope["path"])
-            if endpoint is not None:
-                await endpoint(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+    return WebhookApp(app, {"/mutate": mutate, "/validate": check})

@@ -39,7 +39,7 @@ class ServeOptions:
 def uvicorn_config(options: ServeOptions, tls: ReloadingTLS) -> uvicorn.Config:
     app = create_app(options.webhook)
     config = uvicorn.Config(
-        app,
+        app.asgi,
         host=options.host,
         port=options.port,
         loop="uvloop",
