@@ -223,3 +223,32 @@ def test_http_response_is_one_buffer_with_exact_framing() -> None:
 def test_declared_length_reads_the_lower_cased_header() -> None:
     assert declared_length([(b"host", b"x"), (b"content-length", b"42")]) == b"42"
     assert declared_length([(b"host", b"x"), (b"transfer-encoding", b"chunked")]) is None
+
+
+def test_a_client_that_never_reads_its_answers_is_stopped_from_sending(server: WebhookProcess) -> None:
+    """Backpressure: answers the client does not read must not pile up in the server without bound.
+
+    Once its write buffer is full the server stops reading this connection, so the client's
+    sends block. Without that, the server would keep reading, answering and buffering: all
+    64 MiB of requests below would go through and leave ~15 MiB of answers in its memory.
+    """
+    request = post("/mutate", review("never-read"))
+    batch = request * 64
+    sent = 0
+    with connect(server, timeout=3) as tls:
+        try:
+            while sent < 64 * 1024 * 1024:
+                tls.sendall(batch)
+                sent += len(batch)
+        except (TimeoutError, socket.timeout):
+            pass
+    assert sent < 32 * 1024 * 1024, f"the server kept reading: {sent // 1024} KiB of requests accepted"
+    status, _ = _post_one(server)
+    assert status == 200  # and the server serves others meanwhile
+
+
+def _post_one(server: WebhookProcess) -> tuple[int, bytes]:
+    with connect(server) as tls:
+        tls.sendall(post("/mutate", review("other")))
+        status, _, body = Reader(tls).response()
+    return status, body
