@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.harness import wait_for
 from tests.support import WebhookProcess, generate_certs, session_pod
 from webhook.server.app import JSON, TEXT, Reply
 from webhook.server.fastpath import declared_length, http_response
@@ -72,6 +73,14 @@ class Reader:
 def connect(server: WebhookProcess, timeout: float = 10) -> ssl.SSLSocket:
     raw = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
     return server.context().wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def accepting(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def uid_of(body: bytes) -> str:
@@ -200,7 +209,7 @@ def test_graceful_shutdown_answers_an_admission_it_has_begun_reading(tmp_path: P
             time.sleep(0.2)  # let the server read it: the half request is what is being simulated
             assert server.process is not None
             os.killpg(server.process.pid, signal.SIGTERM)
-            time.sleep(0.2)  # the shutdown has begun; the listening socket is closed
+            wait_for(lambda: not accepting(server.port), 10, "the server to stop accepting (shutdown begun)")
             tls.sendall(body[half:])
             reader = Reader(tls)
             status, headers, reply = reader.response()
