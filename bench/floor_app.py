@@ -1,8 +1,10 @@
-"""The floor: uvicorn configured exactly as our webhook, serving a fixed answer.
+"""The uvicorn floor: uvicorn's ordinary ASGI route, set up like our webhook's, serving a fixed answer.
 
 No decoding, no decision, no metrics, no log: what remains is the cost of
-uvicorn, uvloop, httptools and TLS per request, so the benchmark can show how
-much of an admission is ours and how much is the server underneath.
+uvicorn's per-request machinery (scope, task, two writes), uvloop, httptools
+and TLS. Our admissions no longer take this route (the protocol fast path,
+webhook/server/fastpath.py, answers them); bench/protocol_floor.py is the
+floor of the route they do take.
 """
 
 from __future__ import annotations
