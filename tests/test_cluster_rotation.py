@@ -99,6 +99,18 @@ def test_admissions_keep_succeeding_across_rotations(plane: ControlPlane, tmp_pa
                 serials.add(x509.load_pem_x509_certificate(served[0]).serial_number)
                 cas |= {ca.fingerprint(ca.signature_hash_algorithm) for ca in x509.load_pem_x509_certificates(served[1])}
             time.sleep(0.05)  # pacing the load loop, not waiting for a condition
+
+        # An operator replaces the validating configuration without its caBundle (a re-applied
+        # manifest): the CAs are no longer trusted everywhere, and the next round puts them back.
+        hooks = admission.read_validating_webhook_configuration("sortie-egress-protect").webhooks
+        admission.patch_validating_webhook_configuration("sortie-egress-protect", [
+            {"op": "remove", "path": f"/webhooks/{index}/clientConfig/caBundle"} for index in range(len(hooks))])
+        wait_for(lambda: all(hook.client_config.ca_bundle for hook in
+                             admission.read_validating_webhook_configuration("sortie-egress-protect").webhooks),
+                 15, "the controller to restore the validating configuration's caBundle")
+        restored = admission.read_validating_webhook_configuration("sortie-egress-protect").webhooks[0].client_config.ca_bundle
+        mutating = admission.read_mutating_webhook_configuration("sortie-egress").webhooks[0].client_config.ca_bundle
+        assert restored == mutating
     finally:
         controller.stop()
         webhook.send_signal(signal.SIGTERM)

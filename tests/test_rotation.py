@@ -89,3 +89,30 @@ def test_changed_hosts_reissue_the_serving_certificate() -> None:
     other = RotationPolicy(hosts=("other.svc",), ca_lifetime=POLICY.ca_lifetime,
                            serving_lifetime=POLICY.serving_lifetime, overlap=POLICY.overlap)
     assert plan(state, other, START).changes == ("serving certificate issued (serving certificate names changed)",)
+
+
+def test_a_ca_counts_as_trusted_only_when_every_webhook_of_both_configurations_has_it() -> None:
+    """Serving from a CA one webhook lacks would fail that webhook's calls: it must be injected first."""
+    import base64
+
+    from webhook.certs import Authority
+    from webhook.controller.certificates import CertificateManager
+
+    old, new = (Authority.create(name, dt.timedelta(days=1)) for name in ("old-ca", "new-ca"))
+
+    def hook(*cas: Authority) -> dict:
+        bundle = b"".join(ca.pem for ca in cas)
+        return {"name": "h", "clientConfig": {"caBundle": base64.b64encode(bundle).decode()} if cas else {}}
+
+    def fingerprint(ca: Authority) -> bytes:
+        certificate = x509.load_pem_x509_certificate(ca.pem)
+        return certificate.fingerprint(certificate.signature_hash_algorithm)  # type: ignore[arg-type]
+
+    trusted = CertificateManager._trusted_everywhere
+    both = [("m", None, [hook(old, new), hook(old, new)]), ("v", None, [hook(old, new)])]
+    assert trusted(both) == {fingerprint(old), fingerprint(new)}
+    lagging = [("m", None, [hook(old, new)]), ("v", None, [hook(old)])]
+    assert trusted(lagging) == {fingerprint(old)}
+    stripped = [("m", None, [hook(old, new)]), ("v", None, [hook()])]
+    assert trusted(stripped) == set()
+    assert trusted([("m", None, []), ("v", None, [])]) == set()

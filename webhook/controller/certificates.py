@@ -64,30 +64,51 @@ class CertificateManager:
 
     # --- caBundle -------------------------------------------------------------
 
-    def _inject(self, bundle: bytes) -> None:
-        encoded = base64.b64encode(bundle).decode()
+    def _read_configurations(self) -> list[tuple[str, Any, list[dict[str, Any]]]]:
+        """Both webhook configurations (name, patch call, webhooks), read once per round."""
+        found = []
         for read, patch, name in (
             (self.admission.read_mutating_webhook_configuration, self.admission.patch_mutating_webhook_configuration, self.mutating),
             (self.admission.read_validating_webhook_configuration, self.admission.patch_validating_webhook_configuration, self.validating),
         ):
             config = json.loads(read(name, _preload_content=False).data)
-            ops = [{"op": "replace" if "caBundle" in hook["clientConfig"] else "add",
-                    "path": f"/webhooks/{index}/clientConfig/caBundle", "value": encoded}
-                   for index, hook in enumerate(config.get("webhooks") or [])
-                   if hook["clientConfig"].get("caBundle") != encoded]
+            found.append((name, patch, config.get("webhooks") or []))
+        return found
+
+    @staticmethod
+    def _trusted_everywhere(configurations: list[tuple[str, Any, list[dict[str, Any]]]]) -> set[bytes]:
+        """The CAs that every webhook of both configurations trusts: a CA missing from any one
+        of them is not yet trusted for the purpose of serving from it."""
+        trusted: set[bytes] | None = None
+        for _, _, webhooks in configurations:
+            for hook in webhooks:
+                value = hook.get("clientConfig", {}).get("caBundle")
+                cas = x509.load_pem_x509_certificates(base64.b64decode(value)) if value else []
+                fingerprints = {ca.fingerprint(ca.signature_hash_algorithm) for ca in cas}  # type: ignore[arg-type]
+                trusted = fingerprints if trusted is None else trusted & fingerprints
+        return trusted or set()
+
+    def _inject(self, bundle: bytes, configurations: list[tuple[str, Any, list[dict[str, Any]]]]) -> None:
+        """Patch every caBundle that differs, guarded by test operations on what was read: a
+        configuration changed since (re-applied, reordered) fails the patch and the next
+        round reads it again, instead of this one overwriting it blind."""
+        encoded = base64.b64encode(bundle).decode()
+        for name, patch, webhooks in configurations:
+            ops: list[dict[str, Any]] = []
+            for index, hook in enumerate(webhooks):
+                current = hook.get("clientConfig", {}).get("caBundle")
+                if current == encoded:
+                    continue
+                path = f"/webhooks/{index}"
+                ops.append({"op": "test", "path": f"{path}/name", "value": hook.get("name")})
+                if current is None:
+                    ops.append({"op": "add", "path": f"{path}/clientConfig/caBundle", "value": encoded})
+                else:
+                    ops.append({"op": "test", "path": f"{path}/clientConfig/caBundle", "value": current})
+                    ops.append({"op": "replace", "path": f"{path}/clientConfig/caBundle", "value": encoded})
             if ops:
                 patch(name, ops, _preload_content=False)
                 log.info("caBundle of %s updated (%d CA(s))", name, len(x509.load_pem_x509_certificates(bundle)))
-
-    def _injected(self) -> set[bytes]:
-        config = json.loads(self.admission.read_mutating_webhook_configuration(self.mutating, _preload_content=False).data)
-        bundles = [hook["clientConfig"].get("caBundle") for hook in config.get("webhooks") or []]
-        fingerprints: set[bytes] = set()
-        for value in bundles:
-            if value:
-                fingerprints |= {ca.fingerprint(ca.signature_hash_algorithm) for ca in  # type: ignore[arg-type]
-                                 x509.load_pem_x509_certificates(base64.b64decode(value))}
-        return fingerprints
 
     # --- one round --------------------------------------------------------------
 
@@ -98,16 +119,17 @@ class CertificateManager:
         state: CertificateState = plan(decode_state(ca_data, serving_data), self.policy, now)
         bundle = state.trust_bundle()
         wanted = {ca.fingerprint(ca.signature_hash_algorithm) for ca in x509.load_pem_x509_certificates(bundle)}  # type: ignore[arg-type]
-        grows = not wanted <= self._injected()
+        configurations = self._read_configurations()
+        grows = not wanted <= self._trusted_everywhere(configurations)
         if grows:
-            self._inject(bundle)
+            self._inject(bundle, configurations)
         if state.changes:
             self._write_secret(self.ca_secret, encode_ca_secret(state), ca_version, "Opaque")
             self._write_secret(self.serving_secret, encode_serving_secret(state), serving_version, "kubernetes.io/tls")
             self.rotations += 1
             log.info("certificates: %s", "; ".join(state.changes))
         if not grows:
-            self._inject(bundle)
+            self._inject(bundle, configurations)
         return state.changes
 
     def run(self, stop: threading.Event, leading: threading.Event | None, interval: float) -> None:
