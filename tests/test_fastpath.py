@@ -20,8 +20,8 @@ import pytest
 
 from tests.cluster.harness import wait_for
 from tests.support import WebhookProcess, generate_certs, session_pod
-from webhook.server.app import JSON, TEXT, Reply
-from webhook.server.fastpath import declared_length, http_response
+from webhook.server.app import JSON, TEXT, Reply, declares_too_much
+from webhook.server.fastpath import http_response
 
 
 def review(uid: str, pod: dict | None = None) -> bytes:
@@ -229,9 +229,11 @@ def test_http_response_is_one_buffer_with_exact_framing() -> None:
     assert b"content-length: 8\r\n" in closing
 
 
-def test_declared_length_reads_the_lower_cased_header() -> None:
-    assert declared_length([(b"host", b"x"), (b"content-length", b"42")]) == b"42"
-    assert declared_length([(b"host", b"x"), (b"transfer-encoding", b"chunked")]) is None
+def test_a_declared_length_over_the_limit_or_not_a_number_is_too_much() -> None:
+    assert declares_too_much([(b"host", b"x"), (b"content-length", b"42")], 42) is False
+    assert declares_too_much([(b"host", b"x"), (b"content-length", b"43")], 42) is True
+    assert declares_too_much([(b"content-length", b"-1")], 42) is True
+    assert declares_too_much([(b"host", b"x"), (b"transfer-encoding", b"chunked")], 42) is False
 
 
 def test_a_client_that_never_reads_its_answers_is_stopped_from_sending(server: WebhookProcess) -> None:

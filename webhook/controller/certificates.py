@@ -25,6 +25,11 @@ from ..rotation import CertificateState, RotationPolicy, decode_state, encode_ca
 log = logging.getLogger("sortie.certificates")
 
 
+def ca_fingerprints(bundle: bytes) -> set[bytes]:
+    """The CAs of a PEM bundle, by fingerprint: what "trusted" is compared by."""
+    return {ca.fingerprint(ca.signature_hash_algorithm) for ca in x509.load_pem_x509_certificates(bundle)}  # type: ignore[arg-type]
+
+
 @dataclass
 class CertificateManager:
     core: Any  # kubernetes.client.CoreV1Api
@@ -83,8 +88,7 @@ class CertificateManager:
         for _, _, webhooks in configurations:
             for hook in webhooks:
                 value = hook.get("clientConfig", {}).get("caBundle")
-                cas = x509.load_pem_x509_certificates(base64.b64decode(value)) if value else []
-                fingerprints = {ca.fingerprint(ca.signature_hash_algorithm) for ca in cas}  # type: ignore[arg-type]
+                fingerprints = ca_fingerprints(base64.b64decode(value)) if value else set()
                 trusted = fingerprints if trusted is None else trusted & fingerprints
         return trusted or set()
 
@@ -118,7 +122,7 @@ class CertificateManager:
         serving_data, serving_version = self._read_secret(self.serving_secret)
         state: CertificateState = plan(decode_state(ca_data, serving_data), self.policy, now)
         bundle = state.trust_bundle()
-        wanted = {ca.fingerprint(ca.signature_hash_algorithm) for ca in x509.load_pem_x509_certificates(bundle)}  # type: ignore[arg-type]
+        wanted = ca_fingerprints(bundle)
         configurations = self._read_configurations()
         grows = not wanted <= self._trusted_everywhere(configurations)
         if grows:

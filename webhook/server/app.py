@@ -60,11 +60,16 @@ class ClientGone(Exception):
     pass
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value
-    return None
+def declares_too_much(headers: list[tuple[bytes, bytes]], limit: int) -> bool:
+    """A Content-Length (lower-cased header names, as uvicorn gives them) over ``limit``, or not a number.
+
+    Both routes refuse on it before reading any of the body: the ASGI route
+    here, the protocol fast path in server/fastpath.py.
+    """
+    for name, value in headers:
+        if name == b"content-length":
+            return not value.isdigit() or int(value) > limit
+    return False
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -73,8 +78,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     A declared Content-Length over the limit is refused before any of the
     body is read; a chunked body is refused at the chunk that crosses it.
     """
-    declared = _header(scope, b"content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+    if declares_too_much(scope["headers"], limit):
         raise BodyTooLarge
     chunks = []
     size = 0

@@ -28,7 +28,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from .app import AdmissionEndpoint, Reply
+from .app import AdmissionEndpoint, Reply, declares_too_much
 from .protocol import DeadlineHttpToolsProtocol
 
 
@@ -41,13 +41,6 @@ def http_response(reply: Reply, close: bool) -> bytes:
         b"connection: close\r\n" if close else b"",
         reply.payload,
     )
-
-
-def declared_length(headers: list[tuple[bytes, bytes]]) -> bytes | None:
-    for name, value in headers:
-        if name == b"content-length":
-            return value
-    return None
 
 
 class AdmissionProtocol(DeadlineHttpToolsProtocol):
@@ -112,8 +105,7 @@ class AdmissionProtocol(DeadlineHttpToolsProtocol):
         self.admission_chunks = []
         self.admission_size = 0
         self.admission_keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
-        declared = declared_length(self.headers)
-        if declared is not None and (not declared.isdigit() or int(declared) > endpoint.max_body_bytes):
+        if declares_too_much(self.headers, endpoint.max_body_bytes):
             self._send(endpoint.too_large(self.admission_started))  # refused before the body is read
 
     def on_body(self, body: bytes) -> None:
