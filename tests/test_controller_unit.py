@@ -1,54 +1,218 @@
-"""The controller's pure parts: desired state, drift checks, gate patches, the work queue, the stores."""
+"""The controller's pure parts: session plans, drift checks, pod patches, the work queue, the stores.
+
+Expected NetworkPolicies are written out here by hand, not produced by the renderer under test.
+"""
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import random
 import threading
 import time
+from typing import Any
 
 import pytest
 
 from tests.support import session_pod
-from webhook.controller.desired import desired_for, gate_removal_patch, is_active, policy_matches
-from webhook.controller.informer import Store, project_pod
-from webhook.controller.main import pod_session_key
+from webhook.controller.desired import (
+    ADOPTED,
+    INVALID_POLICY,
+    POLICY_CHANGED,
+    POLICY_MISMATCH,
+    gate_removal_patch,
+    is_active,
+    plan_session,
+    pod_patch,
+    policy_matches,
+)
+from webhook.controller.projections import pod_session_key, project_policy, project_pod
 from webhook.controller.queue import WorkQueue, backoff_delay
+from webhook.kube.informer import Store
 from webhook.patch import apply_patch
 from webhook.render import DnsDestination
 
 DNS = DnsDestination()
 POLICY = {"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8", "port": 443}]}
+CANONICAL = '{"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8", "port": 443}]}'
+DNS_ONLY_CANONICAL = '{"mode": "allowlist", "rules": []}'
+DNS_RULE = {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+            "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]}
+RULE_443 = {"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}],
+            "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "UDP", "port": 443}]}
 
 
-def pod_with(policy: object, **kwargs: object) -> dict:
-    pod = session_pod(session_id="s1", policy=policy, namespace="ns", **kwargs)
-    pod["metadata"]["uid"] = "uid-1"
+def sha(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def pod_with(policy: object, name: str = "p1", uid: str = "uid-1", created: str = "2026-11-29T10:00:00Z",
+             gated: bool = True, mode: str | None = "allowlist", gates: list[str] | None = None, **kwargs: Any) -> dict:
+    extra = {"sortie.io/egress-mode": mode} if mode else {}
+    gates = (gates or []) + (["sortie.io/egress-policy"] if gated else [])
+    pod = session_pod(name=name, session_id="s1", policy=policy, namespace="ns", extra_labels=extra,
+                      gates=gates or None, **kwargs)
+    pod["metadata"].update(uid=uid, creationTimestamp=created)
     return pod
 
 
-def test_desired_policy_for_a_valid_pod() -> None:
-    desired = desired_for(pod_with(POLICY), DNS)
-    assert desired.invalid_reason is None
-    assert desired.policy["metadata"]["name"] == "sortie-egress-s1"
-    assert len(desired.policy["spec"]["egress"]) == 2
+def owner(name: str, uid: str, controller: bool) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid, "controller": controller,
+            "blockOwnerDeletion": True}
 
 
-def test_invalid_pod_fails_closed_with_a_reason() -> None:
-    desired = desired_for(pod_with('{"mode": "allowlist", "rules": [{"cidr": "nope"}]}'), DNS)
-    assert desired.policy["spec"]["egress"] == desired_for(pod_with({"mode": "allowlist"}), DNS).policy["spec"]["egress"]
-    assert desired.invalid_reason.startswith("invalid egress policy, enforcing DNS only: rules[0].cidr")
+def expected_policy(egress: list[dict], digest: str, owners: list[dict]) -> dict:
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "sortie-egress-s1", "namespace": "ns",
+                     "labels": {"sortie.io/session-id": "s1", "sortie.io/app-id": "firefox",
+                                "sortie.io/egress-policy": "true", "app.kubernetes.io/managed-by": "sortie-egress"},
+                     "annotations": {"sortie.io/policy-digest": digest},
+                     "ownerReferences": owners},
+        "spec": {"podSelector": {"matchLabels": {"sortie.io/session-id": "s1"}}, "policyTypes": ["Egress"],
+                 "egress": egress},
+    }
 
 
-def test_no_policy_means_no_networkpolicy() -> None:
-    assert desired_for(pod_with(None), DNS).policy is None
-    assert desired_for(pod_with({"mode": ""}), DNS).policy is None
+def names(pods: list[dict]) -> list[str]:
+    return [pod["metadata"]["name"] for pod in pods]
 
 
-def test_unnameable_session_gets_nothing_and_a_reason() -> None:
+def reasons(plan: Any) -> list[tuple[str, str]]:
+    return [(note.pod["metadata"]["name"], note.reason) for note in plan.notes]
+
+
+def test_one_admitted_pod_gets_its_policy_then_its_gate_lifted() -> None:
+    pod = pod_with(POLICY)
+    plan = plan_session([pod], None, DNS)
+    assert plan.policy == expected_policy([DNS_RULE, RULE_443], sha(CANONICAL), [owner("p1", "uid-1", True)])
+    assert names(plan.release) == ["p1"] and plan.labels == [] and plan.notes == []
+    assert not plan.adopt and not plan.delete and not plan.pin_violated
+
+
+def test_an_invalid_annotation_fails_closed_labels_and_tells() -> None:
+    pod = pod_with('{"mode": "allowlist", "rules": [{"cidr": "nope"}]}', mode=None)
+    plan = plan_session([pod], None, DNS)
+    assert plan.policy == expected_policy([DNS_RULE], sha(DNS_ONLY_CANONICAL), [owner("p1", "uid-1", True)])
+    assert names(plan.release) == ["p1"]
+    assert [(p["metadata"]["name"], mode) for p, mode in plan.labels] == [("p1", "allowlist")]
+    assert reasons(plan) == [("p1", INVALID_POLICY)]
+    assert plan.notes[0].message.startswith('invalid egress policy, enforcing DNS only: rules[0].cidr: "nope"')
+
+
+def test_a_backfilled_pod_without_the_mode_label_gets_the_canonical_mode() -> None:
+    pod = pod_with({"rules": [{"cidr": "192.0.2.0/24"}], "mode": "denylist"}, mode=None, gated=False)
+    plan = plan_session([pod], None, DNS)
+    assert [(p["metadata"]["name"], mode) for p, mode in plan.labels] == [("p1", "denylist")]
+    assert plan.release == []
+
+
+def test_no_policy_means_no_networkpolicy_and_a_creator_set_gate_is_lifted() -> None:
+    plan = plan_session([pod_with(None, mode=None)], None, DNS)
+    assert plan.policy is None and names(plan.release) == ["p1"] and plan.labels == []
+    assert plan_session([pod_with({"mode": ""}, mode=None, gated=False)], None, DNS).release == []
+
+
+def test_two_pods_of_one_session_share_one_policy_owned_by_both() -> None:
+    young = pod_with(POLICY, name="young", uid="uid-b", created="2026-11-29T10:00:05Z")
+    old = pod_with(POLICY, name="old", uid="uid-z", created="2026-11-29T10:00:00Z")
+    plan = plan_session([young, old], None, DNS)
+    assert plan.policy["metadata"]["ownerReferences"] == [owner("old", "uid-z", True), owner("young", "uid-b", False)]
+    assert sorted(names(plan.release)) == ["old", "young"]
+
+
+def test_ties_in_age_go_to_the_lower_uid() -> None:
+    a = pod_with(POLICY, name="a", uid="uid-2")
+    b = pod_with(POLICY, name="b", uid="uid-1")
+    plan = plan_session([a, b], None, DNS)
+    assert plan.policy["metadata"]["ownerReferences"][0] == owner("b", "uid-1", True)
+
+
+def test_a_pod_with_another_policy_stays_gated_and_is_told() -> None:
+    old = pod_with(POLICY, name="old", uid="uid-1")
+    other = pod_with({"mode": "allowlist", "rules": [{"cidr": "0.0.0.0/0"}]}, name="other", uid="uid-2",
+                     created="2026-11-29T10:00:09Z")
+    plan = plan_session([old, other], None, DNS)
+    assert plan.policy == expected_policy([DNS_RULE, RULE_443], sha(CANONICAL), [owner("old", "uid-1", True)])
+    assert names(plan.release) == ["old"]
+    assert reasons(plan) == [("other", POLICY_MISMATCH)]
+
+
+def released(pod: dict) -> dict:
+    pod = copy.deepcopy(pod)
+    pod["spec"].pop("schedulingGates", None)
+    return pod
+
+
+def test_a_released_pod_whose_policy_changed_turns_the_session_dns_only() -> None:
+    existing = expected_policy([DNS_RULE, RULE_443], sha(CANONICAL), [owner("p1", "uid-1", True)])
+    tampered = released(pod_with({"mode": "allowlist", "rules": [{"cidr": "0.0.0.0/0"}]}))
+    plan = plan_session([tampered], existing, DNS)
+    assert plan.pin_violated
+    # DNS only, and still pinned to what was admitted: the new policy is never rendered.
+    assert plan.policy == expected_policy([DNS_RULE], sha(CANONICAL), [owner("p1", "uid-1", True)])
+    assert reasons(plan) == [("p1", POLICY_CHANGED)] and plan.release == []
+
+
+def test_a_removed_annotation_is_a_changed_policy_too() -> None:
+    existing = expected_policy([DNS_RULE, RULE_443], sha(CANONICAL), [owner("p1", "uid-1", True)])
+    plan = plan_session([released(pod_with(None))], existing, DNS)
+    assert plan.pin_violated and plan.policy["spec"]["egress"] == [DNS_RULE] and not plan.delete
+
+
+def test_a_pin_left_by_pods_that_are_gone_is_no_pin() -> None:
+    stale = expected_policy([DNS_RULE], sha(DNS_ONLY_CANONICAL), [owner("gone", "uid-gone", True)])
+    plan = plan_session([pod_with(POLICY)], stale, DNS)
+    assert not plan.pin_violated
+    assert plan.policy == expected_policy([DNS_RULE, RULE_443], sha(CANONICAL), [owner("p1", "uid-1", True)])
+
+
+def test_a_policy_with_our_name_that_we_do_not_manage_is_adopted() -> None:
+    squatter = {"metadata": {"name": "sortie-egress-s1", "namespace": "ns", "uid": "np-1",
+                             "labels": {"sortie.io/egress-policy": "true"}},
+                "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}}
+    plan = plan_session([pod_with(POLICY)], squatter, DNS)
+    assert plan.adopt and plan.policy["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "sortie-egress"
+    assert reasons(plan) == [("p1", ADOPTED)]
+    assert plan.notes[0].type == "Normal"
+    assert "NetworkPolicy sortie-egress-s1 (uid np-1, sortie.io/egress-policy=true)" in plan.notes[0].message
+    # ...but only to enforce a policy: a session without one leaves it alone.
+    untouched = plan_session([pod_with(None, mode=None, gated=False)], squatter, DNS)
+    assert not untouched.adopt and not untouched.delete and untouched.policy is None
+
+
+def test_orphans_are_deleted_only_when_ours() -> None:
+    ours = expected_policy([DNS_RULE], sha(DNS_ONLY_CANONICAL), [owner("gone", "uid-gone", True)])
+    assert plan_session([], ours, DNS).delete
+    theirs = copy.deepcopy(ours)
+    del theirs["metadata"]["labels"]["app.kubernetes.io/managed-by"]
+    assert not plan_session([], theirs, DNS).delete
+
+
+def test_a_session_id_that_cannot_name_a_policy_gets_nothing_and_a_reason() -> None:
     pod = session_pod(session_id="Bad_Id", policy=POLICY)
-    desired = desired_for(pod, DNS)
-    assert desired.policy is None and "cannot name a NetworkPolicy" in desired.invalid_reason
+    plan = plan_session([pod], None, DNS)
+    assert plan.policy is None and plan.release == [] and "cannot name a NetworkPolicy" in plan.notes[0].message
+
+
+def test_pods_on_their_way_out_are_left_to_the_garbage_collector() -> None:
+    leaving = pod_with(POLICY)
+    leaving["metadata"]["deletionTimestamp"] = "2026-11-29T11:00:00Z"
+    plan = plan_session([leaving], None, DNS)
+    assert plan.policy is None and not plan.delete and plan.release == []
+
+
+def test_one_write_per_pod_for_label_and_gate() -> None:
+    pod = pod_with(POLICY, mode=None, gates=["other/gate"])
+    ops = pod_patch(pod, "allowlist", release=True)
+    assert ops == [{"op": "add", "path": "/metadata/labels/sortie.io~1egress-mode", "value": "allowlist"},
+                   {"op": "test", "path": "/spec/schedulingGates/1/name", "value": "sortie.io/egress-policy"},
+                   {"op": "remove", "path": "/spec/schedulingGates/1"}]
+    after = apply_patch(pod, ops)
+    assert after["metadata"]["labels"]["sortie.io/egress-mode"] == "allowlist"
+    assert after["spec"]["schedulingGates"] == [{"name": "other/gate"}]
+    assert pod_patch(pod, None, release=False) == []
 
 
 @pytest.mark.parametrize("change", [
@@ -57,31 +221,37 @@ def test_unnameable_session_gets_nothing_and_a_reason() -> None:
     lambda p: p["metadata"]["labels"].pop("sortie.io/session-id"),
     lambda p: p["metadata"]["labels"].__setitem__("app.kubernetes.io/managed-by", "someone"),
     lambda p: p["metadata"]["ownerReferences"][0].__setitem__("uid", "other"),
+    lambda p: p["metadata"]["ownerReferences"].append(owner("extra", "uid-x", False)),
+    lambda p: p["metadata"]["ownerReferences"][0].__setitem__("blockOwnerDeletion", False),
     lambda p: p["metadata"].pop("ownerReferences"),
+    lambda p: p["metadata"]["annotations"].__setitem__("sortie.io/policy-digest", "sha256:0"),
+    lambda p: p["metadata"].pop("annotations"),
 ])
 def test_drift_is_detected(change: object) -> None:
-    desired = desired_for(pod_with(POLICY), DNS).policy
+    desired = expected_policy([DNS_RULE, RULE_443], sha(CANONICAL), [owner("p1", "uid-1", True)])
     existing = copy.deepcopy(desired)
     assert policy_matches(existing, desired)
     change(existing)  # type: ignore[operator]
     assert not policy_matches(existing, desired)
 
 
-def test_extra_labels_and_server_fields_are_not_drift() -> None:
-    desired = desired_for(pod_with(POLICY), DNS).policy
+def test_extra_labels_server_fields_and_owner_order_are_not_drift() -> None:
+    desired = expected_policy([DNS_RULE, RULE_443], sha(CANONICAL),
+                              [owner("a", "uid-1", True), owner("b", "uid-2", False)])
     existing = copy.deepcopy(desired)
     existing["metadata"]["labels"]["team"] = "blue"
     existing["metadata"]["resourceVersion"] = "12"
+    existing["metadata"]["ownerReferences"].reverse()
     assert policy_matches(existing, desired)
 
 
 def test_gate_removal_removes_only_ours() -> None:
-    pod = pod_with(POLICY, gates=["a/b", "sortie.io/egress-policy", "c/d"])
+    pod = pod_with(POLICY, gates=["a/b", "sortie.io/egress-policy", "c/d"], gated=False)
     patch = gate_removal_patch(pod)
     assert patch[0] == {"op": "test", "path": "/spec/schedulingGates/1/name", "value": "sortie.io/egress-policy"}
     assert [g["name"] for g in apply_patch(pod, patch)["spec"]["schedulingGates"]] == ["a/b", "c/d"]
-    assert gate_removal_patch(pod_with(POLICY, gates=["a/b"])) is None
-    assert gate_removal_patch(pod_with(POLICY)) is None
+    assert gate_removal_patch(pod_with(POLICY, gates=["a/b"], gated=False)) is None
+    assert gate_removal_patch(pod_with(POLICY, gated=False)) is None
 
 
 def test_finished_and_deleting_pods_are_inactive() -> None:
@@ -171,11 +341,32 @@ def test_queue_hands_each_key_to_one_worker_at_a_time() -> None:
 
 
 def test_cached_projection_of_a_policy_is_judged_like_the_policy() -> None:
-    from webhook.controller.informer import project_policy
-
-    desired = desired_for(pod_with(POLICY), DNS).policy
+    desired = expected_policy([DNS_RULE, RULE_443], sha(CANONICAL), [owner("p1", "uid-1", True)])
     assert policy_matches(project_policy(copy.deepcopy(desired)), desired)
     drifted = copy.deepcopy(desired)
     drifted["spec"]["egress"][1]["ports"][0]["port"] = 444
     assert not policy_matches(project_policy(drifted), desired)
-    assert "spec" not in project_policy(desired)
+    assert "spec" not in project_policy(desired)  # ours: a digest is enough
+    theirs = {"metadata": {"name": "allow-web", "namespace": "ns", "labels": {"team": "web"}},
+              "spec": {"podSelector": {}, "egress": [{}]}}
+    assert project_policy(theirs)["spec"] == theirs["spec"]  # someone else's: judged for effective egress
+
+
+def test_pod_projection_keeps_every_label_and_only_our_annotation() -> None:
+    pod = pod_with(POLICY)
+    pod["metadata"]["labels"]["app.kubernetes.io/component"] = "session"
+    pod["metadata"]["annotations"]["other.io/big"] = "x" * 1000
+    projected = project_pod(pod)
+    assert projected["metadata"]["labels"] == pod["metadata"]["labels"]
+    assert list(projected["metadata"]["annotations"]) == ["sortie.io/egress-policy"]
+
+
+def test_store_lists_by_namespace() -> None:
+    store = Store()
+    for namespace, name in (("a", "x"), ("a", "y"), ("b", "x")):
+        store.put({"metadata": {"namespace": namespace, "name": name}})
+    assert sorted(p["metadata"]["name"] for p in store.by_namespace("a")) == ["x", "y"]
+    store.remove(("a", "x"))
+    assert [p["metadata"]["name"] for p in store.by_namespace("a")] == ["y"]
+    store.replace([], "a")
+    assert store.by_namespace("a") == [] and len(store.by_namespace("b")) == 1

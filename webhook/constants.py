@@ -15,6 +15,8 @@ SCHEDULING_GATE: Final = "sortie.io/egress-policy"
 MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE: Final = "sortie-egress"
 POLICY_NAME_PREFIX: Final = "sortie-egress-"
+#: On a managed NetworkPolicy: sha256 of the canonical policy it was rendered for (the session's pin).
+POLICY_DIGEST_ANNOTATION: Final = "sortie.io/policy-digest"
 
 MAX_RULES: Final = 256
 MAX_ANNOTATION_BYTES: Final = 64 * 1024
@@ -25,9 +27,4 @@ MAX_MEMO_ANNOTATION: Final = 4096
 # is not from it and is refused before it is read whole.
 MAX_REVIEW_BYTES: Final = 3 * 1024 * 1024
 
-DEFAULT_CONTROLLER_IDENTITY: Final = "system:serviceaccount:sortie-system:sortie-egress"
-KUBERNETES_SYSTEM_IDENTITIES: Final = (
-    "system:serviceaccount:kube-system:generic-garbage-collector",
-    "system:serviceaccount:kube-system:namespace-controller",
-)
-DEFAULT_SERVICE_HOST: Final = "sortie-egress.sortie-system.svc"
+SERVICE_NAME: Final = "sortie-egress"

@@ -1,19 +1,33 @@
-"""``sortie-egress audit``: each session pod and the state of its NetworkPolicy, as read from the cluster.
+"""``sortie-egress audit``: each session pod, the state of its NetworkPolicy, and what it can really reach.
 
-The judging is pure (``audit``) and uses the controller's own decisions, so
-"ok" here means exactly "the controller would write nothing".
+The judging is pure (``audit``) and uses the controller's own plan, so "ok"
+means exactly "the controller would write nothing, and no other policy lets
+this pod reach more than its own".
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 from ..constants import POLICY_NAME_PREFIX, SESSION_ID_LABEL
+from ..effective import widenings
 from ..render import DnsDestination
-from .desired import desired_for, gate_removal_patch, is_active, is_managed, policy_matches
+from .desired import (
+    INVALID_POLICY,
+    POLICY_CHANGED,
+    POLICY_MISMATCH,
+    age_order,
+    enforced_for,
+    has_gate,
+    is_active,
+    is_managed,
+    plan_session,
+    policy_matches,
+)
 
-WRONG = ("missing", "drifted", "gated", "invalid", "orphan")
+WRONG = ("missing", "drifted", "gated", "unlabelled", "invalid", "orphan", "conflict", "mismatch", "changed", "widened")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,35 +43,75 @@ class AuditRow:
         return self.state in WRONG
 
 
-def audit(pods: list[dict[str, Any]], policies: list[dict[str, Any]], dns: DnsDestination) -> list[AuditRow]:
-    by_name = {(p["metadata"].get("namespace", ""), p["metadata"]["name"]): p for p in policies}
-    sessions: set[tuple[str, str]] = set()
+def _name(obj: dict[str, Any]) -> tuple[str, str]:
+    metadata = obj.get("metadata") or {}
+    return metadata.get("namespace", ""), metadata.get("name", "")
+
+
+def _session_rows(namespace: str, session_id: str, pods: list[dict[str, Any]], existing: dict[str, Any] | None,
+                  others: list[dict[str, Any]], dns: DnsDestination) -> list[AuditRow]:
+    plan = plan_session(pods, existing, dns)
+    notes = {(id(note.pod), note.reason): note.message for note in plan.notes}
+    released = {id(pod) for pod in plan.release}
+    unlabelled = {id(pod) for pod, _ in plan.labels}
     rows = []
-    for pod in sorted(pods, key=lambda p: (p["metadata"].get("namespace", ""), p["metadata"]["name"])):
-        metadata = pod["metadata"]
-        namespace, session_id = metadata.get("namespace", ""), (metadata.get("labels") or {}).get(SESSION_ID_LABEL)
-        if not isinstance(session_id, str):
-            continue
-        sessions.add((namespace, session_id))
+    for pod in sorted(pods, key=age_order):
+        name = pod["metadata"].get("name", "")
+
+        def row(state: str, detail: str = "") -> None:
+            rows.append(AuditRow(namespace, name, session_id, state, detail))
+
         if not is_active(pod):
-            rows.append(AuditRow(namespace, metadata["name"], session_id, "finished"))
-            continue
-        desired = desired_for(pod, dns)
-        existing = by_name.get((namespace, POLICY_NAME_PREFIX + session_id))
-        if desired.invalid_reason and desired.policy is None:
-            rows.append(AuditRow(namespace, metadata["name"], session_id, "invalid", desired.invalid_reason))
-        elif desired.policy is None:
-            rows.append(AuditRow(namespace, metadata["name"], session_id, "no-policy", "cluster default applies"))
+            row("finished")
+        elif (id(pod), POLICY_CHANGED) in notes:
+            row("changed", notes[(id(pod), POLICY_CHANGED)])
+        elif (id(pod), POLICY_MISMATCH) in notes:
+            row("mismatch", notes[(id(pod), POLICY_MISMATCH)])
+        elif plan.policy is None:
+            if (id(pod), INVALID_POLICY) in notes:
+                row("invalid", notes[(id(pod), INVALID_POLICY)])
+            elif id(pod) in released:
+                row("gated", "no egress policy, gate not released")
+            else:
+                row("no-policy", "cluster default applies")
         elif existing is None:
-            rows.append(AuditRow(namespace, metadata["name"], session_id, "missing", "no NetworkPolicy"))
-        elif not policy_matches(existing, desired.policy):
-            rows.append(AuditRow(namespace, metadata["name"], session_id, "drifted", "NetworkPolicy differs from the policy"))
-        elif gate_removal_patch(pod) is not None:
-            rows.append(AuditRow(namespace, metadata["name"], session_id, "gated", "policy in place, gate not released"))
-        elif desired.invalid_reason:
-            rows.append(AuditRow(namespace, metadata["name"], session_id, "invalid", desired.invalid_reason))
+            row("missing", f"no NetworkPolicy {POLICY_NAME_PREFIX}{session_id}")
+        elif plan.adopt:
+            row("conflict", f"NetworkPolicy {existing['metadata'].get('name')} is not managed by sortie-egress; "
+                            "the controller replaces it with the session's")
+        elif not policy_matches(existing, plan.policy):
+            row("drifted", "NetworkPolicy differs from the session's policy")
+        elif id(pod) in released or has_gate(pod) and not plan.pin_violated:
+            row("gated", "policy in place, gate not released")
+        elif id(pod) in unlabelled:
+            row("unlabelled", "no sortie.io/egress-mode label: the baseline does not select it yet")
         else:
-            rows.append(AuditRow(namespace, metadata["name"], session_id, "ok"))
+            widened = widenings(plan.policy, others, namespace, pod["metadata"].get("labels") or {})
+            if widened:
+                row("widened", "; ".join(w.describe() for w in widened))
+            elif enforced_for(pod).invalid_reason:
+                row("invalid", notes.get((id(pod), INVALID_POLICY), "invalid egress policy, DNS only"))
+            else:
+                row("ok")
+    return rows
+
+
+def audit(pods: list[dict[str, Any]], policies: list[dict[str, Any]], dns: DnsDestination) -> list[AuditRow]:
+    """Rows for every session pod and every orphaned managed policy; ``policies`` are all of them."""
+    by_name = {_name(policy): policy for policy in policies}
+    others_by_namespace: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for policy in policies:
+        if not is_managed(policy):
+            others_by_namespace[_name(policy)[0]].append(policy)
+    sessions: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for pod in pods:
+        session_id = ((pod.get("metadata") or {}).get("labels") or {}).get(SESSION_ID_LABEL)
+        if isinstance(session_id, str):
+            sessions[(_name(pod)[0], session_id)].append(pod)
+    rows = []
+    for (namespace, session_id), members in sorted(sessions.items()):
+        existing = by_name.get((namespace, POLICY_NAME_PREFIX + session_id))
+        rows += _session_rows(namespace, session_id, members, existing, others_by_namespace[namespace], dns)
     for (namespace, name), policy in sorted(by_name.items()):
         session_id = name[len(POLICY_NAME_PREFIX):] if name.startswith(POLICY_NAME_PREFIX) else name
         if is_managed(policy) and (namespace, session_id) not in sessions:

@@ -19,7 +19,7 @@ from typing import Any
 
 from cryptography import x509
 
-from ..configuration import MUTATING_NAME, VALIDATING_NAME
+from ..configuration import MUTATING_NAME
 from ..rotation import CertificateState, RotationPolicy, decode_state, encode_ca_secret, encode_serving_secret, plan
 
 log = logging.getLogger("sortie.certificates")
@@ -39,7 +39,6 @@ class CertificateManager:
     ca_secret: str = "sortie-egress-ca"
     serving_secret: str = "sortie-egress-tls"
     mutating: str = MUTATING_NAME
-    validating: str = VALIDATING_NAME
     rotations: int = 0
 
     # --- Secrets ------------------------------------------------------------
@@ -70,11 +69,10 @@ class CertificateManager:
     # --- caBundle -------------------------------------------------------------
 
     def _read_configurations(self) -> list[tuple[str, Any, list[dict[str, Any]]]]:
-        """Both webhook configurations (name, patch call, webhooks), read once per round."""
+        """Our webhook configurations (name, patch call, webhooks), read once per round."""
         found = []
         for read, patch, name in (
             (self.admission.read_mutating_webhook_configuration, self.admission.patch_mutating_webhook_configuration, self.mutating),
-            (self.admission.read_validating_webhook_configuration, self.admission.patch_validating_webhook_configuration, self.validating),
         ):
             config = json.loads(read(name, _preload_content=False).data)
             found.append((name, patch, config.get("webhooks") or []))
@@ -82,7 +80,7 @@ class CertificateManager:
 
     @staticmethod
     def _trusted_everywhere(configurations: list[tuple[str, Any, list[dict[str, Any]]]]) -> set[bytes]:
-        """The CAs that every webhook of both configurations trusts: a CA missing from any one
+        """The CAs that every webhook of every configuration trusts: a CA missing from any one
         of them is not yet trusted for the purpose of serving from it."""
         trusted: set[bytes] | None = None
         for _, _, webhooks in configurations:

@@ -1,40 +1,114 @@
 """What a session should have, and whether what it has matches: pure functions of manifests.
 
 The controller's decisions live here so they can be tested without a cluster;
-``reconciler`` only turns their answers into API calls.
+``reconciler`` only turns a :class:`SessionPlan` into API calls, in the order
+that never widens what a pod can reach: the policy first, then labels and
+gates, Events last.
+
+A session is every pod carrying one ``sortie.io/session-id`` in a namespace,
+and one NetworkPolicy named after it (CONTRACT §3):
+
+- *Pinning*: the policy records (annotation ``sortie.io/policy-digest``) the
+  canonical policy it was rendered for. While a pod that owns it exists, that
+  is the session's policy; a released pod whose policy now differs (possible
+  only by bypassing admission) turns the session DNS-only. The new policy is
+  never rendered.
+- *Several pods*: the pods whose policy equals the session's are released and
+  own the policy (the oldest, ties by uid, as controller), so the garbage
+  collector keeps it until the last of them is gone. Pods with another policy
+  stay gated.
+- *The name is ours*: a policy with the session's name that we do not manage
+  is replaced by ours (adopted) when the session has a policy to enforce.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..constants import (
     APP_ID_LABEL,
+    EGRESS_MODE_LABEL,
     EGRESS_POLICY_LABEL,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
+    POLICY_DIGEST_ANNOTATION,
+    POLICY_NAME_PREFIX,
     SCHEDULING_GATE,
     SESSION_ID_LABEL,
 )
 from ..patch import JsonPatch, pointer
-from ..policy import FAIL_CLOSED_POLICY, parse_policy
+from ..policy import FAIL_CLOSED_POLICY, EgressPolicy, parse_policy
 from ..render import DnsDestination, render_network_policy
 from ..session import session_id_problem, session_pod
 
 FINISHED_PHASES = ("Succeeded", "Failed")
 _OUR_LABELS = (SESSION_ID_LABEL, APP_ID_LABEL, EGRESS_POLICY_LABEL, MANAGED_BY_LABEL)
+_OWNER_FIELDS = ("apiVersion", "kind", "name", "uid", "controller", "blockOwnerDeletion")
+
+# Event reasons, one per thing an operator may need to act on.
+INVALID_POLICY = "InvalidEgressPolicy"
+POLICY_MISMATCH = "EgressPolicyMismatch"
+POLICY_CHANGED = "EgressPolicyChanged"
+ADOPTED = "Adopted"
+WIDENED = "EgressWidened"
+CONFLICT = "EgressPolicyConflict"
+
+
+def policy_digest(canonical: str) -> str:
+    """The pin: what the session was admitted with, as recorded on its NetworkPolicy."""
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+FAIL_CLOSED_DIGEST = policy_digest(FAIL_CLOSED_POLICY.canonical_json())
 
 
 @dataclass(frozen=True, slots=True)
-class Desired:
-    """The NetworkPolicy a pod should have (None: it should have none), and
-    the warning to record on the pod when its annotation is invalid."""
+class Enforced:
+    """What one pod's annotation asks to be enforced."""
 
-    policy: dict[str, Any] | None
-    invalid_reason: str | None = None
+    policy: EgressPolicy | None  # None: no per-app policy (the cluster default applies)
+    digest: str | None = None
+    invalid_reason: str | None = None  # set when the annotation is invalid: ``policy`` is then DNS only
+
+
+def enforced_for(pod: dict[str, Any]) -> Enforced:
+    session = session_pod(pod)
+    parsed = parse_policy(None if session is None else session.annotation)
+    if not parsed.ok:
+        reason = "invalid egress policy, enforcing DNS only: " + "; ".join(parsed.errors)
+        return Enforced(FAIL_CLOSED_POLICY, FAIL_CLOSED_DIGEST, reason)
+    if parsed.policy is None:
+        return Enforced(None)
+    assert parsed.canonical is not None
+    return Enforced(parsed.policy, policy_digest(parsed.canonical))
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """An Event to record on a pod, after the writes it explains."""
+
+    pod: dict[str, Any]
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class SessionPlan:
+    """Everything one reconcile of a session should bring about."""
+
+    policy: dict[str, Any] | None = None  # the NetworkPolicy to have; None: none of ours
+    delete: bool = False  # delete the existing (managed) policy
+    adopt: bool = False  # the existing policy is someone else's, with our name: replace it
+    pin_violated: bool = False
+    release: list[dict[str, Any]] = field(default_factory=list)  # pods whose gate to remove
+    labels: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # (pod, mode) to add
+    notes: list[Note] = field(default_factory=list)
+    #: The pods the policy selects that it was made for: what effective egress is judged on.
+    enforced_pods: list[dict[str, Any]] = field(default_factory=list)
 
 
 def is_active(pod: dict[str, Any]) -> bool:
@@ -44,24 +118,124 @@ def is_active(pod: dict[str, Any]) -> bool:
     return not metadata.get("deletionTimestamp") and phase not in FINISHED_PHASES
 
 
-def desired_for(pod: dict[str, Any], dns: DnsDestination) -> Desired:
-    """CONTRACT §3: the rendered policy; DNS only (fail closed) for an invalid annotation."""
-    session = session_pod(pod)
-    if session is None:
-        return Desired(policy=None)
-    parsed = parse_policy(session.annotation)
-    if parsed.ok and parsed.policy is None:
-        return Desired(policy=None)
-    naming = session_id_problem(session.session_id)
+def age_order(pod: dict[str, Any]) -> tuple[str, str]:
+    """Oldest first, ties by uid: the same order on every replica and every run."""
+    metadata = pod.get("metadata") or {}
+    return metadata.get("creationTimestamp") or "", metadata.get("uid") or ""
+
+
+def is_managed(policy: dict[str, Any] | None) -> bool:
+    return ((((policy or {}).get("metadata") or {}).get("labels")) or {}).get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE
+
+
+def has_gate(pod: dict[str, Any]) -> bool:
+    return gate_removal_patch(pod) is not None
+
+
+def _owner(pod: dict[str, Any], controller: bool) -> dict[str, Any]:
+    metadata = pod["metadata"]
+    return {"apiVersion": "v1", "kind": "Pod", "name": metadata.get("name", ""), "uid": metadata.get("uid", ""),
+            "controller": controller, "blockOwnerDeletion": True}
+
+
+def _render(owners: list[dict[str, Any]], policy: EgressPolicy, digest: str, dns: DnsDestination) -> dict[str, Any]:
+    session = session_pod(owners[0])
+    assert session is not None
+    rendered = render_network_policy(session, policy, dns)
+    rendered["metadata"]["annotations"] = {POLICY_DIGEST_ANNOTATION: digest}
+    rendered["metadata"]["ownerReferences"] = [_owner(pod, index == 0) for index, pod in enumerate(owners)]
+    return rendered
+
+
+def _pin(existing: dict[str, Any] | None, pods: list[dict[str, Any]]) -> str | None:
+    """The digest the session is pinned to: ours, and owned by a pod that still exists."""
+    if existing is None or not is_managed(existing):
+        return None
+    owners = {ref.get("uid") for ref in (existing.get("metadata") or {}).get("ownerReferences") or []}
+    if not owners & {(pod.get("metadata") or {}).get("uid") for pod in pods}:
+        return None  # left from pods that are gone: the garbage collector's, not a pin
+    annotations = (existing.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(POLICY_DIGEST_ANNOTATION)
+
+
+def describe_policy(policy: dict[str, Any]) -> str:
+    """A NetworkPolicy someone else made, in a line: what an Adopted Event says it replaced."""
+    metadata = policy.get("metadata") or {}
+    labels = metadata.get("labels") or {}
+    shown = ", ".join(f"{key}={value}" for key, value in sorted(labels.items())) or "no labels"
+    return f"NetworkPolicy {metadata.get('name')} (uid {metadata.get('uid', '?')}, {shown})"
+
+
+def plan_session(pods: list[dict[str, Any]], existing: dict[str, Any] | None, dns: DnsDestination) -> SessionPlan:
+    """CONTRACT §3 for one session: every pod of it (any state), and the policy with its name, if any."""
+    plan = SessionPlan()
+    if not pods:
+        plan.delete = is_managed(existing)  # an orphan: its pods are all gone
+        return plan
+    active = sorted((pod for pod in pods if is_active(pod)), key=age_order)
+    if not active:
+        return plan  # finishing or being deleted: the garbage collector takes the policy along
+    session_id = (active[0]["metadata"].get("labels") or {}).get(SESSION_ID_LABEL, "")
+    naming = session_id_problem(session_id)
     if naming:
-        # No valid name exists for its policy; admission refuses such pods,
-        # so one that exists anyway gets nothing it could be matched by.
-        return Desired(policy=None, invalid_reason=naming)
-    if not parsed.ok:
-        reason = "invalid egress policy, enforcing DNS only: " + "; ".join(parsed.errors)
-        return Desired(policy=render_network_policy(session, FAIL_CLOSED_POLICY, dns), invalid_reason=reason)
-    assert parsed.policy is not None
-    return Desired(policy=render_network_policy(session, parsed.policy, dns))
+        # No valid name exists for its policy; admission refuses such pods, so one that
+        # exists anyway gets nothing it could be matched by, and its gate stays.
+        plan.notes = [Note(pod, "Warning", INVALID_POLICY, naming) for pod in active]
+        return plan
+
+    enforced = {id(pod): enforced_for(pod) for pod in active}
+    for pod in active:
+        reason = enforced[id(pod)].invalid_reason
+        if reason:
+            plan.notes.append(Note(pod, "Warning", INVALID_POLICY, reason))
+    pin = _pin(existing, pods)
+    session_digest = pin if pin is not None else enforced[id(active[0])].digest
+    matching = [pod for pod in active if enforced[id(pod)].digest == session_digest]
+    others = [pod for pod in active if enforced[id(pod)].digest != session_digest]
+
+    # Released pods whose policy is no longer the pinned one: only bypassing admission gets here.
+    changed = [pod for pod in others if pin is not None and not has_gate(pod)]
+    plan.pin_violated = bool(changed)
+    for pod in changed:
+        plan.notes.append(Note(pod, "Warning", POLICY_CHANGED,
+                               "egress policy differs from the one the session was admitted with "
+                               f"({pin}); the session is now limited to DNS, the new policy is never enforced"))
+    for pod in others:
+        if pod not in changed:
+            plan.notes.append(Note(pod, "Warning", POLICY_MISMATCH,
+                                   "egress policy differs from the session's (the policy of its oldest pod "
+                                   f"{matching[0]['metadata'].get('name') if matching else active[0]['metadata'].get('name')}); "
+                                   "this pod stays gated"))
+
+    for pod in active:
+        own = enforced[id(pod)]
+        if own.policy is not None and EGRESS_MODE_LABEL not in (pod["metadata"].get("labels") or {}):
+            plan.labels.append((pod, own.policy.mode))
+
+    if plan.pin_violated:
+        assert pin is not None
+        plan.policy = _render(active, FAIL_CLOSED_POLICY, pin, dns)
+        plan.enforced_pods = active
+    elif session_digest is None:
+        # The session has no per-app policy: nothing of ours, and gates a creator set are lifted.
+        plan.delete = is_managed(existing)
+        plan.release = [pod for pod in matching if has_gate(pod)]
+        return plan
+    elif matching:
+        policy = enforced[id(matching[0])].policy
+        assert policy is not None
+        plan.policy = _render(matching, policy, session_digest, dns)
+        plan.release = [pod for pod in matching if has_gate(pod)]
+        plan.enforced_pods = matching
+    else:
+        return plan  # pinned by pods that are all on their way out: leave it to the garbage collector
+
+    if existing is not None and not is_managed(existing):
+        plan.adopt = True
+        plan.notes.append(Note((active if plan.pin_violated else matching)[0], "Normal", ADOPTED,
+                               f"replaced {describe_policy(existing)}, which sortie-egress did not manage, "
+                               "with the session's egress policy"))
+    return plan
 
 
 def spec_digest(spec: Any) -> bytes:
@@ -70,8 +244,12 @@ def spec_digest(spec: Any) -> bytes:
     return hashlib.blake2b(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode(), digest_size=16).digest()
 
 
+def _owners_of(metadata: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return sorted(tuple(ref.get(key) for key in _OWNER_FIELDS) for ref in metadata.get("ownerReferences") or [])
+
+
 def policy_matches(existing: dict[str, Any], desired: dict[str, Any]) -> bool:
-    """Drift check: the spec, our labels and the owner reference must be exactly ours.
+    """Drift check: spec, our labels, the pin and the owners must be exactly ours.
 
     ``existing`` is an API object, or the controller's projection of one (with
     ``spec_digest`` in place of ``spec``).
@@ -79,14 +257,14 @@ def policy_matches(existing: dict[str, Any], desired: dict[str, Any]) -> bool:
     have_digest = existing.get("spec_digest") or spec_digest(existing.get("spec"))
     if have_digest != spec_digest(desired["spec"]):
         return False
-    have = (existing.get("metadata") or {})
+    have = existing.get("metadata") or {}
     want = desired["metadata"]
     labels = have.get("labels") or {}
     if any(labels.get(key) != want["labels"].get(key) for key in _OUR_LABELS):
         return False
-    owners = [ref for ref in have.get("ownerReferences") or [] if ref.get("controller")]
-    wanted = want["ownerReferences"][0]
-    return len(owners) == 1 and all(owners[0].get(key) == wanted[key] for key in ("uid", "kind", "name", "apiVersion"))
+    if (have.get("annotations") or {}).get(POLICY_DIGEST_ANNOTATION) != want["annotations"][POLICY_DIGEST_ANNOTATION]:
+        return False
+    return _owners_of(have) == _owners_of(want)
 
 
 def gate_removal_patch(pod: dict[str, Any]) -> JsonPatch | None:
@@ -102,6 +280,15 @@ def gate_removal_patch(pod: dict[str, Any]) -> JsonPatch | None:
     return None
 
 
-def is_managed(policy: dict[str, Any]) -> bool:
-    return ((policy.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE
+def pod_patch(pod: dict[str, Any], mode: str | None, release: bool) -> JsonPatch:
+    """One write for a pod: add the missing mode label, and/or remove our gate."""
+    ops: JsonPatch = []
+    if mode is not None:
+        ops.append({"op": "add", "path": pointer("metadata", "labels", EGRESS_MODE_LABEL), "value": mode})
+    if release:
+        ops.extend(gate_removal_patch(pod) or [])
+    return ops
 
+
+def policy_name(session_id: str) -> str:
+    return POLICY_NAME_PREFIX + session_id

@@ -1,9 +1,8 @@
-"""Wiring the controller to a cluster: clients, informers, workers, leader election, signals."""
+"""Wiring the controller to a cluster: clients, informers, workers, leader election, health, signals."""
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import threading
@@ -13,16 +12,21 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from ..constants import MANAGED_BY_LABEL, MANAGED_BY_VALUE, SESSION_ID_LABEL
+from ..constants import POLICY_NAME_PREFIX, SESSION_ID_LABEL
+from ..kube.client import api_client
+from ..kube.informer import Informer, Store
 from ..render import DnsDestination
-from .informer import Informer, Store, project_policy, project_pod
-from .metrics import ControllerMetrics
-from .queue import WorkQueue
 from ..rotation import RotationPolicy
+from .desired import is_managed
+from .metrics import ControllerMetrics
+from .projections import pod_session_key, project_policy, project_pod
+from .queue import WorkQueue
 from .reconciler import Conflict, Reconciler, SessionKey
 
 log = logging.getLogger("sortie.controller")
 RESYNC_SECONDS = 300.0
+#: Liveness: work waiting, and no reconcile finished for this long, means the workers are stuck.
+STUCK_SECONDS = 120.0
 
 
 @dataclass
@@ -36,35 +40,12 @@ class ControllerOptions:
     metrics_port: int | None = 8080
     metrics_host: str = "0.0.0.0"
     leader_elect: bool = True
-    lease_namespace: str = "sortie-system"
+    #: The namespace the product runs in: its Lease and its certificate Secrets live there.
+    system_namespace: str = "sortie-system"
     lease_name: str = "sortie-egress-controller"
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
     #: Self-managed webhook certificates (None: someone else, e.g. cert-manager, provides them).
     certificates: RotationPolicy | None = None
-    certificate_namespace: str = "sortie-system"
-
-
-def api_client(kubeconfig: str | None, connections: int = 16) -> Any:
-    """In-cluster configuration inside a pod, the kubeconfig otherwise; a pool for every worker."""
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    try:
-        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config(client_configuration=configuration)
-        else:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    except (config.ConfigException, OSError, TypeError, KeyError, AttributeError, ValueError) as exc:
-        # The loader reports a malformed file with whatever its parsing tripped over.
-        source = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
-        raise ValueError(f"{source} is not a usable kubeconfig: {exc or type(exc).__name__}") from None
-    configuration.connection_pool_maxsize = connections
-    return client.ApiClient(configuration)
-
-
-def pod_session_key(pod: dict[str, Any]) -> SessionKey:
-    metadata = pod["metadata"]
-    return metadata.get("namespace", ""), (metadata.get("labels") or {}).get(SESSION_ID_LABEL, "")
 
 
 class Controller:
@@ -83,34 +64,53 @@ class Controller:
         self.queue: WorkQueue[SessionKey] = WorkQueue()
         self.reconciler = Reconciler(self.core, self.networking, self.pods, self.policies, options.dns, self.metrics)
         self.informers = self._informers()
+        self.workers: list[threading.Thread] = []
+        self.last_progress = time.monotonic()
         self.elector = None
         if options.leader_elect:
             from .lease import LeaderElector
 
-            self.elector = LeaderElector(self.coordination, options.lease_namespace, options.lease_name,
+            self.elector = LeaderElector(self.coordination, options.system_namespace, options.lease_name,
                                          options.identity, self.stop)
 
-    def _enqueue(self, obj: dict[str, Any]) -> None:
-        key = Reconciler.key_for(obj)
+    def _pod_changed(self, pod: dict[str, Any]) -> None:
+        key = Reconciler.key_for(pod)
         if key is not None:
             self.queue.add(key)
 
+    def _policy_changed(self, policy: dict[str, Any]) -> None:
+        """Ours: its session. Someone else's: every session of its namespace, since any of them
+        may be widened by it (and the one it names may adopt it)."""
+        metadata = policy.get("metadata") or {}
+        if is_managed(policy):
+            key = Reconciler.key_for(policy)
+            if key is not None:
+                self.queue.add(key)
+            return
+        namespace = metadata.get("namespace", "")
+        name = metadata.get("name", "")
+        if name.startswith(POLICY_NAME_PREFIX):
+            self.queue.add((namespace, name[len(POLICY_NAME_PREFIX):]))
+        for key in {pod_session_key(pod) for pod in self.pods.by_namespace(namespace)}:
+            self.queue.add(key)
+
     def _informers(self) -> list[Informer]:
-        managed = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
         informers = []
         for namespace in self.options.namespaces or [None]:
             if namespace is None:
                 pods = partial(self.core.list_pod_for_all_namespaces, label_selector=SESSION_ID_LABEL)
-                policies = partial(self.networking.list_network_policy_for_all_namespaces, label_selector=managed)
+                policies = self.networking.list_network_policy_for_all_namespaces
             else:
                 pods = partial(self.core.list_namespaced_pod, namespace, label_selector=SESSION_ID_LABEL)
-                policies = partial(self.networking.list_namespaced_network_policy, namespace, label_selector=managed)
+                policies = partial(self.networking.list_namespaced_network_policy, namespace)
             suffix = namespace or "all"
             restarted = self._watch_restarted
-            informers.append(Informer(f"pods-{suffix}", pods, project_pod, self.pods, self._enqueue, self.stop, namespace,
-                                      restarted))
-            informers.append(Informer(f"policies-{suffix}", policies, project_policy, self.policies, self._enqueue,
-                                      self.stop, namespace, restarted))
+            informers.append(Informer(f"pods-{suffix}", pods, project_pod, self.pods, self._pod_changed, self.stop,
+                                      namespace, restarted))
+            # Every policy, not only ours: one with our name must be seen to be adopted, and
+            # any that selects a session pod is judged for effective egress.
+            informers.append(Informer(f"policies-{suffix}", policies, project_policy, self.policies,
+                                      self._policy_changed, self.stop, namespace, restarted))
         return informers
 
     def _watch_restarted(self, reason: str) -> None:
@@ -130,8 +130,10 @@ class Controller:
                 continue
             started = time.perf_counter()
             try:
-                result = self.reconciler.reconcile(key)
+                result = self.reconciler.reconcile(key, conflicts=self.queue.failures(key))
                 self.queue.forget(key)
+                if not self.pods.by_index(key):
+                    self.reconciler.forget(key)
             except Conflict as exc:
                 result = "conflict"
                 log.info("session %s/%s: %s; retrying", key[0], key[1], exc)
@@ -142,6 +144,7 @@ class Controller:
                 log.warning("session %s/%s failed (%s); retry in %.2f s", key[0], key[1], exc, delay)
             finally:
                 self.queue.done(key)
+                self.last_progress = time.monotonic()
             self.metrics.reconciles.labels(result.split("+")[0]).inc()
             self.metrics.reconcile_latency.observe(time.perf_counter() - started)
 
@@ -150,7 +153,7 @@ class Controller:
         was_leading = False
         while not self.stop.wait(1.0):
             self.metrics.queue_depth.set(self.queue.depth())
-            self.metrics.managed_policies.set(len(self.policies))
+            self.metrics.managed_policies.set(sum(1 for policy in self.policies.items() if is_managed(policy)))
             self.metrics.leader.set(1 if self.leading else 0)
             leading = self.leading
             if leading and not was_leading:
@@ -163,7 +166,26 @@ class Controller:
 
     def enqueue_all(self) -> None:
         for obj in self.pods.items() + self.policies.items():
-            self._enqueue(obj)
+            key = Reconciler.key_for(obj)
+            if key is not None:
+                self.queue.add(key)
+
+    # --- health ---------------------------------------------------------------
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness: every cache has synced (before that, nothing it would do is informed)."""
+        waiting = [informer.name for informer in self.informers if not informer.synced.is_set()]
+        return (not waiting, "ok" if not waiting else "caches not synced: " + ", ".join(waiting))
+
+    def healthy(self) -> tuple[bool, str]:
+        """Liveness: its threads run, and queued work is being worked off."""
+        dead = [thread.name for thread in (*self.informers, *self.workers) if not thread.is_alive()]
+        if dead:
+            return False, "threads exited: " + ", ".join(dead)
+        idle = time.monotonic() - self.last_progress
+        if self.leading and self.queue.depth() and idle > STUCK_SECONDS:
+            return False, f"{self.queue.depth()} sessions waiting and no reconcile finished for {idle:.0f} s"
+        return True, "ok"
 
     def start(self, sync_timeout: float = 60.0) -> None:
         self._last_resync = time.monotonic()
@@ -173,11 +195,12 @@ class Controller:
         for informer in self.informers:
             if not informer.synced.wait(max(0.0, deadline - time.monotonic())):
                 raise TimeoutError(f"{informer.name} did not sync within {sync_timeout:.0f} s")
-        log.info("caches synced: %d session pods, %d managed policies", len(self.pods), len(self.policies))
+        log.info("caches synced: %d session pods, %d NetworkPolicies", len(self.pods), len(self.policies))
         if self.elector is not None:
             self.elector.start()
         self.workers = [threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
                         for i in range(self.options.workers)]
+        self.last_progress = time.monotonic()
         for worker in self.workers:
             worker.start()
         threading.Thread(target=self._resync, name="resync", daemon=True).start()
@@ -188,7 +211,7 @@ class Controller:
 
             policy = self.options.certificates
             self.certificates = CertificateManager(self.core, client.AdmissionregistrationV1Api(self.api), policy,
-                                                   namespace=self.options.certificate_namespace)
+                                                   namespace=self.options.system_namespace)
             # Often enough to renew a third of the way before expiry, and to end an overlap on time.
             interval = max(1.0, min(30.0, policy.overlap.total_seconds() / 3, policy.serving_lifetime.total_seconds() / 10))
             leading = self.elector.leading if self.elector is not None else None
@@ -200,7 +223,7 @@ class Controller:
         self.stop.set()
         self.queue.shutdown()
         deadline = time.monotonic() + grace
-        for worker in getattr(self, "workers", []):
+        for worker in self.workers:
             worker.join(max(0.0, deadline - time.monotonic()))
         if self.elector is not None:
             self.elector.release()
@@ -210,9 +233,9 @@ def run(options: ControllerOptions) -> int:
     """Run until SIGTERM/SIGINT."""
     controller = Controller(options)
     if options.metrics_port is not None:
-        from prometheus_client import start_http_server
+        from .health import serve_health
 
-        start_http_server(options.metrics_port, options.metrics_host, registry=controller.metrics.registry)
+        serve_health(options.metrics_host, options.metrics_port, controller)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: controller.stop.set())
     controller.start()

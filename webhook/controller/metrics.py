@@ -23,4 +23,14 @@ class ControllerMetrics:
         self.writes = Counter("sortie_egress_api_writes", "API writes, by kind.", ("kind",), registry=self.registry)
         self.watch_restarts = Counter("sortie_egress_watch_restarts", "Lists after a watch ended: expired (410) or error.",
                                       ("reason",), registry=self.registry)
+        self.conflicts = Counter("sortie_egress_conflicts", "Writes that found the object changed or taken; retried with backoff.",
+                                 registry=self.registry)
+        self.pin_violations = Counter("sortie_egress_pin_violations",
+                                      "Reconciles that found a released pod's policy changed (bypassed admission): DNS only.",
+                                      registry=self.registry)
+        self.events_failed = Counter("sortie_egress_events_failed", "Events the API server refused (enforcement was written).",
+                                     registry=self.registry)
+        self.widened_sessions = Gauge("sortie_egress_widened_sessions",
+                                      "Sessions whose pods another NetworkPolicy lets reach more than their own policy.",
+                                      registry=self.registry)
         self.leader = Gauge("sortie_egress_leader", "1 while this replica holds the leader lease.", registry=self.registry)

@@ -1,10 +1,13 @@
-"""Reconciling one session: its NetworkPolicy first, its gate after.
+"""Reconciling one session: its NetworkPolicy first, then labels and gates, Events last.
 
-A session is keyed by (namespace, session id), so the pod and the policy it
-names meet in one place however their events arrive. The normal path is two
+A session is keyed by (namespace, session id), so the pods and the policy they
+name meet in one place however their events arrive. ``desired.plan_session``
+decides; this module writes, in the order that never lets a pod reach more
+than its policy: the policy (or its fail-closed DNS-only form) exists before
+any gate is lifted, and an Event that cannot be recorded is logged and
+counted, never a reason to leave enforcement unwritten. The normal path is two
 writes: create the policy, remove the gate. Writes go through to the local
-stores at once, so the reconcile that the gate removal itself triggers finds
-everything in place and writes nothing.
+stores at once, so the reconcile that a write itself triggers writes nothing.
 """
 
 from __future__ import annotations
@@ -16,16 +19,30 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..constants import POLICY_NAME_PREFIX, SESSION_ID_LABEL
+from ..constants import MANAGED_BY_LABEL, POLICY_NAME_PREFIX, SESSION_ID_LABEL
+from ..effective import widenings
+from ..kube.informer import Store
+from ..patch import pointer
 from ..render import DnsDestination
-from .desired import desired_for, gate_removal_patch, is_active, is_managed, policy_matches
-from .informer import Store, project_policy, project_pod
+from .desired import (
+    CONFLICT,
+    WIDENED,
+    Note,
+    SessionPlan,
+    gate_removal_patch,
+    is_managed,
+    plan_session,
+    pod_patch,
+    policy_matches,
+)
 from .metrics import ControllerMetrics
+from .projections import project_policy, project_pod
 
 log = logging.getLogger("sortie.controller")
 
 SessionKey = tuple[str, str]  # namespace, session id
-EVENT_REASON = "InvalidEgressPolicy"
+#: Conflicts in a row on one session before it is told as an Event (each retry backs off further).
+CONFLICTS_BEFORE_EVENT = 3
 
 
 class Conflict(Exception):
@@ -41,12 +58,15 @@ class Reconciler:
     dns: DnsDestination
     metrics: ControllerMetrics
     component: str = "sortie-egress"
-    _warned: set[str] = field(default_factory=set)
+    _told: set[tuple[str, str, str]] = field(default_factory=set)
+    #: Sessions whose pods other policies widen, and by which policies (the gauge counts the keys).
+    widened: dict[SessionKey, tuple[str, ...]] = field(default_factory=dict)
 
     # --- keys -------------------------------------------------------------
 
     @staticmethod
     def key_for(obj: dict[str, Any]) -> SessionKey | None:
+        """The session a pod or one of our policies belongs to (by label, else by name)."""
         metadata = obj.get("metadata") or {}
         session_id = (metadata.get("labels") or {}).get(SESSION_ID_LABEL)
         if not isinstance(session_id, str):
@@ -56,47 +76,84 @@ class Reconciler:
             session_id = name[len(POLICY_NAME_PREFIX):]
         return metadata.get("namespace", ""), session_id
 
-    def _session_pods(self, key: SessionKey) -> list[dict[str, Any]]:
-        return self.pods.by_index(key)
-
     # --- the loop body ------------------------------------------------------
 
-    def reconcile(self, key: SessionKey) -> str:
-        """Bring one session to its desired state; returns what it did, for metrics and logs."""
+    def reconcile(self, key: SessionKey, conflicts: int = 0) -> str:
+        """Bring one session to its plan; returns what it did, for metrics and logs.
+
+        ``conflicts`` is how many times in a row this session just hit a conflict: past
+        a few, the pod is told with an Event (the queue keeps backing off meanwhile).
+        """
         namespace, session_id = key
         name = POLICY_NAME_PREFIX + session_id
         existing = self.policies.get((namespace, name))
-        pods = self._session_pods(key)
-        active = sorted((pod for pod in pods if is_active(pod)),
-                        key=lambda pod: pod["metadata"].get("creationTimestamp") or "")
-        if not pods:
-            if existing is not None and is_managed(existing):
-                self._delete_policy(namespace, name)
-                return "orphan_deleted"
-            return "noop"
-        if not active:
-            return "noop"  # finishing or being deleted: the garbage collector takes its policy along
-        pod = active[0]
-        desired = desired_for(pod, self.dns)
-        if desired.invalid_reason and not self._warn_once(pod, desired.invalid_reason):
-            raise RuntimeError(f"could not record the Warning Event on {namespace}/{pod['metadata']['name']}")
-        result = "noop"
-        if desired.policy is None:
-            if existing is not None and is_managed(existing):
-                self._delete_policy(namespace, name)
-                result = "deleted"
-        elif existing is None:
-            self._create_policy(desired.policy)
-            result = "created"
-        elif not policy_matches(existing, desired.policy):
-            self._replace_policy(existing, desired.policy)
-            result = "repaired"
-        if desired.policy is not None or desired.invalid_reason is None:
-            if self._release_gate(pod):
-                result = "released" if result == "noop" else f"{result}+released"
-        return result
+        pods = self.pods.by_index(key)
+        plan = plan_session(pods, existing, self.dns)
+        done: list[str] = []
+        try:
+            self._write_policy(plan, existing, namespace, name, done)
+        except Conflict as exc:
+            self.metrics.conflicts.inc()
+            if conflicts + 1 >= CONFLICTS_BEFORE_EVENT and pods:
+                self._tell(Note(pods[0], "Warning", CONFLICT,
+                                f"NetworkPolicy {name} could not be written ({exc}); retrying with backoff"))
+            raise
+        for pod in {id(p): p for p in [*plan.release, *(pod for pod, _ in plan.labels)]}.values():
+            mode = next((m for p, m in plan.labels if p is pod), None)
+            if self._patch_pod(pod, mode, release=any(p is pod for p in plan.release)):
+                done.append("released" if any(p is pod for p in plan.release) else "labelled")
+        if plan.pin_violated:
+            self.metrics.pin_violations.inc()
+        for note in plan.notes:
+            self._tell(note)
+        self._judge_effective_egress(key, plan)
+        return "+".join(dict.fromkeys(done)) or "noop"
+
+    def forget(self, key: SessionKey) -> None:
+        self.widened.pop(key, None)
+        self.metrics.widened_sessions.set(len(self.widened))
+
+    # --- effective egress ---------------------------------------------------
+
+    def _judge_effective_egress(self, key: SessionKey, plan: SessionPlan) -> None:
+        """CONTRACT §4: every other policy that lets a session pod reach more than its own."""
+        found: dict[str, str] = {}
+        if plan.policy is not None:
+            others = [policy for policy in self.policies.by_namespace(key[0]) if not is_managed(policy)]
+            for pod in plan.enforced_pods:
+                labels = self._labels(pod)
+                for widening in widenings(plan.policy, others, key[0], labels):
+                    found.setdefault(widening.policy, widening.describe())
+                    self._tell(Note(pod, "Warning", WIDENED,
+                                    f"{widening.describe()}; this pod can reach more than its egress policy allows"))
+        if found:
+            if self.widened.get(key) != tuple(sorted(found)):
+                log.warning("session %s/%s is widened by %s", key[0], key[1], "; ".join(found.values()))
+            self.widened[key] = tuple(sorted(found))
+        else:
+            self.widened.pop(key, None)
+        self.metrics.widened_sessions.set(len(self.widened))
+
+    def _labels(self, pod: dict[str, Any]) -> dict[str, str]:
+        """The pod's labels as stored now (our own label write included)."""
+        current = self.pods.get((pod["metadata"].get("namespace", ""), pod["metadata"].get("name", ""))) or pod
+        return current["metadata"].get("labels") or {}
 
     # --- writes ---------------------------------------------------------------
+
+    def _write_policy(self, plan: SessionPlan, existing: dict[str, Any] | None, namespace: str, name: str,
+                      done: list[str]) -> None:
+        if plan.policy is None:
+            if plan.delete and existing is not None:
+                self._delete_policy(existing)
+                done.append("deleted")
+            return
+        if existing is None:
+            self._create_policy(plan.policy)
+            done.append("created")
+        elif plan.adopt or not policy_matches(existing, plan.policy):
+            self._replace_policy(existing, plan.policy, adopting=plan.adopt)
+            done.append("adopted" if plan.adopt else "repaired")
 
     def _create_policy(self, policy: dict[str, Any]) -> None:
         from kubernetes.client.exceptions import ApiException
@@ -111,14 +168,15 @@ class Reconciler:
         self.policies.put(project_policy(json.loads(response.data)))
         self.metrics.writes.labels("create_policy").inc()
 
-    def _replace_policy(self, existing: dict[str, Any], desired: dict[str, Any]) -> None:
+    def _replace_policy(self, existing: dict[str, Any], desired: dict[str, Any], adopting: bool) -> None:
         from kubernetes.client.exceptions import ApiException
 
         metadata = desired["metadata"]
         body = {**desired, "metadata": {**metadata, "resourceVersion": existing["metadata"].get("resourceVersion")}}
-        labels = dict((existing["metadata"].get("labels") or {}))
-        labels.update(metadata["labels"])
-        body["metadata"]["labels"] = labels
+        if not adopting:  # keep labels others added to ours; an adopted policy is ours alone
+            labels = dict(existing["metadata"].get("labels") or {})
+            labels.update(metadata["labels"])
+            body["metadata"]["labels"] = labels
         try:
             response = self.networking.replace_namespaced_network_policy(
                 metadata["name"], metadata["namespace"], body, _preload_content=False)
@@ -127,26 +185,40 @@ class Reconciler:
                 raise Conflict(f"{metadata['namespace']}/{metadata['name']} changed under us") from None
             raise
         self.policies.put(project_policy(json.loads(response.data)))
-        self.metrics.writes.labels("replace_policy").inc()
-        log.info("repaired drifted NetworkPolicy %s/%s", metadata["namespace"], metadata["name"])
+        self.metrics.writes.labels("adopt_policy" if adopting else "replace_policy").inc()
+        log.info("%s NetworkPolicy %s/%s", "adopted" if adopting else "repaired", metadata["namespace"], metadata["name"])
 
-    def _delete_policy(self, namespace: str, name: str) -> None:
+    def _delete_policy(self, existing: dict[str, Any]) -> None:
+        """Retire, then delete: only Kubernetes may delete a *managed* policy (webhook/tamper.py),
+        so the controller first takes its managed-by label off (an update it may make), guarded by
+        the uid it read; the policy is then no longer protected, and goes."""
         from kubernetes.client.exceptions import ApiException
 
+        metadata = existing["metadata"]
+        namespace, name, uid = metadata.get("namespace", ""), metadata.get("name", ""), metadata.get("uid")
+        retire = [{"op": "test", "path": "/metadata/uid", "value": uid},
+                  {"op": "remove", "path": pointer("metadata", "labels", MANAGED_BY_LABEL)}]
         try:
-            self.networking.delete_namespaced_network_policy(name, namespace, _preload_content=False)
+            self.networking.patch_namespaced_network_policy(name, namespace, retire, _preload_content=False)
+            self.networking.delete_namespaced_network_policy(name, namespace, _preload_content=False,
+                                                             body={"preconditions": {"uid": uid}})
         except ApiException as exc:
-            if exc.status != 404:
+            if exc.status == 404:
+                pass
+            elif exc.status in (409, 422):
+                raise Conflict(f"{namespace}/{name} changed under us") from None
+            else:
                 raise
         self.policies.remove((namespace, name))
         self.metrics.writes.labels("delete_policy").inc()
         log.info("deleted NetworkPolicy %s/%s (no pod needs it)", namespace, name)
 
-    def _release_gate(self, pod: dict[str, Any]) -> bool:
+    def _patch_pod(self, pod: dict[str, Any], mode: str | None, release: bool) -> bool:
+        """Add the missing mode label and/or lift our gate, in one write."""
         from kubernetes.client.exceptions import ApiException
 
-        patch = gate_removal_patch(pod)
-        if patch is None:
+        patch = pod_patch(pod, mode, release)
+        if not patch:
             return False
         metadata = pod["metadata"]
         try:
@@ -155,39 +227,50 @@ class Reconciler:
         except ApiException as exc:
             if exc.status == 404:
                 return False
-            if exc.status in (409, 422):  # the test op failed: the gates moved; look again
-                raise Conflict(f"pod {metadata['namespace']}/{metadata['name']} gates changed") from None
+            if exc.status in (409, 422):  # a test op failed, or the label appeared meanwhile: look again
+                raise Conflict(f"pod {metadata['namespace']}/{metadata['name']} changed") from None
             raise
         self.pods.put(project_pod(json.loads(response.data)))
-        self.metrics.writes.labels("release_gate").inc()
-        created = metadata.get("creationTimestamp")
-        if created:
-            started = dt.datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
-            self.metrics.gate_release.observe(max(0.0, time.time() - started))
+        if mode is not None:
+            self.metrics.writes.labels("label_pod").inc()
+        if release and gate_removal_patch(pod) is not None:
+            self.metrics.writes.labels("release_gate").inc()
+            created = metadata.get("creationTimestamp")
+            if created:
+                started = dt.datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+                self.metrics.gate_release.observe(max(0.0, time.time() - started))
         return True
 
-    def _warn_once(self, pod: dict[str, Any], reason: str) -> bool:
-        """One Warning Event per pod (per controller lifetime): the message, not a stream of them."""
+    def _tell(self, note: Note) -> None:
+        """One Event per pod, reason and message (per controller lifetime): the message, not a stream.
+
+        Never raises: enforcement is already written when this runs, and a refused
+        Event must not undo or delay it. A failure is logged and counted, and the
+        Event is tried again on the next reconcile.
+        """
         from kubernetes.client.exceptions import ApiException
 
-        metadata = pod["metadata"]
-        uid = metadata.get("uid", "")
-        if uid in self._warned:
-            return True
+        metadata = note.pod["metadata"]
+        told = (metadata.get("uid", ""), note.reason, note.message)
+        if told in self._told:
+            return
         now = dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
         event = {
             "metadata": {"generateName": f"{metadata['name']}.", "namespace": metadata["namespace"]},
             "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": metadata["name"],
-                               "namespace": metadata["namespace"], "uid": uid},
-            "reason": EVENT_REASON, "type": "Warning", "message": reason[:1024],
+                               "namespace": metadata["namespace"], "uid": metadata.get("uid", "")},
+            "reason": note.reason, "type": note.type, "message": note.message[:1024],
             "source": {"component": self.component}, "reportingComponent": self.component,
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
         try:
             self.core.create_namespaced_event(metadata["namespace"], event, _preload_content=False)
-        except ApiException as exc:
-            log.warning("could not record an Event on %s/%s: %s", metadata["namespace"], metadata["name"], exc.reason)
-            return False
-        self._warned.add(uid)
-        log.warning("pod %s/%s: %s", metadata["namespace"], metadata["name"], reason)
-        return True
+        except Exception as exc:  # noqa: BLE001 - any failure: enforcement stands, the Event waits
+            detail = exc.reason if isinstance(exc, ApiException) else exc
+            self.metrics.events_failed.inc()
+            log.warning("could not record %s Event on %s/%s (%s): %s", note.reason, metadata["namespace"],
+                        metadata["name"], detail, note.message)
+            return
+        self._told.add(told)
+        log.log(logging.WARNING if note.type == "Warning" else logging.INFO, "pod %s/%s: %s: %s",
+                metadata["namespace"], metadata["name"], note.reason, note.message)

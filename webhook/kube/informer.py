@@ -1,8 +1,9 @@
-"""List-then-watch caches of session pods and managed NetworkPolicies.
+"""List-then-watch caches of Kubernetes objects: the edge both the controller and the webhook use.
 
-Objects are kept as small projections of the fields the controller reads
-(5,000 full pods would be most of the memory budget), parsed from raw JSON
-(the client's generated models cost far more than json.loads). A watch carries
+Objects are kept as whatever projection the caller asks for (the controller keeps
+small projections of the fields it reads: 5,000 full pods would be most of its
+memory budget), parsed from raw JSON (the client's generated models cost far
+more than json.loads). A watch carries
 on from the list's resourceVersion, so no event falls in between; a watch that
 expires (410 Gone) or breaks is followed by a fresh list, which also reports
 objects deleted while nobody was watching.
@@ -13,15 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..constants import APP_ID_LABEL, EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, SESSION_ID_LABEL
-from .desired import spec_digest
-
-log = logging.getLogger("sortie.controller.informer")
+log = logging.getLogger("sortie.informer")
 
 ObjectKey = tuple[str, str]  # namespace, name
 WATCH_SECONDS = 240
@@ -31,74 +28,44 @@ class Expired(Exception):
     """The watch's resourceVersion is too old (410 Gone): list again."""
 
 
-_POD_LABELS = (SESSION_ID_LABEL, APP_ID_LABEL, EGRESS_MODE_LABEL)
-
-
-def _only(mapping: Any, keys: tuple[str, ...]) -> dict[str, Any]:
-    """The entries we read, under the code's own (interned) key strings: 5,000 pods
-    would otherwise each carry their own copies of every label key and of every
-    other tool's annotations."""
-    if not isinstance(mapping, dict):
-        return {}
-    return {key: mapping[key] for key in keys if key in mapping}
-
-
-def project_pod(pod: dict[str, Any]) -> dict[str, Any]:
-    metadata = pod.get("metadata") or {}
-    projected = _only(metadata, ("name", "namespace", "uid", "resourceVersion", "deletionTimestamp", "creationTimestamp"))
-    if "namespace" in projected:
-        projected["namespace"] = sys.intern(projected["namespace"])
-    projected["labels"] = _only(metadata.get("labels"), _POD_LABELS)
-    annotations = _only(metadata.get("annotations"), (EGRESS_POLICY_ANNOTATION,))
-    if isinstance(annotations.get(EGRESS_POLICY_ANNOTATION), str):
-        # Every session of an app carries the same policy text: keep one copy of it.
-        annotations[EGRESS_POLICY_ANNOTATION] = sys.intern(annotations[EGRESS_POLICY_ANNOTATION])
-    projected["annotations"] = annotations
-    return {
-        "metadata": projected,
-        "spec": {"schedulingGates": (pod.get("spec") or {}).get("schedulingGates")},
-        "status": {"phase": (pod.get("status") or {}).get("phase")},
-    }
-
-
-def project_policy(policy: dict[str, Any]) -> dict[str, Any]:
-    metadata = policy.get("metadata") or {}
-    projected = _only(metadata, ("name", "namespace", "uid", "labels", "ownerReferences", "resourceVersion",
-                                 "deletionTimestamp"))
-    if "namespace" in projected:
-        projected["namespace"] = sys.intern(projected["namespace"])
-    return {"metadata": projected, "spec_digest": spec_digest(policy.get("spec"))}
-
-
 def object_key(obj: dict[str, Any]) -> ObjectKey:
     metadata = obj.get("metadata") or {}
     return metadata.get("namespace", ""), metadata.get("name", "")
 
 
 class Store:
-    """A thread-safe map of projected objects by namespace and name, with an
-    optional secondary index (session pods by session id, so a reconcile finds
-    its pods without scanning 5,000 of them)."""
+    """A thread-safe map of projected objects by namespace and name, indexed by
+    namespace and optionally by one more key (session pods by session id, so a
+    reconcile finds its pods without scanning 5,000 of them)."""
 
     def __init__(self, index: Callable[[dict[str, Any]], Any] | None = None) -> None:
         self._lock = threading.Lock()
         self._objects: dict[ObjectKey, dict[str, Any]] = {}
         self._index_of = index
         self._index: dict[Any, set[ObjectKey]] = {}
+        self._namespaces: dict[str, set[ObjectKey]] = {}
+
+    @staticmethod
+    def _drop(index: dict[Any, set[ObjectKey]], value: Any, key: ObjectKey) -> None:
+        bucket = index.get(value)
+        if bucket is not None:
+            bucket.discard(key)
+            if not bucket:
+                index.pop(value, None)
 
     def _unindex(self, key: ObjectKey) -> None:
         old = self._objects.pop(key, None)
-        if old is not None and self._index_of is not None:
-            bucket = self._index.get(self._index_of(old))
-            if bucket is not None:
-                bucket.discard(key)
-                if not bucket:
-                    self._index.pop(self._index_of(old), None)
+        if old is None:
+            return
+        self._drop(self._namespaces, key[0], key)
+        if self._index_of is not None:
+            self._drop(self._index, self._index_of(old), key)
 
     def _insert(self, obj: dict[str, Any]) -> None:
         key = object_key(obj)
         self._unindex(key)
         self._objects[key] = obj
+        self._namespaces.setdefault(key[0], set()).add(key)
         if self._index_of is not None:
             self._index.setdefault(self._index_of(obj), set()).add(key)
 
@@ -109,6 +76,10 @@ class Store:
     def by_index(self, value: Any) -> list[dict[str, Any]]:
         with self._lock:
             return [self._objects[key] for key in self._index.get(value, ())]
+
+    def by_namespace(self, namespace: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [self._objects[key] for key in self._namespaces.get(namespace, ())]
 
     def put(self, obj: dict[str, Any]) -> None:
         with self._lock:
