@@ -33,7 +33,7 @@ from kubernetes import client  # noqa: E402
 from tests.cluster.binaries import find_binaries  # noqa: E402
 from tests.cluster.harness import ControlPlane, free_port, wait_for  # noqa: E402
 from tests.support import ControllerProcess, WebhookProcess, generate_certs, session_pod  # noqa: E402
-from webhook.configuration import mutating_configuration, validating_configuration  # noqa: E402
+from webhook.configuration import mutating_configuration  # noqa: E402
 
 POLICY = {"mode": "allowlist", "rules": [{"cidr": "10.20.0.0/16", "port": 443, "protocol": "TCP"},
                                          {"cidr": "192.0.2.0/24", "port": 8000, "end_port": 8100}]}
@@ -131,7 +131,6 @@ def main() -> None:
         ca_bundle = base64.b64encode((work / "certs" / "ca.crt").read_bytes()).decode()
         admission = client.AdmissionregistrationV1Api(api)
         admission.create_mutating_webhook_configuration(mutating_configuration(url=webhook.url, ca_bundle=ca_bundle))
-        admission.create_validating_webhook_configuration(validating_configuration(url=webhook.url, ca_bundle=ca_bundle))
         for manifest in ("namespace.yaml", "rbac.yaml"):
             assert plane.kubectl("apply", "-f", str(ROOT / "manifests" / "base" / manifest)).returncode == 0
         kubeconfig = plane.kubeconfig_for("controller", plane.credentials_for_service_account("sortie-system", "sortie-egress", create=False))

@@ -11,12 +11,7 @@ from tests.support import session_pod
 from webhook.admission.mutate import mutate_pod
 from webhook.admission.response import encode_response
 from webhook.admission.review import ReviewError, decode_review
-from webhook.admission.validate import validate
-from webhook.constants import DEFAULT_CONTROLLER_IDENTITY, KUBERNETES_SYSTEM_IDENTITIES
 from webhook.patch import apply_patch
-
-PRIVILEGED = frozenset((DEFAULT_CONTROLLER_IDENTITY, *KUBERNETES_SYSTEM_IDENTITIES))
-
 
 def review(obj: dict | None, operation: str = "CREATE", kind: str = "Pod", old: dict | None = None,
            user: str = "alice", dry_run: bool = False, namespace: str = "ns") -> bytes:
@@ -32,11 +27,6 @@ def mutate(pod: dict, **kwargs: object) -> dict:
     return json.loads(encode_response(request.uid, mutate_pod(request)))["response"]
 
 
-def check(obj: dict | None, old: dict | None, kind: str, operation: str, user: str = "alice") -> dict:
-    request = decode_review(review(obj, operation=operation, kind=kind, old=old, user=user))
-    return json.loads(encode_response(request.uid, validate(request, PRIVILEGED)))["response"]
-
-
 def patched(pod: dict, response: dict) -> dict:
     return apply_patch(pod, json.loads(base64.b64decode(response["patch"])))
 
@@ -50,7 +40,8 @@ ENVELOPE = b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", '
     ("body", "reason"),
     [(b"", "body is not JSON"), (b"{", "body is not JSON"), (b"\xff\xfe", "body is not JSON"),
      (b'{"a": NaN}', "body is not JSON"),
-     (ENVELOPE + b'"request": {"uid": "\x9e", "operation": "CREATE"}}', "body is not UTF-8 JSON"),  # fuzzer finding
+     # fuzzer finding: msgspec < 0.23 raised UnicodeDecodeError (ours: "not UTF-8 JSON"), 0.23 a DecodeError
+     (ENVELOPE + b'"request": {"uid": "\x9e", "operation": "CREATE"}}', "UTF-8"),
      (b"[]", "not an AdmissionReview: Expected `object`, got `array`"),
      (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1beta1", "request": {"uid": "a", "operation": "CREATE"}}',
       "expected kind AdmissionReview, apiVersion admission.k8s.io/v1"),
@@ -131,51 +122,59 @@ def test_non_session_pods_and_other_operations_pass_untouched() -> None:
     assert mutate_pod(request).allowed
 
 
-# --- validate (tamper protection) -----------------------------------------------
+# --- pods bound at creation ----------------------------------------------------------
 
-def test_pod_update_cannot_change_egress_identity() -> None:
-    old = session_pod(session_id="s1", policy='{"mode": "allowlist", "rules": []}', extra_labels={"sortie.io/egress-mode": "allowlist"})
-    new = json.loads(json.dumps(old))
-    new["metadata"]["annotations"]["sortie.io/egress-policy"] = '{"mode": "denylist", "rules": []}'
-    new["metadata"]["labels"]["sortie.io/egress-mode"] = "denylist"
-    new["metadata"]["labels"]["sortie.io/session-id"] = "s2"
-    response = check(new, old, "Pod", "UPDATE", user=DEFAULT_CONTROLLER_IDENTITY)
+def test_a_bound_pod_with_a_policy_is_refused_with_the_reason() -> None:
+    pod = session_pod(policy={"mode": "allowlist", "rules": []})
+    pod["spec"]["nodeName"] = "node-1"
+    response = mutate(pod)
     assert response["allowed"] is False and response["status"]["code"] == 422
-    message = response["status"]["message"]
-    for key in ("annotation sortie.io/egress-policy", "label sortie.io/session-id", "label sortie.io/egress-mode"):
-        assert f"{key} cannot change after creation" in message
+    assert "spec.nodeName is set" in response["status"]["message"]
+    assert "leave spec.nodeName unset" in response["status"]["message"]
 
 
-def test_pod_update_of_other_fields_is_allowed() -> None:
-    old = session_pod(session_id="s1", policy="{}")
+def test_a_bound_pod_without_a_policy_is_admitted() -> None:
+    pod = session_pod()
+    pod["spec"]["nodeName"] = "node-1"
+    assert mutate(pod)["allowed"] is True
+
+
+def test_an_empty_node_name_is_not_bound() -> None:
+    pod = session_pod(policy={"mode": "allowlist", "rules": []})
+    pod["spec"]["nodeName"] = ""
+    assert mutate(pod)["allowed"] is True
+
+
+# --- a re-applied manifest (pod UPDATE rewriting the annotation) ---------------------------
+
+ADMITTED = '{"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8", "port": 443}]}'
+
+
+def reapply(new_annotation: str | None) -> dict:
+    old = session_pod(session_id="s1", policy=ADMITTED, extra_labels={"sortie.io/egress-mode": "allowlist"})
     new = json.loads(json.dumps(old))
-    new["metadata"]["labels"]["team"] = "blue"
-    new["spec"]["schedulingGates"] = []
-    assert check(new, old, "Pod", "UPDATE")["allowed"] is True
+    if new_annotation is None:
+        del new["metadata"]["annotations"]["sortie.io/egress-policy"]
+    else:
+        new["metadata"]["annotations"]["sortie.io/egress-policy"] = new_annotation
+    return mutate(new, operation="UPDATE", old=old)
 
 
-def test_adding_a_session_label_later_is_refused() -> None:
-    old = {"metadata": {"name": "p", "labels": {}}}
-    new = {"metadata": {"name": "p", "labels": {"sortie.io/session-id": "s"}}}
-    assert check(new, old, "Pod", "UPDATE")["allowed"] is False
+def test_a_reapplied_manifest_keeps_the_canonical_annotation() -> None:
+    response = reapply('{"rules":[{"port":443,"cidr":"10.0.0.1/8"}],"mode":"allowlist"}')
+    assert response["allowed"] is True
+    assert json.loads(base64.b64decode(response["patch"])) == [
+        {"op": "replace", "path": "/metadata/annotations/sortie.io~1egress-policy", "value": ADMITTED}]
+    assert response["warnings"] == ["sortie.io/egress-policy: kept as the canonical form the pod was admitted with "
+                                    "(the new text states the same policy)"]
 
 
-MANAGED = {"metadata": {"name": "sortie-egress-s1", "labels": {"app.kubernetes.io/managed-by": "sortie-egress"}}}
-
-
-@pytest.mark.parametrize("operation", ["UPDATE", "DELETE"])
-def test_managed_policy_changes_are_refused_to_others(operation: str) -> None:
-    new = None if operation == "DELETE" else {"metadata": {"name": "sortie-egress-s1", "labels": {}}}
-    response = check(new, MANAGED, "NetworkPolicy", operation, user="bob")
-    assert response["allowed"] is False and "cannot be" in response["status"]["message"]
-
-
-@pytest.mark.parametrize("user", sorted(PRIVILEGED))
-@pytest.mark.parametrize("operation", ["UPDATE", "DELETE"])
-def test_managed_policy_changes_by_privileged_identities(user: str, operation: str) -> None:
-    assert check(None if operation == "DELETE" else MANAGED, MANAGED, "NetworkPolicy", operation, user=user)["allowed"]
-
-
-def test_unmanaged_policies_are_none_of_our_business() -> None:
-    other = {"metadata": {"name": "x", "labels": {"app.kubernetes.io/managed-by": "helm"}}}
-    assert check(None, other, "NetworkPolicy", "DELETE", user="bob")["allowed"] is True
+@pytest.mark.parametrize("annotation", [
+    '{"mode": "allowlist", "rules": [{"cidr": "0.0.0.0/0"}]}',  # a different policy: the admission policy refuses it
+    '{"mode": "allowlist", "rules": [{"cidr": "nope"}]}',  # invalid
+    None,  # removed
+    ADMITTED,  # unchanged (the API server would not even call)
+])
+def test_any_other_update_is_left_to_the_admission_policy(annotation: str | None) -> None:
+    response = reapply(annotation)
+    assert response == {"uid": "u-1", "allowed": True}

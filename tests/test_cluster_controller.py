@@ -13,13 +13,16 @@ import pytest
 from tests.cluster.harness import NODE_NAME, ControlPlane, wait_for
 from tests.support import ControllerProcess, WebhookProcess, session_pod
 from webhook.configuration import MUTATING_NAME, mutating_configuration
-from webhook.render import DnsDestination, render_network_policy
-from webhook.policy import parse_policy
-from webhook.session import session_pod as read_session
 
 pytestmark = pytest.mark.cluster
 
 POLICY = {"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8", "port": 443, "protocol": "TCP"}]}
+# What the controller must make of POLICY, written out by hand (CONTRACT §3).
+CANONICAL = '{"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8", "port": 443, "protocol": "TCP"}]}'
+KUBE_DNS = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+             "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
+DNS_RULE = {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}], "to": KUBE_DNS}
+POLICY_EGRESS = [DNS_RULE, {"ports": [{"protocol": "TCP", "port": 443}], "to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}]
 
 
 @pytest.fixture
@@ -56,10 +59,10 @@ def _gates(pod: dict[str, Any]) -> list[str]:
     return [gate["name"] for gate in pod["spec"].get("schedulingGates") or []]
 
 
-def _expected(pod: dict[str, Any], dns: DnsDestination = DnsDestination()) -> dict[str, Any]:
-    session = read_session(pod)
-    parsed = parse_policy(session.annotation)
-    return render_network_policy(session, parsed.policy, dns)
+def digest(canonical: str) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _converged(core: Any, networking: Any, namespace: str, name: str) -> dict[str, Any] | None:
@@ -111,9 +114,12 @@ def test_session_pod_gets_its_policy_then_is_released_and_bound(control_plane: C
     core.create_namespaced_pod(namespace, pod)
     policy = wait_for(lambda: _converged(core, networking, namespace, name), 30, "policy and gate release")
     stored = _pod(core, namespace, name)
-    expected = _expected(stored)
-    assert policy["spec"] == expected["spec"]
-    assert policy["metadata"]["labels"] == expected["metadata"]["labels"]
+    session = pod["metadata"]["labels"]["sortie.io/session-id"]
+    assert policy["spec"] == {"podSelector": {"matchLabels": {"sortie.io/session-id": session}},
+                              "policyTypes": ["Egress"], "egress": POLICY_EGRESS}
+    assert policy["metadata"]["labels"] == {"sortie.io/session-id": session, "sortie.io/app-id": "firefox",
+                                            "sortie.io/egress-policy": "true", "app.kubernetes.io/managed-by": "sortie-egress"}
+    assert policy["metadata"]["annotations"] == {"sortie.io/policy-digest": digest(CANONICAL)}
     owner = policy["metadata"]["ownerReferences"]
     assert owner == [{"apiVersion": "v1", "kind": "Pod", "name": name, "uid": stored["metadata"]["uid"],
                       "controller": True, "blockOwnerDeletion": True}]
@@ -162,8 +168,8 @@ def test_other_gates_stay(control_plane: ControlPlane, controller: ControllerPro
     assert _gates(_pod(core, namespace, name)) == ["example.com/quota"]
 
 
-def test_edited_and_deleted_policies_are_restored(control_plane: ControlPlane, controller: ControllerProcess,
-                                                  namespace: str) -> None:
+def test_edited_and_relabelled_policies_are_restored(control_plane: ControlPlane, controller: ControllerProcess,
+                                                    namespace: str) -> None:
     from kubernetes import client
 
     _, core, networking = _api(control_plane)
@@ -171,21 +177,47 @@ def test_edited_and_deleted_policies_are_restored(control_plane: ControlPlane, c
     core.create_namespaced_pod(namespace, pod)
     policy = wait_for(lambda: _converged(core, networking, namespace, pod["metadata"]["name"]), 30, "first policy")
     name = policy["metadata"]["name"]
+    # An operator listed in the admission policies' privilegedUsers: the one kind of user who can make drift.
     drifter = client.NetworkingV1Api(control_plane.credentials_for_user("drift-maker", ("system:masters",)).api_client())
     drifter.patch_namespaced_network_policy(name, namespace, {"spec": {"egress": [{}]}})  # allow everything
     wait_for(lambda: _policy(networking, namespace, name)["spec"] == policy["spec"], 30, "the edit to be undone")
-    drifter.delete_namespaced_network_policy(name, namespace)
-    wait_for(lambda: (_policy(networking, namespace, name) or {}).get("spec") == policy["spec"], 30, "the policy to come back")
+    # Taking our label off makes it someone else's policy with our name: adopted back.
+    drifter.patch_namespaced_network_policy(name, namespace, {"metadata": {"labels": {"app.kubernetes.io/managed-by": None}},
+                                                              "spec": {"egress": [{}]}})
+
+    def restored() -> bool:
+        current = _policy(networking, namespace, name) or {}
+        labels = current.get("metadata", {}).get("labels", {})
+        return labels.get("app.kubernetes.io/managed-by") == "sortie-egress" and current["spec"] == policy["spec"]
+
+    wait_for(restored, 30, "the policy to be adopted back")
 
 
-def test_orphan_policy_is_deleted(control_plane: ControlPlane, controller: ControllerProcess, namespace: str) -> None:
-    _, _, networking = _api(control_plane)
-    orphan = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-              "metadata": {"name": "sortie-egress-gone", "namespace": namespace,
-                           "labels": {"app.kubernetes.io/managed-by": "sortie-egress", "sortie.io/session-id": "gone"}},
-              "spec": {"podSelector": {"matchLabels": {"sortie.io/session-id": "gone"}}, "policyTypes": ["Egress"]}}
-    networking.create_namespaced_network_policy(namespace, orphan)
-    wait_for(lambda: _policy(networking, namespace, "sortie-egress-gone") is None, 30, "the orphan to be deleted")
+def test_an_orphaned_managed_policy_is_retired_and_deleted(control_plane: ControlPlane, registered_webhook: WebhookProcess,
+                                                           controller_kubeconfig: Path, namespace: str,
+                                                           tmp_path: Path) -> None:
+    """Its pod deleted with --cascade=orphan (the garbage collector strips the owner reference and
+    leaves it): nothing will collect it, so the controller does, by retiring it first."""
+    _, core, networking = _api(control_plane)
+    pod = session_pod(policy=POLICY, namespace=namespace)
+    name = "sortie-egress-" + pod["metadata"]["labels"]["sortie.io/session-id"]
+    process = ControllerProcess(controller_kubeconfig, tmp_path / "first.log", ("--namespace", namespace)).start()
+    try:
+        core.create_namespaced_pod(namespace, pod)
+        wait_for(lambda: _converged(core, networking, namespace, pod["metadata"]["name"]), 30, "the policy")
+    finally:
+        process.stop()
+    orphaned = control_plane.kubectl("delete", "pod", pod["metadata"]["name"], "-n", namespace, "--cascade=orphan",
+                                     "--grace-period=0", "--force")
+    assert orphaned.returncode == 0, orphaned.stderr
+    wait_for(lambda: not (_policy(networking, namespace, name) or {"metadata": {"ownerReferences": [1]}})["metadata"]
+             .get("ownerReferences"), 30, "the owner reference to be stripped")
+    assert _policy(networking, namespace, name)["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "sortie-egress"
+    process = ControllerProcess(controller_kubeconfig, tmp_path / "second.log", ("--namespace", namespace)).start()
+    try:
+        wait_for(lambda: _policy(networking, namespace, name) is None, 30, "the orphan to be deleted")
+    finally:
+        process.stop()
 
 
 def test_backfill_and_fail_closed_for_pods_from_before(control_plane: ControlPlane, registered_webhook: WebhookProcess,
@@ -202,10 +234,15 @@ def test_backfill_and_fail_closed_for_pods_from_before(control_plane: ControlPla
     try:
         backfilled = wait_for(lambda: _policy(networking, namespace, "sortie-egress-" + good["metadata"]["labels"]["sortie.io/session-id"]),
                               30, "the backfilled policy")
-        assert backfilled["spec"] == _expected(_pod(core, namespace, good["metadata"]["name"]))["spec"]
+        assert backfilled["spec"]["egress"] == POLICY_EGRESS
         closed = wait_for(lambda: _policy(networking, namespace, "sortie-egress-" + bad["metadata"]["labels"]["sortie.io/session-id"]),
                           30, "the fail-closed policy")
-        assert len(closed["spec"]["egress"]) == 1 and closed["spec"]["egress"][0]["ports"][0]["port"] == 53
+        assert closed["spec"]["egress"] == [DNS_RULE]
+        assert closed["metadata"]["annotations"] == {"sortie.io/policy-digest": digest('{"mode": "allowlist", "rules": []}')}
+        # Both now carry the mode label, added by the controller, so the baseline split holds for them.
+        for pod, mode in ((good, "allowlist"), (bad, "allowlist")):
+            wait_for(lambda pod=pod: _pod(core, namespace, pod["metadata"]["name"])["metadata"]["labels"].get(
+                "sortie.io/egress-mode") == mode, 30, "the mode label")
 
         def warning_event() -> list[Any]:
             events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={bad['metadata']['name']}")
@@ -279,17 +316,14 @@ def _audit(plane: ControlPlane, kubeconfig: Path, namespace: str) -> tuple[int, 
     return result.returncode, states
 
 
-def test_audit_reports_missing_and_orphans_then_ok(control_plane: ControlPlane, registered_webhook: WebhookProcess,
-                                                   controller_kubeconfig: Path, namespace: str, tmp_path: Path) -> None:
+def test_audit_reports_missing_then_ok(control_plane: ControlPlane, registered_webhook: WebhookProcess,
+                                       controller_kubeconfig: Path, namespace: str, tmp_path: Path) -> None:
     _, core, networking = _api(control_plane)
     pod = session_pod(policy=POLICY, namespace=namespace)
     session = pod["metadata"]["labels"]["sortie.io/session-id"]
     core.create_namespaced_pod(namespace, pod)
-    networking.create_namespaced_network_policy(namespace, {
-        "metadata": {"name": "sortie-egress-lost", "labels": {"app.kubernetes.io/managed-by": "sortie-egress"}},
-        "spec": {"podSelector": {}, "policyTypes": ["Egress"]}})
     code, states = _audit(control_plane, controller_kubeconfig, namespace)
-    assert code == 1 and states == {session: "missing", "lost": "orphan"}
+    assert code == 1 and states == {session: "missing"}
     process = ControllerProcess(controller_kubeconfig, tmp_path / "controller.log").start()
     try:
         wait_for(lambda: _audit(control_plane, controller_kubeconfig, namespace) == (0, {session: "ok"}), 30,

@@ -52,11 +52,10 @@ def test_admissions_keep_succeeding_across_rotations(plane: ControlPlane, tmp_pa
     api = plane.admin.api_client()
     admission = client.AdmissionregistrationV1Api(api)
     # The shipped configurations point at the in-cluster Service; here the webhook runs on loopback.
-    for read, patch, name in ((admission.read_mutating_webhook_configuration, admission.patch_mutating_webhook_configuration, "sortie-egress"),
-                              (admission.read_validating_webhook_configuration, admission.patch_validating_webhook_configuration, "sortie-egress-protect")):
-        hooks = read(name).webhooks
-        patch(name, [{"op": "replace", "path": f"/webhooks/{i}/clientConfig", "value": {"url": f"{url}{hook.client_config.service.path}"}}
-                     for i, hook in enumerate(hooks)])
+    hooks = admission.read_mutating_webhook_configuration("sortie-egress").webhooks
+    admission.patch_mutating_webhook_configuration("sortie-egress", [
+        {"op": "replace", "path": f"/webhooks/{i}/clientConfig", "value": {"url": f"{url}{hook.client_config.service.path}"}}
+        for i, hook in enumerate(hooks)])
 
     controller_kubeconfig = plane.kubeconfig_for("controller", plane.credentials_for_service_account("sortie-system", "sortie-egress", create=False))
     webhook_kubeconfig = plane.kubeconfig_for("webhook", plane.credentials_for_service_account("sortie-system", "sortie-egress-webhook", create=False))
@@ -65,7 +64,7 @@ def test_admissions_keep_succeeding_across_rotations(plane: ControlPlane, tmp_pa
         "--serving-lifetime", "15s", "--certificate-overlap", "3s")).start()
     webhook_log = (tmp_path / "webhook.log").open("wb")
     webhook = subprocess.Popen([CLI, "serve", "--host", "127.0.0.1", "--port", str(port), "--tls-secret",
-                                "sortie-system/sortie-egress-tls", "--kubeconfig", str(webhook_kubeconfig)],
+                                "sortie-egress-tls", "--kubeconfig", str(webhook_kubeconfig)],
                                stdout=webhook_log, stderr=subprocess.STDOUT, start_new_session=True)
     core = client.CoreV1Api(api)
     try:
@@ -100,17 +99,20 @@ def test_admissions_keep_succeeding_across_rotations(plane: ControlPlane, tmp_pa
                 cas |= {ca.fingerprint(ca.signature_hash_algorithm) for ca in x509.load_pem_x509_certificates(served[1])}
             time.sleep(0.05)  # pacing the load loop, not waiting for a condition
 
-        # An operator replaces the validating configuration without its caBundle (a re-applied
-        # manifest): the CAs are no longer trusted everywhere, and the next round puts them back.
-        hooks = admission.read_validating_webhook_configuration("sortie-egress-protect").webhooks
-        admission.patch_validating_webhook_configuration("sortie-egress-protect", [
+        # An operator re-applies the webhook configuration without its caBundle: the CAs are
+        # no longer trusted, and the controller's next round puts them back.
+        hooks = admission.read_mutating_webhook_configuration("sortie-egress").webhooks
+        admission.patch_mutating_webhook_configuration("sortie-egress", [
             {"op": "remove", "path": f"/webhooks/{index}/clientConfig/caBundle"} for index in range(len(hooks))])
-        wait_for(lambda: all(hook.client_config.ca_bundle for hook in
-                             admission.read_validating_webhook_configuration("sortie-egress-protect").webhooks),
-                 15, "the controller to restore the validating configuration's caBundle")
-        restored = admission.read_validating_webhook_configuration("sortie-egress-protect").webhooks[0].client_config.ca_bundle
-        mutating = admission.read_mutating_webhook_configuration("sortie-egress").webhooks[0].client_config.ca_bundle
-        assert restored == mutating
+        restored = wait_for(lambda: admission.read_mutating_webhook_configuration("sortie-egress").webhooks[0]
+                            .client_config.ca_bundle, 15, "the controller to restore the caBundle")
+        served = _serving(core)
+        assert served is not None
+
+        def fingerprints(bundle: bytes) -> set[bytes]:
+            return {ca.fingerprint(ca.signature_hash_algorithm) for ca in x509.load_pem_x509_certificates(bundle)}
+
+        assert fingerprints(served[1]) <= fingerprints(base64.b64decode(restored))
     finally:
         controller.stop()
         webhook.send_signal(signal.SIGTERM)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import json
 import subprocess
 
@@ -84,7 +86,11 @@ def test_gated_pod_waits_then_is_bound_when_the_gate_goes(control_plane: Control
 
         wait_for(gated, 30, "the scheduler to report the pod SchedulingGated")
         assert core.read_namespaced_pod(name, namespace).spec.node_name is None
-        core.patch_namespaced_pod(name, namespace, [{"op": "remove", "path": "/spec/schedulingGates"}])
+        # Only the controller's identity may lift our gate (the admission policies refuse anyone else).
+        controller = control_plane.credentials_for_service_account("sortie-system", "sortie-egress", create=False)
+        with controller.api_client() as as_controller:
+            client.CoreV1Api(as_controller).patch_namespaced_pod(
+                name, namespace, [{"op": "remove", "path": "/spec/schedulingGates"}])
         bound = wait_for(lambda: core.read_namespaced_pod(name, namespace).spec.node_name, 30, "the pod to be bound")
         assert bound == NODE_NAME
         core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
@@ -139,33 +145,42 @@ def test_managed_networkpolicy_is_protected_from_everyone_but_the_controller(
                      "labels": {"app.kubernetes.io/managed-by": "sortie-egress"}},
         "spec": {"podSelector": {}, "policyTypes": ["Egress"]},
     }
-    assert control_plane.kubectl("apply", "-f", "-", input=json.dumps(managed)).returncode == 0
-    # An admin may do anything RBAC allows, but not to our policies.
-    deleted = control_plane.kubectl("delete", "networkpolicy", "sortie-egress-abc", "-n", namespace)
-    assert deleted.returncode != 0
-    assert "managed by sortie-egress and cannot be deleted by sortie-test-admin" in deleted.stderr
-
-    # The controller's identity may (granted RBAC on networkpolicies for this check).
+    # Only the controller's identity may create one (granted RBAC on networkpolicies for this check).
     with control_plane.admin.api_client() as api:
-        client.CoreV1Api(api).create_namespace({"metadata": {"name": "sortie-system"}}) if not _exists(api, "sortie-system") else None
         controller = control_plane.credentials_for_service_account("sortie-system", "sortie-egress")
         rbac = client.RbacAuthorizationV1Api(api)
         rbac.create_namespaced_role(namespace, {"metadata": {"name": "np"}, "rules": [
-            {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "update", "patch", "delete"]}]})
+            {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+             "verbs": ["get", "create", "update", "patch", "delete"]}]})
         rbac.create_namespaced_role_binding(namespace, {"metadata": {"name": "np"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "np"},
             "subjects": [{"kind": "ServiceAccount", "name": "sortie-egress", "namespace": "sortie-system"}]})
-    def controller_deletes() -> bool:
+    forged = control_plane.kubectl("apply", "-f", "-", input=json.dumps(managed))
+    assert forged.returncode != 0 and "cannot be created by sortie-test-admin" in forged.stderr
+
+    def as_controller(call: str, *args: Any) -> bool:
         with controller.api_client() as api:
             try:
-                client.NetworkingV1Api(api).delete_namespaced_network_policy("sortie-egress-abc", namespace)
+                getattr(client.NetworkingV1Api(api), call)(*args)
             except ApiException as exc:
                 if exc.status == 403 and "RBAC" in (exc.body or ""):
                     return False  # the binding is not visible yet
                 raise
         return True
 
-    wait_for(controller_deletes, 30, "the controller identity to delete its policy")
+    wait_for(lambda: as_controller("create_namespaced_network_policy", namespace, managed), 30, "the controller to create")
+    # An admin may do anything RBAC allows, but not to our policies.
+    deleted = control_plane.kubectl("delete", "networkpolicy", "sortie-egress-abc", "-n", namespace)
+    assert deleted.returncode != 0
+    assert "managed by sortie-egress and cannot be deleted by sortie-test-admin" in deleted.stderr
+    # Not even the controller deletes a managed policy outright: only Kubernetes does. It retires
+    # one first (takes its label off, an update it may make), and then it is no longer protected.
+    with pytest.raises(ApiException) as refused:
+        as_controller("delete_namespaced_network_policy", "sortie-egress-abc", namespace)
+    assert refused.value.status == 403 and "it goes with the session's last pod" in refused.value.body
+    assert as_controller("patch_namespaced_network_policy", "sortie-egress-abc", namespace,
+                         {"metadata": {"labels": {"app.kubernetes.io/managed-by": None}}})
+    assert as_controller("delete_namespaced_network_policy", "sortie-egress-abc", namespace)
 
 
 def _exists(api, name: str) -> bool:
@@ -203,7 +218,10 @@ def test_the_real_api_server_accepts_what_render_prints(control_plane: ControlPl
     manifest.write_text(json.dumps(pod))
     rendered = subprocess.run([CLI, "render", "-f", str(manifest), "-o", "json", "--dns", dns], capture_output=True, text=True)
     assert rendered.returncode == 0, rendered.stderr
-    created = control_plane.kubectl("create", "--dry-run=server", "-f", "-", "-o", "json", input=rendered.stdout)
+    # As an operator listed in the admission policies: only such users (and the controller) may make managed policies.
+    operator = control_plane.kubeconfig_for("drift-maker", control_plane.credentials_for_user("drift-maker", ("system:masters",)))
+    created = control_plane.kubectl("create", "--dry-run=server", "-f", "-", "-o", "json", input=rendered.stdout,
+                                    kubeconfig=operator)
     assert created.returncode == 0, created.stderr
     assert json.loads(created.stdout)["spec"]["egress"] == json.loads(rendered.stdout)["spec"]["egress"]
 

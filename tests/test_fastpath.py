@@ -109,7 +109,7 @@ def test_answers_keep_their_order_across_the_fast_and_the_ordinary_route(server:
     """/metrics is served by Starlette in a task; an admission pipelined behind it must wait for it."""
     with connect(server) as tls:
         tls.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" + post("/mutate", review("behind-metrics"))
-                    + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + post("/validate", review("behind-health")))
+                    + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + post("/mutate", review("behind-health")))
         reader = Reader(tls)
         first, second, third, fourth = (reader.response() for _ in range(4))
     assert first[0] == 200 and b"sortie_egress_admissions_total" in first[2]

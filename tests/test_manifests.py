@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -16,7 +17,8 @@ import yaml
 
 from tests.cluster.harness import ControlPlane, wait_for
 from tests.support import control_plane_binaries
-from webhook.configuration import mutating_configuration, validating_configuration
+from webhook.configuration import mutating_configuration
+from webhook.tamper import admission_policies
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
@@ -47,12 +49,29 @@ def test_every_manifest_validates_strictly_for_1_37(kustomization: str) -> None:
         kubernetes_validate.validate(doc, "1.37.0", strict=True)
 
 
-def test_webhook_configurations_match_the_code() -> None:
+def test_generated_manifests_are_what_the_code_generates() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "generate-manifests.py")], capture_output=True,
+                            text=True, cwd="/")
+    assert result.returncode == 0, result.stderr
+    changed = subprocess.run(["git", "status", "--porcelain", "--", "manifests/base"], capture_output=True, text=True,
+                             cwd=ROOT).stdout
+    assert changed == "" or "??" in changed, f"regenerating changed the shipped manifests:\n{changed}"
+
+
+def test_webhook_configuration_and_admission_policies_match_the_code() -> None:
     docs = render("base")
     service = ("sortie-system", "sortie-egress")
-    for shipped, expected in ((by_kind(docs, "MutatingWebhookConfiguration")[0], mutating_configuration(service=service)),
-                              (by_kind(docs, "ValidatingWebhookConfiguration")[0], validating_configuration(service=service))):
-        assert shipped["webhooks"] == expected["webhooks"]
+    assert by_kind(docs, "MutatingWebhookConfiguration")[0]["webhooks"] == mutating_configuration(service=service)["webhooks"]
+    assert by_kind(docs, "ValidatingWebhookConfiguration") == []  # tamper protection runs in the API server
+    shipped = [doc for doc in docs if doc["kind"].startswith("ValidatingAdmissionPolicy")]
+    expected = [doc for doc in admission_policies("sortie-system") if doc["kind"] != "ConfigMap"]
+    for doc in shipped:
+        doc["metadata"]["labels"].pop("app.kubernetes.io/part-of")
+
+    def order(doc: dict[str, Any]) -> tuple[str, str]:
+        return doc["kind"], doc["metadata"]["name"]
+
+    assert sorted(shipped, key=order) == sorted(expected, key=order)
 
 
 def test_webhook_scoping_keeps_an_outage_small() -> None:
@@ -62,9 +81,42 @@ def test_webhook_scoping_keeps_an_outage_small() -> None:
     assert mutating["timeoutSeconds"] <= 5 and mutating["admissionReviewVersions"] == ["v1"]
     assert mutating["objectSelector"] == {"matchExpressions": [{"key": "sortie.io/session-id", "operator": "Exists"}]}
     excluded = mutating["namespaceSelector"]["matchExpressions"][0]
-    assert excluded["operator"] == "NotIn" and set(excluded["values"]) == {"kube-system", "sortie-system"}
-    for hook in by_kind(docs, "ValidatingWebhookConfiguration")[0]["webhooks"]:
-        assert hook["failurePolicy"] == "Ignore"
+    assert excluded["operator"] == "NotIn" and set(excluded["values"]) == {"kube-system"}
+    for policy in by_kind(docs, "ValidatingAdmissionPolicy"):
+        assert policy["spec"]["failurePolicy"] == "Fail"
+    parameterised = 0
+    for binding in by_kind(docs, "ValidatingAdmissionPolicyBinding"):
+        assert binding["spec"]["validationActions"] == ["Deny"]
+        if "paramRef" in binding["spec"]:
+            assert binding["spec"]["paramRef"]["parameterNotFoundAction"] == "Deny"
+            parameterised += 1
+    assert parameterised == 2  # the deletion policy has no parameter: nothing can block the garbage collector
+
+
+def _namespace_overlay(tmp_path: Path) -> Path:
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: egress-team\n"
+        f"resources: [{os.path.relpath(MANIFESTS / 'overlays' / 'self-managed', tmp_path)}]\n")
+    return tmp_path
+
+
+def test_another_namespace_moves_every_reference(tmp_path: Path) -> None:
+    """An operator's overlay with only `namespace:` must leave nothing pointing at sortie-system."""
+    result = subprocess.run([KUBECTL, "kustomize", str(_namespace_overlay(tmp_path))], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "sortie-system" not in result.stdout
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    webhook = by_kind(docs, "MutatingWebhookConfiguration")[0]["webhooks"][0]
+    assert webhook["clientConfig"]["service"]["namespace"] == "egress-team"
+    for binding in by_kind(docs, "ValidatingAdmissionPolicyBinding"):
+        # (kustomize also stamps metadata.namespace on these cluster-scoped kinds, which it does not
+        # know; kubectl drops it when applying: test_another_namespace_applies shows the overlay applies.)
+        assert binding["spec"].get("paramRef", {"namespace": "egress-team"})["namespace"] == "egress-team"
+    subjects = [s for b in by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding") for s in b["subjects"]]
+    assert {s["namespace"] for s in subjects} == {"egress-team"}
+    for deployment in by_kind(docs, "Deployment"):
+        env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in env
 
 
 @pytest.mark.parametrize("name", ["sortie-egress-webhook", "sortie-egress-controller"])
@@ -141,10 +193,17 @@ def test_server_side_dry_run_of_every_kustomization(own_plane: ControlPlane, kus
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.cluster
+def test_another_namespace_applies(own_plane: ControlPlane, tmp_path: Path) -> None:
+    assert own_plane.kubectl("create", "namespace", "egress-team").returncode == 0
+    result = own_plane.kubectl("apply", "--dry-run=server", "-k", str(_namespace_overlay(tmp_path)))
+    assert result.returncode == 0, result.stderr
+
+
 EXPECTED_CLUSTER_RIGHTS = {
     "pods": {"get", "list", "watch", "patch"},
     "pods/finalizers": {"update"},
-    "networkpolicies.networking.k8s.io": {"get", "list", "watch", "create", "update", "delete"},
+    "networkpolicies.networking.k8s.io": {"get", "list", "watch", "create", "update", "patch", "delete"},
     "events": {"create"},
 }
 # What every authenticated identity may do (system:basic-user, discovery): not ours to grant or remove.
@@ -171,7 +230,6 @@ def _rights(plane: ControlPlane, namespace: str, account: str = "sortie-egress")
 
 CERTIFICATE_RIGHTS = {
     "mutatingwebhookconfigurations.admissionregistration.k8s.io@sortie-egress": {"get", "patch"},
-    "validatingwebhookconfigurations.admissionregistration.k8s.io@sortie-egress-protect": {"get", "patch"},
 }
 
 

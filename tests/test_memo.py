@@ -69,6 +69,9 @@ def pods(draw: st.DrawFn) -> dict[str, Any]:
     gates = draw(gate_lists)
     if gates is not None:
         spec["schedulingGates"] = gates
+    node = draw(st.sampled_from([MISSING, None, "", "node-1"]))
+    if node is not MISSING:
+        spec["nodeName"] = node
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
 
 
@@ -145,13 +148,16 @@ def _mutant(drop: int) -> Callable[[ReviewRequest], tuple[Hashable, ...] | None]
     (2, True, {EGRESS_MODE_LABEL: "allowlist"}, {EGRESS_MODE_LABEL: "denylist"}),  # the mode label's value
     (3, False, {EGRESS_MODE_LABEL: None}, {}),  # whether the mode label is there at all
     (4, True, {"gates": [SCHEDULING_GATE]}, {}),  # the scheduling gates
+    (5, True, {"node": "node-1"}, {}),  # whether the pod is bound to a node
 ])
 def test_a_key_missing_a_field_the_decision_reads_is_caught(monkeypatch: pytest.MonkeyPatch, drop: int, policy: bool,
                                                              first: dict, second: dict) -> None:
     def pod(extra: dict) -> dict:
         labels: dict[str, Any] = {SESSION_ID_LABEL: "s"}
-        labels.update({key: value for key, value in extra.items() if key not in ("gates", "policy")})
-        spec = {"schedulingGates": [{"name": name} for name in extra["gates"]]} if extra.get("gates") else {}
+        labels.update({key: value for key, value in extra.items() if key not in ("gates", "policy", "node")})
+        spec: dict[str, Any] = {"schedulingGates": [{"name": name} for name in extra["gates"]]} if extra.get("gates") else {}
+        if extra.get("node"):
+            spec["nodeName"] = extra["node"]
         metadata: dict[str, Any] = {"labels": labels}
         if policy:
             metadata["annotations"] = {EGRESS_POLICY_ANNOTATION: json.dumps(extra.get("policy", VALID_POLICIES[0]))}

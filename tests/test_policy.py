@@ -101,6 +101,9 @@ def test_empty_mode_still_rejects_unknown_fields() -> None:
         ({"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8", "protocol": "ICMP"}]},
          'rules[0].protocol: "ICMP" is not a protocol (TCP, UDP or SCTP)'),
         ({"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8", "protocol": 6}]}, "rules[0].protocol: must be a string, got 6"),
+        # "ſ" (long s) upper-cases to "S": a look-alike must not pass as SCTP
+        ({"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8", "protocol": "\u017fctp"}]},
+         'rules[0].protocol: "\\u017fctp" is not a protocol (TCP, UDP or SCTP)'),
     ],
 )
 def test_each_invalid_input_is_rejected_with_its_path(document: object, expected: str) -> None:

@@ -21,16 +21,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .constants import DEFAULT_SERVICE_HOST
+from .constants import SERVICE_NAME
 
-DEFAULT_HOSTS = (
-    DEFAULT_SERVICE_HOST,
-    "sortie-egress.sortie-system",
-    "sortie-egress",
-    "localhost",
-    "127.0.0.1",
-    "::1",
-)
+def service_hosts(namespace: str) -> tuple[str, ...]:
+    """The names the API server (and anything in the cluster) may reach the webhook Service by."""
+    return (f"{SERVICE_NAME}.{namespace}.svc", f"{SERVICE_NAME}.{namespace}", SERVICE_NAME)
+
+
+DEFAULT_HOSTS = (*service_hosts("sortie-system"), "localhost", "127.0.0.1", "::1")
 CA_DAYS = 3650
 SERVING_DAYS = 365
 # Clocks in a cluster disagree a little; a certificate is valid from a bit before now.

@@ -18,7 +18,6 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .constants import DEFAULT_CONTROLLER_IDENTITY
 from .render import DnsDestination, render_network_policy
 from .session import session_pod
 
@@ -70,12 +69,12 @@ def _warn(lines: Sequence[str]) -> None:
 
 def _judge(manifest: dict[str, Any]) -> tuple[Any, Any, list[str]]:
     """(session, parsed policy, problems) exactly as admission judges the pod."""
-    from .admission.mutate import judge
+    from .admission.mutate import is_bound, judge
 
     session = session_pod(manifest)
     if session is None:
         return None, None, []
-    parsed, problems = judge(session)
+    parsed, problems = judge(session, is_bound(manifest))
     return session, parsed, problems
 
 
@@ -149,10 +148,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CommandError("--tls-secret and --tls-cert/--tls-key are alternatives")
     secret = None
     if args.tls_secret:
-        namespace, _, name = args.tls_secret.partition("/")
-        if not namespace or not name:
-            raise CommandError("--tls-secret takes NAMESPACE/NAME")
-        secret, cert, key = (namespace, name), None, None
+        from .kube.client import own_namespace
+
+        namespace, slash, name = args.tls_secret.rpartition("/")
+        if not name or (slash and not namespace):
+            raise CommandError("--tls-secret takes NAME or NAMESPACE/NAME")
+        secret, cert, key = (namespace or own_namespace(), name), None, None
     elif args.tls_cert:
         cert, key = args.tls_cert, args.tls_key
     else:
@@ -167,12 +168,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         kubeconfig=getattr(args, "kubeconfig", None),
         request_timeout=args.request_timeout,
         keep_alive_seconds=args.keep_alive,
-        webhook=WebhookSettings(
-            controller_identity=args.controller_identity,
-            extra_privileged_users=tuple(args.privileged_user),
-        ),
+        webhook=WebhookSettings(),
     )
-    logs.event("starting", component="webhook", version=__version__, host=args.host, port=args.port, dns=str(args.dns))
+    logs.event("starting", component="webhook", version=__version__, host=args.host, port=args.port)
     try:
         run(options)
     except (OSError, ValueError) as exc:  # a port in use, an unreadable or mismatched certificate
@@ -227,25 +225,26 @@ def _positive_seconds(text: str) -> float:
 
 def cmd_controller(args: argparse.Namespace) -> int:
     from . import logs
-    from .certs import DEFAULT_HOSTS
+    from .certs import service_hosts
     from .controller.main import ControllerOptions, run
     from .rotation import RotationPolicy
 
     logs.configure(args.log_level)
     certificates = None
     if args.manage_certificates:
-        hosts = tuple(h.strip() for h in args.certificate_hosts.split(",") if h.strip()) if args.certificate_hosts else DEFAULT_HOSTS[:3]
+        hosts = (tuple(h.strip() for h in args.certificate_hosts.split(",") if h.strip()) if args.certificate_hosts
+                 else service_hosts(args.system_namespace))
         certificates = RotationPolicy(hosts=hosts, ca_lifetime=args.ca_lifetime, serving_lifetime=args.serving_lifetime,
                                       overlap=args.certificate_overlap)
         if certificates.overlap * 3 >= certificates.serving_lifetime:
             raise CommandError("--certificate-overlap must be well under a third of --serving-lifetime")
     options = ControllerOptions(
         namespaces=list(args.namespace), dns=args.dns, kubeconfig=args.kubeconfig, workers=args.workers,
-        metrics_port=args.metrics_port or None, leader_elect=args.leader_elect, lease_namespace=args.lease_namespace,
-        certificates=certificates, certificate_namespace=args.lease_namespace,
+        metrics_port=args.metrics_port or None, leader_elect=args.leader_elect, system_namespace=args.system_namespace,
+        certificates=certificates,
     )
     logs.event("starting", component="controller", version=__version__, namespaces=options.namespaces or "all",
-               dns=str(args.dns), leader_elect=args.leader_elect)
+               dns=str(args.dns), leader_elect=args.leader_elect, system_namespace=args.system_namespace)
     try:
         return run(options)
     except (OSError, TimeoutError, ValueError) as exc:
@@ -260,23 +259,22 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from kubernetes.config.config_exception import ConfigException
     from urllib3.exceptions import HTTPError
 
-    from .constants import MANAGED_BY_LABEL, MANAGED_BY_VALUE, SESSION_ID_LABEL
+    from .constants import SESSION_ID_LABEL
     from .controller.audit import audit, format_rows
-    from .controller.main import api_client
+    from .kube.client import api_client
 
     try:
         api = api_client(args.kubeconfig)
         core, networking = client.CoreV1Api(api), client.NetworkingV1Api(api)
-        managed = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
         pods: list[dict[str, Any]] = []
         policies: list[dict[str, Any]] = []
         for namespace in args.namespace or [None]:
             if namespace is None:
                 pod_list = core.list_pod_for_all_namespaces(label_selector=SESSION_ID_LABEL, _preload_content=False)
-                policy_list = networking.list_network_policy_for_all_namespaces(label_selector=managed, _preload_content=False)
+                policy_list = networking.list_network_policy_for_all_namespaces(_preload_content=False)
             else:
                 pod_list = core.list_namespaced_pod(namespace, label_selector=SESSION_ID_LABEL, _preload_content=False)
-                policy_list = networking.list_namespaced_network_policy(namespace, label_selector=managed, _preload_content=False)
+                policy_list = networking.list_namespaced_network_policy(namespace, _preload_content=False)
             pods += _json.loads(pod_list.data)["items"]
             policies += _json.loads(policy_list.data)["items"]
     except ApiException as exc:
@@ -295,7 +293,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .controller.main import Controller, ControllerOptions
 
     options = ControllerOptions(namespaces=list(args.namespace), dns=args.dns, kubeconfig=args.kubeconfig,
-                                metrics_port=None, leader_elect=args.leader_elect, lease_namespace=args.lease_namespace)
+                                metrics_port=None, leader_elect=args.leader_elect, system_namespace=args.system_namespace)
     from . import logs
 
     logs.configure(args.log_level)
@@ -310,22 +308,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         controller.shutdown()
 
 
+#: Above the API server's idle-connection timeout (90 s): it, not we, should close an idle connection.
+KEEP_ALIVE_SECONDS = 120.0
+
+
+def _system_namespace_flag(parser: argparse.ArgumentParser) -> None:
+    from .kube.client import own_namespace
+
+    parser.add_argument("--system-namespace", "--lease-namespace", dest="system_namespace", default=own_namespace(),
+                        help="the namespace the product runs in: its Lease and certificate Secrets (default: "
+                             "$POD_NAMESPACE, else the service account's namespace, else sortie-system)")
+
+
 def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=os.environ.get("SORTIE_HOST", "0.0.0.0"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("SORTIE_PORT", "8443")))
     parser.add_argument("--tls-cert", help="serving certificate (PEM); reloaded when the file changes")
     parser.add_argument("--tls-key", help="serving key (PEM); with no certificate and key, local ones are made in certs/")
-    parser.add_argument("--tls-secret", metavar="NAMESPACE/NAME",
-                        help="serve the pair in this kubernetes.io/tls Secret, followed through the API (self-managed certificates)")
-    parser.add_argument("--dns", type=_dns, default=DnsDestination(), help="DNS destination: cluster, any, or CIDR,...")
-    parser.add_argument("--controller-identity", default=DEFAULT_CONTROLLER_IDENTITY,
-                       help="the username allowed to change managed NetworkPolicies")
-    parser.add_argument("--privileged-user", action="append", default=[],
-                       help="another username allowed to change managed NetworkPolicies (repeatable)")
+    parser.add_argument("--tls-secret", metavar="[NAMESPACE/]NAME",
+                        help="serve the pair in this kubernetes.io/tls Secret, followed through the API (self-managed "
+                             "certificates); without a namespace, the one the webhook runs in")
     parser.add_argument("--request-timeout", type=_positive_seconds, default=10.0,
                         help="seconds a client has to send a whole request, headers and body (slow-loris guard)")
-    parser.add_argument("--keep-alive", type=_positive_seconds, default=60.0,
-                        help="seconds an idle connection stays open for the API server to reuse")
+    parser.add_argument("--keep-alive", type=_positive_seconds, default=KEEP_ALIVE_SECONDS,
+                        help="seconds an idle connection stays open for the API server to reuse; keep it above the "
+                             "API server's own idle timeout (90 s, Go's default transport), or a webhook call can race "
+                             "a connection we are closing, and a session start is refused at random "
+                             f"(default {KEEP_ALIVE_SECONDS:.0f})")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -348,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--workers", type=int, default=48, help="reconciles in flight (they mostly wait on the API server)")
     controller.add_argument("--metrics-port", type=int, default=8080, help="plain-HTTP /metrics port; 0 turns it off")
     controller.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True)
-    controller.add_argument("--lease-namespace", default="sortie-system")
+    _system_namespace_flag(controller)
     controller.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     controller.add_argument("--manage-certificates", action="store_true",
                             help="the leader keeps the webhook's CA, serving certificate and caBundles (self-managed)")
@@ -370,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--namespace", action="append", default=[])
     run.add_argument("--kubeconfig")
     run.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=False)
-    run.add_argument("--lease-namespace", default="sortie-system")
+    run.add_argument("--dns", type=_dns, default=DnsDestination(), help="DNS destination: cluster, any, or CIDR,...")
+    _system_namespace_flag(run)
     run.set_defaults(handler=cmd_run)
 
     render = commands.add_parser("render", help="print the NetworkPolicy the controller will create for a pod")

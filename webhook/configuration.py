@@ -1,29 +1,38 @@
-"""The admission webhook registrations, as data.
+"""The admission webhook registration, as data.
 
 One definition serves the shipped manifests' tests, the control-plane tests
 (which register by URL) and the certificate manager (which injects the
-caBundle), so the scoping that keeps an outage small cannot drift apart:
-the mutating webhook fails closed but only sees session pods; the validating
-one fails open, because the controller repairs drift anyway and an outage
-must never block garbage collection or namespace deletion.
+caBundle), so the scoping that keeps an outage small cannot drift apart: the
+mutating webhook fails closed but only sees session pods, so an outage blocks
+new sessions and nothing else. (Tamper protection is not a webhook: it runs
+inside the API server, webhook/tamper.py.)
+
+Only kube-system is exempt by namespace: the product's own pods carry no
+session label, so the object selector already leaves them alone, wherever
+the product is installed.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .constants import MANAGED_BY_LABEL, MANAGED_BY_VALUE, SESSION_ID_LABEL
+from .constants import EGRESS_POLICY_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SESSION_ID_LABEL
 
 MUTATING_NAME = "sortie-egress"
-VALIDATING_NAME = "sortie-egress-protect"
-EXCLUDED_NAMESPACES = ("kube-system", "sortie-system")
+EXCLUDED_NAMESPACES = ("kube-system",)
 TIMEOUT_SECONDS = 5
 
 _SESSION_PODS = {"matchExpressions": [{"key": SESSION_ID_LABEL, "operator": "Exists"}]}
-_MANAGED_POLICIES = {"matchLabels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}}
 _NOT_SYSTEM_NAMESPACES = {
     "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": list(EXCLUDED_NAMESPACES)}]
 }
+
+
+_ANNOTATION = "'" + EGRESS_POLICY_ANNOTATION + "'"
+_CREATE_OR_REWRITE = (
+    f"request.operation == 'CREATE' || "
+    f"object.metadata.?annotations[?{_ANNOTATION}] != oldObject.metadata.?annotations[?{_ANNOTATION}]"
+)
 
 
 def client_config(path: str, url: str | None = None, service: tuple[str, str] | None = None,
@@ -61,41 +70,17 @@ def mutating_configuration(url: str | None = None, service: tuple[str, str] | No
             {
                 "name": "pods.egress.sortie.io",
                 "clientConfig": client_config("/mutate", url, service, ca_bundle),
-                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                "rules": [{"operations": ["CREATE", "UPDATE"], "apiGroups": [""], "apiVersions": ["v1"],
                            "resources": ["pods"], "scope": "Namespaced"}],
+                # UPDATEs only where the policy annotation changes (a re-applied manifest): the
+                # API server decides this itself, so the controller's gate removal and every
+                # other pod update cost no webhook call.
+                "matchConditions": [{"name": "creation-or-policy-rewrite", "expression": _CREATE_OR_REWRITE}],
                 "objectSelector": _SESSION_PODS,
                 "namespaceSelector": _NOT_SYSTEM_NAMESPACES,
                 # Re-run if a later webhook edits the pod: our patch is idempotent.
                 "reinvocationPolicy": "IfNeeded",
                 **_common("Fail"),
             }
-        ],
-    }
-
-
-def validating_configuration(url: str | None = None, service: tuple[str, str] | None = None,
-                             ca_bundle: str | None = None) -> dict[str, Any]:
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": VALIDATING_NAME, "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}},
-        "webhooks": [
-            {
-                "name": "pods.protect.sortie.io",
-                "clientConfig": client_config("/validate", url, service, ca_bundle),
-                "rules": [{"operations": ["UPDATE"], "apiGroups": [""], "apiVersions": ["v1"],
-                           "resources": ["pods"], "scope": "Namespaced"}],
-                "objectSelector": _SESSION_PODS,
-                "namespaceSelector": _NOT_SYSTEM_NAMESPACES,
-                **_common("Ignore"),
-            },
-            {
-                "name": "networkpolicies.protect.sortie.io",
-                "clientConfig": client_config("/validate", url, service, ca_bundle),
-                "rules": [{"operations": ["UPDATE", "DELETE"], "apiGroups": ["networking.k8s.io"],
-                           "apiVersions": ["v1"], "resources": ["networkpolicies"], "scope": "Namespaced"}],
-                "objectSelector": _MANAGED_POLICIES,
-                **_common("Ignore"),
-            },
         ],
     }

@@ -163,7 +163,9 @@ class _RuleInput(BaseModel):
     @field_validator("protocol")
     @classmethod
     def _known_protocol(cls, value: str) -> str:
-        if value.upper() not in PROTOCOLS and value != "":
+        # ASCII only: str.upper() maps "ſctp" (long s) to "SCTP", and a name that is not
+        # what it looks like has no business in a security policy.
+        if value != "" and (not value.isascii() or value.upper() not in PROTOCOLS):
             raise ValueError(f"{json.dumps(value)} is not a protocol (TCP, UDP or SCTP)")
         return value.upper()
 

@@ -1,8 +1,9 @@
 """Memoised mutation answers: the same app policy arrives again and again.
 
 A burst of sessions is many pods of a few apps. The answer to a session pod's
-CREATE depends on four things only: the policy annotation, the mode label, the
-scheduling gate names, and whether the session id can name a NetworkPolicy.
+CREATE depends on five things only: the policy annotation, the mode label, the
+scheduling gate names, whether the session id can name a NetworkPolicy, and
+whether the pod is already bound to a node.
 Everything else that varies from pod to pod (uid, name, user labels,
 containers) never enters it. So the encoded answer is memoised on those four
 things, and per request only the request uid is spliced in: decision and
@@ -84,6 +85,7 @@ def mutation_key(request: ReviewRequest) -> tuple[Hashable, ...] | None:
     if not _plain(mode):
         return None
     spec = pod.spec
+    bound = spec is not None and spec.nodeName not in (None, "")
     raw_gates = None if spec is None else spec.schedulingGates
     gates: tuple[str | None, ...] | None = None
     if raw_gates is not None:
@@ -91,11 +93,11 @@ def mutation_key(request: ReviewRequest) -> tuple[Hashable, ...] | None:
         if not all(_plain(name) for name in names):
             return None
         gates = names
-    return (annotation, EGRESS_POLICY_ANNOTATION in annotations, mode, EGRESS_MODE_LABEL in labels, gates)
+    return (annotation, EGRESS_POLICY_ANNOTATION in annotations, mode, EGRESS_MODE_LABEL in labels, gates, bound)
 
 
 def _pod_from_key(key: tuple[Hashable, ...]) -> dict[str, Any]:
-    annotation, has_annotation, mode, has_mode, gates = key
+    annotation, has_annotation, mode, has_mode, gates, bound = key
     labels: dict[str, Any] = {SESSION_ID_LABEL: _PLACEHOLDER_SESSION}
     if has_mode:
         labels[EGRESS_MODE_LABEL] = mode
@@ -105,6 +107,8 @@ def _pod_from_key(key: tuple[Hashable, ...]) -> dict[str, Any]:
     pod: dict[str, Any] = {"metadata": metadata, "spec": {}}
     if gates is not None:
         pod["spec"]["schedulingGates"] = [{"name": name} for name in gates]  # type: ignore[attr-defined]
+    if bound:
+        pod["spec"]["nodeName"] = "memo-node"
     return pod
 
 

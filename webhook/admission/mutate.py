@@ -2,36 +2,79 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from ..constants import EGRESS_POLICY_ANNOTATION
-from ..patch import enforce_patch, no_policy_patch
+from ..patch import enforce_patch, no_policy_patch, pointer
 from ..policy import PolicyParse, parse_policy
 from ..session import SessionPod, session_id_problem, session_pod
 from .response import Decision, allow, deny
 from .review import AdmissionRequest
 
 
-def judge(session: SessionPod) -> tuple[PolicyParse, list[str]]:
+BOUND_POD = (
+    "spec.nodeName is set: a pod bound to a node when it is created runs at once, before its "
+    "NetworkPolicy can exist, and cannot be held by the scheduling gate; leave spec.nodeName unset "
+    "(use a nodeSelector or node affinity to choose the node)"
+)
+
+
+def is_bound(pod: Mapping[str, Any]) -> bool:
+    spec = pod.get("spec")
+    return isinstance(spec, dict) and spec.get("nodeName") not in (None, "")
+
+
+def judge(session: SessionPod, bound: bool = False) -> tuple[PolicyParse, list[str]]:
     """The parsed policy and every reason to refuse the pod: what admission and
     ``sortie-egress check``/``render`` all decide by."""
     parsed = parse_policy(session.annotation)
     problems = list(parsed.errors)
     if parsed.errors or parsed.policy is not None:
-        # The session id only has to name a NetworkPolicy when one will be made.
+        # The session id only has to name a NetworkPolicy when one will be made,
+        # and only a pod that will be enforced has to wait for it.
         naming = session_id_problem(session.session_id)
         if naming:
             problems.append(naming)
+        if bound:
+            problems.append(BOUND_POD)
     return parsed, problems
 
 
+RESTORED = (
+    f"{EGRESS_POLICY_ANNOTATION}: kept as the canonical form the pod was admitted with "
+    "(the new text states the same policy)"
+)
+
+
+def _reapplied(request: AdmissionRequest) -> Decision:
+    """A Pod UPDATE that rewrites the policy annotation: ``kubectl apply`` of the unchanged
+    manifest sends the creator's text back over our canonical form. Where the new text means
+    exactly the admitted policy, the canonical text is kept, so re-applying succeeds; any
+    other change is left alone for the admission policy to refuse (webhook/tamper.py)."""
+    old, new = session_pod(request.old_obj or {}), session_pod(request.obj or {})
+    if old is None or new is None or old.annotation is None or new.annotation == old.annotation:
+        return allow()
+    parsed = parse_policy(new.annotation)
+    if parsed.canonical is None or parsed.canonical != old.annotation:
+        return allow()
+    return allow((RESTORED,), [{"op": "replace", "path": pointer("metadata", "annotations", EGRESS_POLICY_ANNOTATION),
+                                "value": old.annotation}])
+
+
 def mutate_pod(request: AdmissionRequest) -> Decision:
-    """Decide a Pod CREATE. Pure: a dryRun request gets the same answer."""
-    if request.kind != "Pod" or request.operation != "CREATE" or request.obj is None:
+    """Decide a Pod CREATE (or an UPDATE re-stating its policy). Pure: a dryRun request gets the same answer."""
+    if request.kind != "Pod" or request.obj is None:
+        return allow()
+    if request.operation == "UPDATE" and not request.sub_resource:
+        return _reapplied(request)
+    if request.operation != "CREATE":
         return allow()
     pod = request.obj
     session = session_pod(pod, request.namespace)
     if session is None:
         return allow()
-    parsed, problems = judge(session)
+    parsed, problems = judge(session, is_bound(pod))
     if problems:
         prefix = f"sortie-egress refused the session pod ({EGRESS_POLICY_ANNOTATION})"
         return deny(problems, prefix, parsed.warnings)

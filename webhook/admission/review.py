@@ -36,6 +36,7 @@ class GateView(msgspec.Struct, omit_defaults=True):
 
 class SpecView(msgspec.Struct, omit_defaults=True):
     schedulingGates: list[GateView] | None = None
+    nodeName: Any = None
 
 
 class ObjectView(msgspec.Struct, omit_defaults=True):

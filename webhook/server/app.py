@@ -1,18 +1,19 @@
 """The Starlette application: routes, body limits, and the admission pipeline.
 
-decode (review) -> decide (mutate/validate, pure) -> encode (response).
+decode (review) -> decide (mutate, pure) -> encode (response).
 Every failure is answered: a malformed envelope with 400, an oversized one
 with 413, a wrong method with 405, and a bug in a decision with the answer
-that endpoint's failurePolicy would give anyway (the mutating webhook fails
-closed, the validating one open) instead of a 500 the API server would turn
-into the same thing less clearly.
+the endpoint's failurePolicy would give anyway (the mutating webhook fails
+closed) instead of a 500 the API server would turn into the same thing less
+clearly. Tamper protection is not here: it runs inside the API server as
+ValidatingAdmissionPolicies (webhook/tamper.py).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -27,8 +28,7 @@ from ..admission.memo import EncodedAnswer, encoded, memoised_mutation
 from ..admission.mutate import mutate_pod
 from ..admission.response import Decision
 from ..admission.review import AdmissionRequest, ReviewError, ReviewRequest, admission_request, decode_request
-from ..admission.validate import validate
-from ..constants import DEFAULT_CONTROLLER_IDENTITY, KUBERNETES_SYSTEM_IDENTITIES, MAX_REVIEW_BYTES
+from ..constants import MAX_REVIEW_BYTES
 from .metrics import WebhookMetrics
 
 log = logging.getLogger("sortie.webhook")
@@ -40,16 +40,10 @@ TEXT = b"text/plain; charset=utf-8"
 class WebhookSettings:
     """What the operator decides about admission."""
 
-    controller_identity: str = DEFAULT_CONTROLLER_IDENTITY
-    extra_privileged_users: Collection[str] = ()
     max_body_bytes: int = MAX_REVIEW_BYTES
     metrics: WebhookMetrics = field(default_factory=WebhookMetrics)
     #: False while there is no real serving certificate yet (it comes from a Secret).
     ready: Callable[[], bool] = field(default=lambda: True)
-
-    @property
-    def privileged_users(self) -> frozenset[str]:
-        return frozenset((self.controller_identity, *KUBERNETES_SYSTEM_IDENTITIES, *self.extra_privileged_users))
 
 
 class BodyTooLarge(Exception):
@@ -214,7 +208,6 @@ class WebhookApp:
 
 def create_app(settings: WebhookSettings | None = None) -> WebhookApp:
     settings = settings or WebhookSettings()
-    privileged = settings.privileged_users
 
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -228,14 +221,12 @@ def create_app(settings: WebhookSettings | None = None) -> WebhookApp:
         return Response(settings.metrics.render(), media_type=settings.metrics.content_type)
 
     mutate = AdmissionEndpoint("mutate", mutate_pod, fail_open=False, settings=settings, memo=memoised_mutation)
-    check = AdmissionEndpoint("validate", lambda review: validate(review, privileged), fail_open=True, settings=settings)
     routes = [
         Route("/mutate", mutate, methods=["POST"]),
-        Route("/validate", check, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
     app = Starlette(routes=routes)
     app.state.settings = settings
-    return WebhookApp(app, {"/mutate": mutate, "/validate": check})
+    return WebhookApp(app, {"/mutate": mutate})

@@ -1,4 +1,4 @@
-"""The admission fast path: answering POST /mutate and /validate inside the protocol.
+"""The admission fast path: answering POST /mutate inside the protocol.
 
 uvicorn serves a request by building an ASGI scope, starting a task for the
 application, and writing the status line and the body as two transport

@@ -31,7 +31,7 @@ class ServeOptions:
     kubeconfig: str | None = None
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     cert_poll_seconds: float = 1.0
-    keep_alive_seconds: float = 60.0
+    keep_alive_seconds: float = 120.0  # above the API server's 90 s idle timeout: see serve --help
     max_connections: int = 2048
     request_timeout: float = 10.0
 
@@ -68,8 +68,8 @@ def watch_secret(tls: ReloadingTLS, secret: tuple[str, str], kubeconfig: str | N
 
     from kubernetes import client
 
-    from ..controller.informer import Informer, Store
-    from ..controller.main import api_client
+    from ..kube.client import api_client
+    from ..kube.informer import Informer, Store
 
     namespace, name = secret
     core = client.CoreV1Api(api_client(kubeconfig, connections=2))

@@ -1,0 +1,221 @@
+"""Tamper protection (CONTRACT §5) as ValidatingAdmissionPolicies: CEL run inside the API server.
+
+Why not a webhook: a validating webhook that fails closed would block garbage
+collection and namespace deletion whenever it is down, so the old one failed
+open, and during an outage anyone with pod patch rights could rewrite a
+session's egress annotation. These policies run in the API server itself:
+``failurePolicy: Fail`` costs no availability, there is no process to stop,
+and no webhook round trip on the controller's gate removal.
+
+Who may do what is decided by identity. The policies' parameter is the
+controller's own ServiceAccount: its namespace and name *are* the controller's
+identity, so installing into another namespace or under another account name
+(kustomize ``namespace:``, Helm values) moves both together. Operators listed
+in its annotation ``sortie.io/privileged-users`` (comma- or newline-separated)
+may change managed NetworkPolicies too.
+
+A parameter that cannot be found denies (``parameterNotFoundAction: Deny``),
+and the API server looks parameters up *before* it evaluates match
+conditions, so no exemption inside a parameterised policy can keep Kubernetes
+working without them (tests/test_cluster_tamper.py showed the garbage
+collector blocked that way). Deleting a managed NetworkPolicy is therefore
+judged by a policy of its own without parameters: only the garbage collector
+and the namespace controller may do it, in both of the forms Kubernetes runs
+them in. Whatever happens to the ServiceAccount, sessions and namespaces can
+still be cleaned up; the controller itself retires a policy it no longer
+needs by removing its managed-by label first.
+
+Nothing CEL cannot express is left, so no validating webhook remains: every
+check is a comparison of old and new object and of the requesting user.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .constants import (
+    EGRESS_MODE_LABEL,
+    EGRESS_POLICY_ANNOTATION,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    SCHEDULING_GATE,
+    SESSION_ID_LABEL,
+)
+
+API_VERSION = "admissionregistration.k8s.io/v1"
+PODS_POLICY = "sortie-egress-session-pods"
+NETWORK_POLICIES_POLICY = "sortie-egress-managed-networkpolicies"
+DELETION_POLICY = "sortie-egress-managed-networkpolicy-deletion"
+CONTROLLER_SERVICE_ACCOUNT = "sortie-egress"
+PRIVILEGED_USERS_ANNOTATION = "sortie.io/privileged-users"
+#: Kubernetes' own deleters: the garbage collector and namespace controller in both forms
+#: (per-controller service accounts, or the controller manager's own identity).
+KUBERNETES_DELETERS = (
+    "system:serviceaccount:kube-system:generic-garbage-collector",
+    "system:serviceaccount:kube-system:namespace-controller",
+    "system:kube-controller-manager",
+)
+
+
+def _cel_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _cel_list(items: tuple[str, ...]) -> str:
+    return "[" + ", ".join(_cel_string(item) for item in items) + "]"
+
+
+_CONTROLLER = "'system:serviceaccount:' + params.metadata.namespace + ':' + params.metadata.name"
+_NOT_A_KUBERNETES_DELETER = {
+    "name": "not-kubernetes-garbage-collection",
+    "expression": f"!(request.userInfo.username in {_cel_list(KUBERNETES_DELETERS)})",
+}
+_LISTED_USERS = (
+    f"params.metadata.?annotations[?{_cel_string(PRIVILEGED_USERS_ANNOTATION)}].orValue('')"
+    ".replace('\\n', ',').split(',').map(user, user.trim()).filter(user, user != '')"
+)
+
+
+def _policy(name: str, rules: list[dict[str, Any]], object_selector: dict[str, Any],
+            variables: list[dict[str, str]], validations: list[dict[str, str]],
+            parameterised: bool = True) -> dict[str, Any]:
+    spec: dict[str, Any] = {"failurePolicy": "Fail"}
+    if parameterised:
+        spec["paramKind"] = {"apiVersion": "v1", "kind": "ServiceAccount"}
+    spec["matchConstraints"] = {"resourceRules": rules, "objectSelector": object_selector}
+    if parameterised:
+        spec["matchConditions"] = [_NOT_A_KUBERNETES_DELETER]
+    if variables:
+        spec["variables"] = variables
+    spec["validations"] = validations
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name, "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}},
+        "spec": spec,
+    }
+
+
+def _unchanged(variable: str, key: str) -> str:
+    """Old and new value of a map entry are the same, absent included."""
+    return f"variables.new{variable}[?{_cel_string(key)}] == variables.old{variable}[?{_cel_string(key)}]"
+
+
+def pods_policy() -> dict[str, Any]:
+    """A session pod's egress identity is fixed at admission; only the controller releases it."""
+    mode_key, gate = _cel_string(EGRESS_MODE_LABEL), _cel_string(SCHEDULING_GATE)
+    has_gate = "{}.spec.?schedulingGates.orValue([]).exists(gate, gate.name == " + gate + ")"
+    variables = [
+        {"name": "controller", "expression": _CONTROLLER},
+        {"name": "oldLabels", "expression": "oldObject.metadata.?labels.orValue({})"},
+        {"name": "newLabels", "expression": "object.metadata.?labels.orValue({})"},
+        {"name": "oldAnnotations", "expression": "oldObject.metadata.?annotations.orValue({})"},
+        {"name": "newAnnotations", "expression": "object.metadata.?annotations.orValue({})"},
+    ]
+    validations = [
+        {
+            "expression": _unchanged("Annotations", EGRESS_POLICY_ANNOTATION),
+            "message": f"sortie-egress protects session pods: the annotation {EGRESS_POLICY_ANNOTATION} "
+                       "cannot change after creation",
+            "reason": "Forbidden",
+        },
+        {
+            "expression": _unchanged("Labels", SESSION_ID_LABEL),
+            "message": f"sortie-egress protects session pods: the label {SESSION_ID_LABEL} cannot change after creation",
+            "reason": "Forbidden",
+        },
+        {
+            # The controller may add a missing mode label (pods it enforces that admission never
+            # saw), so the baseline split holds for them; nobody may change or remove one.
+            "expression": (
+                _unchanged("Labels", EGRESS_MODE_LABEL)
+                + f" || (!({mode_key} in variables.oldLabels) && request.userInfo.username == variables.controller"
+                f" && variables.newLabels[?{mode_key}].orValue('') in ['allowlist', 'denylist'])"
+            ),
+            "message": f"sortie-egress protects session pods: the label {EGRESS_MODE_LABEL} cannot change after "
+                       "creation (only the sortie-egress controller may add a missing one)",
+            "reason": "Forbidden",
+        },
+        {
+            "expression": f"!{has_gate.format('oldObject')} || {has_gate.format('object')}"
+                          " || request.userInfo.username == variables.controller",
+            "message": f"sortie-egress protects session pods: only the sortie-egress controller removes the "
+                       f"scheduling gate {SCHEDULING_GATE}, once the session's NetworkPolicy exists",
+            "reason": "Forbidden",
+        },
+    ]
+    rules = [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods"]}]
+    selector = {"matchExpressions": [{"key": SESSION_ID_LABEL, "operator": "Exists"}]}
+    return _policy(PODS_POLICY, rules, selector, variables, validations)
+
+
+_MANAGED = {"matchLabels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}}
+
+
+def network_policies_policy() -> dict[str, Any]:
+    """Managed NetworkPolicies are made and changed only by the controller (and listed operators).
+
+    CREATE is covered too: a policy carrying our managed-by label is trusted as the
+    controller's own (effective egress does not judge it), so nobody else may make one.
+    """
+    variables = [
+        {"name": "privileged", "expression": f"[{_CONTROLLER}] + {_LISTED_USERS}"},
+    ]
+    validations = [
+        {
+            "expression": "request.userInfo.username in variables.privileged",
+            "messageExpression": (
+                "'sortie-egress protects session NetworkPolicies: ' + request.namespace + '/' + request.name"
+                " + ' is managed by sortie-egress and cannot be '"
+                " + (request.operation == 'CREATE' ? 'created' : 'changed') + ' by ' + request.userInfo.username"
+            ),
+            "reason": "Forbidden",
+        },
+    ]
+    rules = [{"apiGroups": ["networking.k8s.io"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+              "resources": ["networkpolicies"]}]
+    return _policy(NETWORK_POLICIES_POLICY, rules, _MANAGED, variables, validations)
+
+
+def deletion_policy() -> dict[str, Any]:
+    """Managed NetworkPolicies are deleted by Kubernetes alone: when the session's last pod goes
+    (garbage collector) or its namespace does. No parameters, so nothing can stop that."""
+    validations = [
+        {
+            "expression": f"request.userInfo.username in {_cel_list(KUBERNETES_DELETERS)}",
+            "messageExpression": (
+                "'sortie-egress protects session NetworkPolicies: ' + request.namespace + '/' + request.name"
+                " + ' is managed by sortie-egress and cannot be deleted by ' + request.userInfo.username"
+                " + '; it goes with the session\\'s last pod'"
+            ),
+            "reason": "Forbidden",
+        },
+    ]
+    rules = [{"apiGroups": ["networking.k8s.io"], "apiVersions": ["v1"], "operations": ["DELETE"],
+              "resources": ["networkpolicies"]}]
+    return _policy(DELETION_POLICY, rules, _MANAGED, [], validations, parameterised=False)
+
+
+def binding(policy_name: str, namespace: str | None, account: str = CONTROLLER_SERVICE_ACCOUNT) -> dict[str, Any]:
+    """``namespace``/``account``: the controller's ServiceAccount, the parameter (None: no parameter)."""
+    spec: dict[str, Any] = {"policyName": policy_name, "validationActions": ["Deny"]}
+    if namespace is not None:
+        spec["paramRef"] = {"name": account, "namespace": namespace, "parameterNotFoundAction": "Deny"}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": policy_name, "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}},
+        "spec": spec,
+    }
+
+
+def admission_policies(namespace: str, account: str = CONTROLLER_SERVICE_ACCOUNT) -> list[dict[str, Any]]:
+    """Everything tamper protection consists of (the ServiceAccount it names ships with the RBAC)."""
+    return [
+        pods_policy(),
+        network_policies_policy(),
+        deletion_policy(),
+        binding(PODS_POLICY, namespace, account),
+        binding(NETWORK_POLICIES_POLICY, namespace, account),
+        binding(DELETION_POLICY, None),
+    ]
