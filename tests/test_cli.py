@@ -190,3 +190,26 @@ def test_unusable_kubeconfig_is_exit_2_without_a_traceback(tmp_path: Path, comma
     result = run(command, "--kubeconfig", str(path), *(["--metrics-port", "0"] if command == "controller" else []))
     assert result.returncode == 2, result.stderr
     assert "is not a usable kubeconfig" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_keeps_idle_connections_longer_than_the_api_server_does_and_says_why() -> None:
+    result = run("serve", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "API server's own idle timeout (90 s" in text and "(default 120)" in text
+    from webhook.server.serve import ServeOptions
+
+    assert ServeOptions(host="h", port=1).keep_alive_seconds > 90
+
+
+@pytest.mark.parametrize("flag", [["--dns", "any"], ["--controller-identity", "x"], ["--privileged-user", "x"]])
+def test_serve_flags_that_did_nothing_are_gone(flag: list[str]) -> None:
+    result = run("serve", *flag)
+    assert result.returncode == 2 and "unrecognized arguments" in result.stderr
+
+
+def test_a_bound_session_pod_is_refused_by_check(tmp_path: Path) -> None:
+    pod = session_pod(policy={"mode": "allowlist", "rules": []})
+    pod["spec"]["nodeName"] = "node-1"
+    result = run("check", "-f", write(tmp_path, pod))
+    assert result.returncode == 1 and "spec.nodeName is set" in result.stderr

@@ -3,7 +3,8 @@
 The attacker is a namespace admin (a ServiceAccount bound to Kubernetes' own
 ``admin`` ClusterRole in the session's namespace: it may patch pods and edit
 NetworkPolicies) and not our controller. Every attempt is made with our
-webhook process *stopped*: the protection must live in the API server. Each
+webhook process *stopped* and its registration removed: the protection must
+live in the API server's admission policies alone. Each
 refusal is paired with an allowed change of the same kind by the same user,
 so a refusal cannot come from RBAC or from the webhook being away.
 """
@@ -73,13 +74,19 @@ def session(control_plane: ControlPlane, registered_webhook: WebhookProcess, con
 
 
 @pytest.fixture
-def webhook_stopped(registered_webhook: WebhookProcess) -> Iterator[None]:
-    """Our webhook process is down (as in an outage or a crash loop); it is back afterwards."""
-    registered_webhook.stop()
-    try:
-        yield
-    finally:
-        registered_webhook.start()
+def webhook_stopped(control_plane: ControlPlane, registered_webhook: WebhookProcess,
+                    webhook_certs: tuple[Path, str]) -> Iterator[None]:
+    """No webhook at all: its process stopped and its registration gone, so nothing the webhook
+    does (not even its fail-closed refusal of an annotation rewrite) can stand in for the
+    admission policies. Both are back afterwards."""
+    from tests.test_cluster_controller import webhook_unregistered
+
+    with webhook_unregistered(control_plane, registered_webhook, webhook_certs[1]):
+        registered_webhook.stop()
+        try:
+            yield
+        finally:
+            registered_webhook.start()  # before the registration returns, which waits for it to answer
 
 
 def _refused(call: Any, *args: Any, **kwargs: Any) -> str:
@@ -91,6 +98,26 @@ def _refused(call: Any, *args: Any, **kwargs: Any) -> str:
     body = json.loads(caught.value.body)
     assert PROTECTED in body["message"], body["message"]
     return body["message"]
+
+
+def test_with_the_webhook_process_stopped_an_annotation_rewrite_is_refused_too(
+        control_plane: ControlPlane, session: dict[str, Any], namespace_admin: tuple[Any, Any], namespace: str,
+        registered_webhook: WebhookProcess) -> None:
+    """Registered but down: the webhook's UPDATE path (it keeps a re-applied manifest's canonical
+    text) fails closed, so the rewrite is refused before the admission policy even sees it."""
+    from kubernetes.client.exceptions import ApiException
+
+    pods, _ = namespace_admin
+    registered_webhook.stop()
+    try:
+        with pytest.raises(ApiException) as caught:
+            pods.patch_namespaced_pod(session["pod"], namespace, {"metadata": {"annotations": {
+                "sortie.io/egress-policy": json.dumps({"mode": "allowlist", "rules": [{"cidr": "0.0.0.0/0"}]})}}})
+        assert caught.value.status == 500 and 'failed calling webhook \\"pods.egress.sortie.io\\"' in caught.value.body
+        # ...and an update that leaves the annotation alone never calls the webhook: it goes through.
+        pods.patch_namespaced_pod(session["pod"], namespace, {"metadata": {"labels": {"team": "green"}}})
+    finally:
+        registered_webhook.start()
 
 
 def test_a_namespace_admin_cannot_rewrite_a_session_pod_while_the_webhook_is_down(

@@ -75,6 +75,26 @@ def connect(server: WebhookProcess, timeout: float = 10) -> ssl.SSLSocket:
     return server.context().wrap_socket(raw, server_hostname="127.0.0.1")
 
 
+def _tcp_queues(local_port: int, remote_port: int) -> tuple[int, int] | None:
+    """(send queue, receive queue) in bytes of the IPv4 socket local_port -> remote_port, from /proc/net/tcp."""
+    with open("/proc/net/tcp", encoding="ascii") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            local, remote, queues = fields[1], fields[2], fields[4]
+            if int(local.split(":")[1], 16) == local_port and int(remote.split(":")[1], 16) == remote_port:
+                tx, rx = queues.split(":")
+                return int(tx, 16), int(rx, 16)
+    return None
+
+
+def server_has_read(tls: ssl.SSLSocket, server_port: int) -> bool:
+    """Everything we sent was delivered (our send queue is empty) and read by the server
+    process (its socket's receive queue is empty): the kernel's word, not a guess."""
+    client_port = tls.getsockname()[1]
+    ours, theirs = _tcp_queues(client_port, server_port), _tcp_queues(server_port, client_port)
+    return ours is not None and theirs is not None and ours[0] == 0 and theirs[1] == 0
+
+
 def accepting(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -206,7 +226,7 @@ def test_graceful_shutdown_answers_an_admission_it_has_begun_reading(tmp_path: P
         head, half = post("/mutate", body)[: -len(body)], len(body) // 2
         with connect(server) as tls:
             tls.sendall(head + body[:half])
-            time.sleep(0.2)  # let the server read it: the half request is what is being simulated
+            wait_for(lambda: server_has_read(tls, server.port), 10, "the server to read the first half")
             assert server.process is not None
             os.killpg(server.process.pid, signal.SIGTERM)
             wait_for(lambda: not accepting(server.port), 10, "the server to stop accepting (shutdown begun)")

@@ -110,16 +110,46 @@ def test_chunked_oversized_body_is_refused(server: WebhookProcess) -> None:
     assert reply.startswith(b"HTTP/1.1 413")
 
 
-def test_tls_below_1_2_is_refused(server: WebhookProcess) -> None:
-    old = server.context()
-    old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+def _tls_1_1_only(context: ssl.SSLContext) -> ssl.SSLContext:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # that is the point
-        old.maximum_version = ssl.TLSVersion.TLSv1_1
-    try:
-        old.set_ciphers("ALL:@SECLEVEL=0")
-    except ssl.SSLError:
-        pass
+        context.minimum_version = ssl.TLSVersion.TLSv1_1
+        context.maximum_version = ssl.TLSVersion.TLSv1_1
+    context.set_ciphers("ALL:@SECLEVEL=0")  # OpenSSL 3 refuses TLS 1.1 above security level 0
+    return context
+
+
+def _negotiated_with_a_tls_1_1_server(client: ssl.SSLContext, cert_dir: Path) -> str | None:
+    """The version ``client`` gets from a control server that speaks TLS 1.1 only (None: no handshake)."""
+    server_context = _tls_1_1_only(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    server_context.load_cert_chain(str(cert_dir / "tls.crt"), str(cert_dir / "tls.key"))
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def serve() -> None:
+            connection, _ = listener.accept()
+            try:
+                with server_context.wrap_socket(connection, server_side=True):
+                    pass
+            except (ssl.SSLError, OSError):
+                pass
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                with client.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                    return tls.version()
+        except (ssl.SSLError, OSError):
+            return None
+        finally:
+            thread.join(5)
+
+
+def test_tls_below_1_2_is_refused(server: WebhookProcess) -> None:
+    old = _tls_1_1_only(server.context())
+    # The refusal only means something if this client really speaks TLS 1.1: prove it on a control server.
+    assert _negotiated_with_a_tls_1_1_server(old, server.cert_dir) == "TLSv1.1"
     with pytest.raises((ssl.SSLError, ConnectionResetError)):
         request(server, "GET", "/healthz", context=old)
 

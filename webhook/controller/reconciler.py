@@ -98,10 +98,15 @@ class Reconciler:
                 self._tell(Note(pods[0], "Warning", CONFLICT,
                                 f"NetworkPolicy {name} could not be written ({exc}); retrying with backoff"))
             raise
-        for pod in {id(p): p for p in [*plan.release, *(pod for pod, _ in plan.labels)]}.values():
-            mode = next((m for p, m in plan.labels if p is pod), None)
-            if self._patch_pod(pod, mode, release=any(p is pod for p in plan.release)):
-                done.append("released" if any(p is pod for p in plan.release) else "labelled")
+        # One write per pod: its missing mode label and its gate together.
+        writes: dict[int, tuple[dict[str, Any], str | None, bool]] = {}
+        for pod, mode in plan.labels:
+            writes[id(pod)] = (pod, mode, False)
+        for pod in plan.release:
+            writes[id(pod)] = (pod, writes.get(id(pod), (pod, None, False))[1], True)
+        for pod, mode, release in writes.values():
+            if self._patch_pod(pod, mode, release):
+                done.append("released" if release else "labelled")
         if plan.pin_violated:
             self.metrics.pin_violations.inc()
         for note in plan.notes:
