@@ -58,7 +58,8 @@ class Reconciler:
     dns: DnsDestination
     metrics: ControllerMetrics
     component: str = "sortie-egress"
-    _told: set[tuple[str, str, str]] = field(default_factory=set)
+    #: Events already recorded, per session (dropped with the session, so this never outgrows the cluster).
+    _told: dict[SessionKey, set[tuple[str, str, str]]] = field(default_factory=dict)
     #: Sessions whose pods other policies widen, and by which policies (the gauge counts the keys).
     widened: dict[SessionKey, tuple[str, ...]] = field(default_factory=dict)
 
@@ -95,8 +96,8 @@ class Reconciler:
         except Conflict as exc:
             self.metrics.conflicts.inc()
             if conflicts + 1 >= CONFLICTS_BEFORE_EVENT and pods:
-                self._tell(Note(pods[0], "Warning", CONFLICT,
-                                f"NetworkPolicy {name} could not be written ({exc}); retrying with backoff"))
+                self._tell(key, Note(pods[0], "Warning", CONFLICT,
+                                     f"NetworkPolicy {name} could not be written ({exc}); retrying with backoff"))
             raise
         # One write per pod: its missing mode label and its gate together.
         writes: dict[int, tuple[dict[str, Any], str | None, bool]] = {}
@@ -110,11 +111,13 @@ class Reconciler:
         if plan.pin_violated:
             self.metrics.pin_violations.inc()
         for note in plan.notes:
-            self._tell(note)
+            self._tell(key, note)
         self._judge_effective_egress(key, plan)
         return "+".join(dict.fromkeys(done)) or "noop"
 
     def forget(self, key: SessionKey) -> None:
+        """The session has no pods left: drop what was kept about it."""
+        self._told.pop(key, None)
         self.widened.pop(key, None)
         self.metrics.widened_sessions.set(len(self.widened))
 
@@ -129,8 +132,8 @@ class Reconciler:
                 labels = self._labels(pod)
                 for widening in widenings(plan.policy, others, key[0], labels):
                     found.setdefault(widening.policy, widening.describe())
-                    self._tell(Note(pod, "Warning", WIDENED,
-                                    f"{widening.describe()}; this pod can reach more than its egress policy allows"))
+                    self._tell(key, Note(pod, "Warning", WIDENED,
+                                         f"{widening.describe()}; this pod can reach more than its egress policy allows"))
         if found:
             if self.widened.get(key) != tuple(sorted(found)):
                 log.warning("session %s/%s is widened by %s", key[0], key[1], "; ".join(found.values()))
@@ -246,7 +249,7 @@ class Reconciler:
                 self.metrics.gate_release.observe(max(0.0, time.time() - started))
         return True
 
-    def _tell(self, note: Note) -> None:
+    def _tell(self, key: SessionKey, note: Note) -> None:
         """One Event per pod, reason and message (per controller lifetime): the message, not a stream.
 
         Never raises: enforcement is already written when this runs, and a refused
@@ -257,7 +260,7 @@ class Reconciler:
 
         metadata = note.pod["metadata"]
         told = (metadata.get("uid", ""), note.reason, note.message)
-        if told in self._told:
+        if told in self._told.get(key, ()):
             return
         now = dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
         event = {
@@ -276,6 +279,6 @@ class Reconciler:
             log.warning("could not record %s Event on %s/%s (%s): %s", note.reason, metadata["namespace"],
                         metadata["name"], detail, note.message)
             return
-        self._told.add(told)
+        self._told.setdefault(key, set()).add(told)
         log.log(logging.WARNING if note.type == "Warning" else logging.INFO, "pod %s/%s: %s: %s",
                 metadata["namespace"], metadata["name"], note.reason, note.message)
