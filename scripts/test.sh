@@ -7,6 +7,13 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/bootstrap.sh" test
 cd "$root"
-# Obtain the control plane before pytest starts, so a cold build shows its progress.
+# Obtain the control plane and the node parts before pytest starts, so a cold build shows its
+# progress. The node needs root and a few Debian packages (scripts/node-host-packages.sh):
+# required in CI; elsewhere the node tests skip with instructions when they cannot run.
 "$root/.venv/bin/python" -m tests.cluster build >/dev/null
+case "${CI:-}" in
+  1|true|yes) bash "$root/tests/cluster/build-node.sh" >/dev/null ;;
+  *) bash "$root/tests/cluster/build-node.sh" >/dev/null ||
+       echo "[test] node parts unavailable: the node tests will skip (see tests/cluster/build-node.sh)" >&2 ;;
+esac
 exec "$root/.venv/bin/python" -m pytest "$@"

@@ -27,7 +27,9 @@ if have_all; then
   exit 0
 fi
 
-log() { printf '[build-control-plane %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+# shellcheck source=build-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/build-lib.sh"
+log() { log_line build-control-plane "$@"; }
 
 command -v go >/dev/null || { log "the Go toolchain is needed to build the control plane (go not on PATH)"; exit 2; }
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
@@ -40,24 +42,9 @@ cd "$work"
 log "resolving k8s.io/kubernetes@$version"
 gomod_file="$(go mod download -json "k8s.io/kubernetes@$version" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')"
 [[ -f "$gomod_file" ]] || { log "could not fetch k8s.io/kubernetes@$version from the Go module proxy"; exit 2; }
-
-# k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them
-# with ./staging paths that do not exist outside its repo. Each is published
-# as k8s.io/<name> v0.<minor>.<patch>: pin them to that.
-staging_version="v0.${version#v1.}"
-go_directive="$(sed -n 's/^go \(.*\)$/\1/p' "$gomod_file" | head -n1)"
 etcd_version="$(awk '$1=="go.etcd.io/etcd/server/v3"{print $2; exit}' "$gomod_file")"
-{
-  echo "module sortie.local/k8sbuild"
-  echo
-  echo "go $go_directive"
-  echo
-  echo "require k8s.io/kubernetes $version"
-  echo "require go.etcd.io/etcd/server/v3 $etcd_version"
-  echo
-  awk '$2=="v0.0.0" && $1 ~ /^k8s\.io\// {print $1}' "$gomod_file" | sort -u |
-    while read -r mod; do echo "replace $mod => $mod $staging_version"; done
-} > go.mod
+k8s_wrapper_module "$version" sortie.local/k8sbuild "go.etcd.io/etcd/server/v3 $etcd_version" >/dev/null
+staging_version="v0.${version#v1.}"
 cat > tools.go <<'GO'
 //go:build tools
 
@@ -74,10 +61,7 @@ GO
 log "downloading modules (etcd $etcd_version, staging $staging_version)"
 go mod tidy >&2
 
-ldflags="-s -w"
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$(cut -d. -f2 <<<"$version") -X $pkg.gitTreeState=clean"
-done
+ldflags="$(k8s_ldflags "$version")"
 
 mkdir -p "$out"
 rm -f "$out/.complete"

@@ -34,7 +34,9 @@ if have_all; then
   exit 0
 fi
 
-log() { printf '[build-node %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+# shellcheck source=build-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/build-lib.sh"
+log() { log_line build-node "$@"; }
 
 command -v go >/dev/null || { log "the Go toolchain is needed to build the node parts (go not on PATH)"; exit 2; }
 if ! [[ -f /usr/include/seccomp.h ]]; then
@@ -59,26 +61,11 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/sortie-node-build.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 (
   cd "$work"
-  gomod_file="$(go mod download -json "k8s.io/kubernetes@$k8s_version" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')"
-  [[ -f "$gomod_file" ]] || { log "could not fetch k8s.io/kubernetes@$k8s_version"; exit 2; }
-  staging_version="v0.${k8s_version#v1.}"
-  {
-    echo "module sortie.local/nodebuild"
-    echo
-    echo "go $(sed -n 's/^go \(.*\)$/\1/p' "$gomod_file" | head -n1)"
-    echo
-    echo "require k8s.io/kubernetes $k8s_version"
-    awk '$2=="v0.0.0" && $1 ~ /^k8s\.io\// {print $1}' "$gomod_file" | sort -u |
-      while read -r mod; do echo "replace $mod => $mod $staging_version"; done
-  } > go.mod
+  k8s_wrapper_module "$k8s_version" sortie.local/nodebuild >/dev/null
   printf '//go:build tools\n\npackage tools\n\nimport _ "k8s.io/kubernetes/cmd/kubelet"\n' > tools.go
   go mod tidy >&2
-  ldflags="-s -w"
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$(cut -d. -f2 <<<"$k8s_version") -X $pkg.gitTreeState=clean"
-  done
   log "building kubelet $k8s_version (elapsed $((SECONDS - started)) s)"
-  CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out/kubelet" k8s.io/kubernetes/cmd/kubelet >&2
+  CGO_ENABLED=0 go build -trimpath -ldflags "$(k8s_ldflags "$k8s_version")" -o "$out/kubelet" k8s.io/kubernetes/cmd/kubelet >&2
 )
 
 containerd_ldflags="-s -w -X github.com/containerd/containerd/v2/version.Version=$containerd_version"

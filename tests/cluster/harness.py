@@ -193,6 +193,8 @@ class ControlPlane:
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sortie-cp-")))
     components: list[Component] = field(default_factory=list)
     with_scheduler: bool = True
+    #: A kubelet-less Node so gated pods are visibly held and then bound; off when a real node joins.
+    fake_node: bool = True
 
     def __post_init__(self) -> None:
         self.pki = self.root / "pki"
@@ -282,7 +284,8 @@ class ControlPlane:
             self._start_controller_manager()
             if self.with_scheduler:
                 self._start_scheduler()
-                self._create_node()
+                if self.fake_node:
+                    self._create_node()
         except BaseException:
             self.stop()
             raise
@@ -355,11 +358,22 @@ class ControlPlane:
                 "--endpoint-reconciler-type=none",  # loopback cannot be a Service endpoint
                 "--profiling=false",
                 f"--cert-dir={self.root / 'apiserver-certs'}",
+                *self._kubelet_client_flags(),
                 "--v=1",
             ],
             self.api_port,
         )
         self._wait(apiserver, lambda: self._ready("/readyz", self.admin, self.api_port), "kube-apiserver /readyz")
+
+    def _kubelet_client_flags(self) -> list[str]:
+        """With a real node, the API server authenticates to the kubelet (exec, logs) with its own client certificate."""
+        if self.fake_node:
+            return []
+        cert, key = self.authority.issue("kube-apiserver-kubelet-client", CERT_LIFETIME, client=True)
+        return [f"--kubelet-client-certificate={self._write('kubelet-client.crt', cert)}",
+                f"--kubelet-client-key={self._write('kubelet-client.key', key)}",
+                # By address, never by name: a name lookup would go to the machine's own resolver.
+                "--kubelet-preferred-address-types=InternalIP"]
 
     def _start_kube_component(self, name: str, binary: Path, user: str, flags: list[str]) -> None:
         """A controller-style component: its own client certificate, a serving port, /healthz."""
@@ -392,9 +406,10 @@ class ControlPlane:
                 "--use-service-account-credentials=true",
                 f"--service-account-private-key-file={self.sa_key_file}",
                 f"--root-ca-file={self.ca_file}",
-                # No kubelet heartbeats here: the node lifecycle controller would
-                # taint our Node unreachable and nothing would ever schedule.
-                "--controllers=*,-node-lifecycle-controller",
+                # With the kubelet-less Node, nothing heartbeats: the node lifecycle
+                # controller would taint it unreachable and nothing would ever schedule.
+                # A real node needs it, to lift the not-ready taint once it is Ready.
+                "--controllers=*" if not self.fake_node else "--controllers=*,-node-lifecycle-controller",
             ],
         )
 

@@ -1,0 +1,215 @@
+"""A real node next to the test control plane: containerd, the kubelet, a CNI bridge, kube-router.
+
+Everything lives under one root folder and on links, namespaces and routes this
+module creates, each recorded in a HostLedger before it is made (host.py), so
+the host is left as it was found, also after a failed or interrupted run. The
+node's address, the pod network and every probe target are in TEST_RANGE, on
+interfaces made here; a blackhole route for the whole range keeps any of it
+from leaving through the machine's own interfaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .harness import Component, ControlPlane, free_port, wait_for
+from .host import TEST_RANGE, HostLedger, run
+from .images import File, Image, write_archive
+
+NODE_NAME = "sortie-node-1"
+NODE_LINK = "sortie-node0"
+NODE_IP = "198.18.0.1"
+BRIDGE = "sortie-cni0"
+POD_SUBNET = "198.18.16.0/24"
+CGROUP_ROOT = "sortie-node"
+#: Paths the kubelet, containerd, the CNI library and iproute2 use whatever they are configured with.
+HARD_CODED_PATHS = ("/var/lib/kubelet", "/var/lib/cni", "/var/log/containers", "/var/log/pods", "/run/containerd",
+                    "/run/netns", "/run/mount", "/run/nri", "/opt/containerd")
+PAUSE_IMAGE = "registry.invalid/sortie/pause:1"
+PROBE_IMAGE = "registry.invalid/sortie/probe:1"
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class TestNode:
+    __test__ = False  # a harness, not a test class
+    plane: ControlPlane
+    parts: Path  # build-node.sh's folder
+    root: Path
+    ledger: HostLedger
+    components: list[Component] = field(default_factory=list)
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "containerd" / "containerd.sock"
+
+    def _env(self) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if "proxy" not in key.lower()}
+        env["PATH"] = f"{self.parts}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+        return env
+
+    def _start(self, name: str, argv: list[str], port: int = 0) -> Component:
+        component = Component(name, argv, self.root / "logs" / f"{name}.log", port)
+        self.components.append(component)
+        component.start(self._env())
+        return component
+
+    # --- host network --------------------------------------------------------------
+
+    def _network(self) -> None:
+        self.ledger.save_packet_filter(self.root / "packet-filter")
+        self.ledger.network_namespaces()
+        self.ledger.route("blackhole", TEST_RANGE)
+        self.ledger.sysctl("net.ipv4.ip_forward", "1")
+        self.ledger.link(NODE_LINK, "type", "bridge")  # no dummy links in this kernel; a bridge with no ports will do
+        run("ip", "addr", "add", f"{NODE_IP}/32", "dev", NODE_LINK)
+        run("ip", "link", "set", NODE_LINK, "up")
+        self.ledger.adopt_link(BRIDGE)  # the CNI bridge plugin creates it; it goes at undo all the same
+
+    # --- containerd -------------------------------------------------------------------
+
+    def _containerd_config(self) -> Path:
+        base = self.root / "containerd"
+        config = f"""
+version = 3
+root = "{base / 'root'}"
+state = "{base / 'state'}"
+[grpc]
+  address = "{self.socket}"
+[ttrpc]
+  address = "{self.socket}.ttrpc"
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{PAUSE_IMAGE}"
+[plugins."io.containerd.cri.v1.runtime"]
+  # root here lacks CAP_SYS_RESOURCE: without this every sandbox fails on oom_score_adj
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["{self.root / 'cni' / 'bin'}"]
+    conf_dir = "{self.root / 'cni' / 'net.d'}"
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+      BinaryName = "{self.parts / 'runc'}"
+      Root = "{base / 'runc'}"
+      SystemdCgroup = false
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{base / 'opt'}"
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
+"""
+        base.mkdir(parents=True, exist_ok=True)
+        path = base / "config.toml"
+        path.write_text(config)
+        return path
+
+    def _cni(self) -> None:
+        bin_dir, conf_dir = self.root / "cni" / "bin", self.root / "cni" / "net.d"
+        bin_dir.mkdir(parents=True)
+        conf_dir.mkdir(parents=True)
+        for plugin in ("bridge", "host-local", "loopback", "portmap"):
+            shutil.copy2(self.parts / plugin, bin_dir / plugin)
+        (conf_dir / "10-sortie.conflist").write_text(json.dumps({
+            "cniVersion": "1.0.0", "name": "sortie-pods",
+            "plugins": [{"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False,
+                         # Pods get a route to the test range only, through the bridge: nothing else is
+                         # reachable from a pod on this node, whatever a policy would allow.
+                         "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_SUBNET}]],
+                                  "routes": [{"dst": TEST_RANGE}], "dataDir": str(self.root / "cni" / "ipam")}},
+                        {"type": "portmap", "capabilities": {"portMappings": True}}]}))
+
+    def _images(self) -> None:
+        pause = self.root / "images" / "pause"
+        pause.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(pause), "."],
+                       cwd=HERE / "pause", check=True, env={**os.environ, "CGO_ENABLED": "0"}, capture_output=True)
+        busybox = Path("/bin/busybox").read_bytes()
+        for image in (Image(PAUSE_IMAGE, {"pause": File(pause.read_bytes())}, ("/pause",)),
+                      Image(PROBE_IMAGE, {"bin/busybox": File(busybox)}, ("/bin/busybox",))):
+            archive = write_archive(image, self.root / "images" / (image.name.rsplit("/", 1)[1].replace(":", "-") + ".tar"))
+            run(str(self.parts / "ctr"), "--address", str(self.socket), "-n", "k8s.io", "images", "import",
+                "--no-unpack", str(archive))
+
+    # --- kubelet -------------------------------------------------------------------------
+
+    def _kubelet(self) -> None:
+        base = self.root / "kubelet"
+        base.mkdir(parents=True)
+        kubeconfig = self.plane.kubeconfig_for("kubelet", self.plane.credentials_for_user(f"system:node:{NODE_NAME}",
+                                                                                           ("system:masters",)))
+        (base / "resolv.conf").write_text("")  # no upstream resolver: nothing leaves for the outside
+        port, healthz = free_port(), free_port()
+        config = {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+            "cgroupDriver": "cgroupfs", "failCgroupV1": False, "cgroupRoot": f"/{CGROUP_ROOT}",
+            "cgroupsPerQOS": True, "enforceNodeAllocatable": [],
+            "containerRuntimeEndpoint": f"unix://{self.socket}",
+            "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
+                               "x509": {"clientCAFile": str(self.plane.ca_file)}},
+            "authorization": {"mode": "AlwaysAllow"},
+            "address": NODE_IP, "port": port, "readOnlyPort": 0, "healthzBindAddress": "127.0.0.1", "healthzPort": healthz,
+            "failSwapOn": False, "resolvConf": str(base / "resolv.conf"), "podLogsDir": str(base / "pod-logs"),
+            "clusterDomain": "cluster.local", "clusterDNS": [],
+            "evictionHard": {}, "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+            "serializeImagePulls": False, "localStorageCapacityIsolation": False,
+            "protectKernelDefaults": False, "makeIPTablesUtilChains": False,
+        }
+        (base / "config.yaml").write_text(yaml.safe_dump(config))
+        self.ledger.cgroup(CGROUP_ROOT)
+        self._start("kubelet", [str(self.parts / "kubelet"), f"--config={base / 'config.yaml'}",
+                                f"--kubeconfig={kubeconfig}", f"--root-dir={base / 'root'}",
+                                f"--cert-dir={base / 'pki'}", f"--node-ip={NODE_IP}", f"--hostname-override={NODE_NAME}",
+                                "--v=1"], healthz)
+
+    def _kube_router(self) -> None:
+        credentials = self.plane.credentials_for_user("kube-router", ("system:masters",))
+        kubeconfig = self.root / "kube-router.kubeconfig"  # under the node's root: its undo finds the process by it
+        kubeconfig.write_text(yaml.safe_dump(credentials.kubeconfig("kube-router")))
+        health = free_port()
+        self._start("kube-router", [str(self.parts / "kube-router"), f"--kubeconfig={kubeconfig}",
+                                    "--run-firewall=true", "--run-router=false", "--run-service-proxy=false",
+                                    f"--hostname-override={NODE_NAME}", f"--health-port={health}", "--metrics-port=0",
+                                    "--v=1"], health)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> TestNode:
+        self.ledger.host_paths(HARD_CODED_PATHS)
+        self.ledger.folder(self.root)
+        self.ledger.processes(str(self.root))
+        (self.root / "logs").mkdir()
+        self._network()
+        self._cni()
+        self._start("containerd", [str(self.parts / "containerd"), "--config", str(self._containerd_config())])
+        wait_for(lambda: self.socket.exists() and run(str(self.parts / "ctr"), "--address", str(self.socket),
+                                                      "version", check=False).returncode == 0, 30, "containerd")
+        self._images()
+        self._kubelet()
+        wait_for(lambda: self._node_ready(), 60, f"Node {NODE_NAME} Ready")
+        self._kube_router()
+        return self
+
+    def _node_ready(self) -> bool:
+        for component in self.components:
+            if not component.alive():
+                raise RuntimeError(f"{component.name} exited; log {component.log_path}:\n{component.log_tail()}")
+        result = self.plane.kubectl("get", "node", NODE_NAME, "-o", "json")
+        if result.returncode != 0:
+            return False
+        conditions = json.loads(result.stdout)["status"].get("conditions", [])
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    def stop(self) -> None:
+        """Stop kube-router, the kubelet and containerd; then kill whatever containers remain."""
+        for component in reversed(self.components):
+            component.stop()

@@ -1,0 +1,3 @@
+module sortie.local/pause
+
+go 1.22
