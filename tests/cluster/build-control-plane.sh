@@ -16,19 +16,13 @@ cache_root="${SORTIE_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sortie-egress}"
 out="$cache_root/k8s-$version"
 binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler)
 
-have_all() {
-  local b
-  for b in "${binaries[@]}"; do [[ -x "$out/$b" ]] || return 1; done
-  [[ -f "$out/.complete" ]]
-}
-
-if have_all; then
+# shellcheck source=build-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/build-lib.sh"
+if cache_complete "$out" "${binaries[@]}"; then
   echo "$out"
   exit 0
 fi
 
-# shellcheck source=build-lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/build-lib.sh"
 log() { log_line build-control-plane "$@"; }
 
 command -v go >/dev/null || { log "the Go toolchain is needed to build the control plane (go not on PATH)"; exit 2; }

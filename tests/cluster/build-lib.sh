@@ -38,3 +38,12 @@ k8s_ldflags() {
   done
   echo "$flags"
 }
+
+# cache_complete FOLDER BINARY...: every binary is there, executable, and the build that made
+# them finished (it writes .complete last).
+cache_complete() {
+  local folder="$1" binary
+  shift
+  for binary in "$@"; do [[ -x "$folder/$binary" ]] || return 1; done
+  [[ -f "$folder/.complete" ]]
+}

@@ -23,19 +23,13 @@ pins="k8s-$k8s_version containerd-$containerd_version runc-$runc_version cni-$cn
 out="$cache_root/node-$(printf '%s' "$pins" | sha256sum | cut -c1-12)"
 binaries=(kubelet containerd ctr containerd-shim-runc-v2 runc bridge host-local loopback portmap kube-router coredns)
 
-have_all() {
-  local b
-  for b in "${binaries[@]}"; do [[ -x "$out/$b" ]] || return 1; done
-  [[ -f "$out/.complete" ]]
-}
-
-if have_all; then
+# shellcheck source=build-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/build-lib.sh"
+if cache_complete "$out" "${binaries[@]}"; then
   echo "$out"
   exit 0
 fi
 
-# shellcheck source=build-lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/build-lib.sh"
 log() { log_line build-node "$@"; }
 
 command -v go >/dev/null || { log "the Go toolchain is needed to build the node parts (go not on PATH)"; exit 2; }

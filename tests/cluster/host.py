@@ -26,7 +26,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -156,26 +156,19 @@ class HostLedger:
 
     def _undo_processes(self, entry: dict[str, Any]) -> None:
         marker = entry["marker"].encode()
-        deadline = time.monotonic() + 10
-        while True:
-            found = []
+
+        def naming_it() -> set[int]:
+            found = set()
             for proc in Path("/proc").iterdir():
                 if proc.name.isdigit() and int(proc.name) != os.getpid():
                     try:
                         if marker in (proc / "cmdline").read_bytes():
-                            found.append(int(proc.name))
+                            found.add(int(proc.name))
                     except OSError:
                         continue  # gone meanwhile
-            if not found:
-                return
-            for pid in found:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"processes {found} naming {entry['marker']} survived SIGKILL")
-            time.sleep(0.05)  # the kernel reaps asynchronously: poll until they are gone
+            return found
+
+        kill_until_gone(naming_it, f"naming {entry['marker']}")
 
     def _undo_network_namespaces(self, entry: dict[str, Any]) -> None:
         for name in netns_names():
@@ -246,21 +239,24 @@ def cgroup_folders(relative: str) -> list[Path]:
     return [folder for folder in candidates if folder.is_dir()]
 
 
-def kill_cgroup_tree(folder: Path, timeout: float = 10.0) -> None:
-    """SIGKILL every process in ``folder`` and below, and wait until they are gone."""
+def kill_until_gone(find: Callable[[], set[int]], what: str, timeout: float = 10.0) -> None:
+    """SIGKILL whatever ``find`` returns until it returns nothing (processes may fork meanwhile)."""
     deadline = time.monotonic() + timeout
-    while True:
-        pids = {int(pid) for procs in folder.rglob("cgroup.procs") for pid in procs.read_text().split()}
-        if not pids:
-            return
+    while pids := find():
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"processes {sorted(pids)} in {folder} survived SIGKILL")
-        time.sleep(0.05)  # the kernel reaps asynchronously: poll until the cgroup is empty
+            raise RuntimeError(f"processes {sorted(pids)} {what} survived SIGKILL")
+        time.sleep(0.05)  # the kernel reaps asynchronously: poll until they are gone
+
+
+def kill_cgroup_tree(folder: Path) -> None:
+    """SIGKILL every process in ``folder`` and below, and wait until they are gone."""
+    kill_until_gone(lambda: {int(pid) for procs in folder.rglob("cgroup.procs") for pid in procs.read_text().split()},
+                    f"in {folder}")
 
 
 @contextmanager
