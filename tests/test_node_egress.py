@@ -35,6 +35,8 @@ HOST_SIDE, TARGET_SIDE = "sortie-t0", "sortie-t1"
 GATEWAY = "198.18.1.1"
 TARGET_A, TARGET_B = "198.18.1.2", "198.18.1.3"
 PORTS = (80, 443, 8443)
+CELLS = [("tcp", target, port) for target in (TARGET_A, TARGET_B) for port in PORTS] + [
+    ("udp", target, 53) for target in (TARGET_A, TARGET_B)]
 LEDGER = Path("/var/tmp/sortie-egress-node.ledger")  # fixed: a later run finds what a killed one left
 
 
@@ -61,11 +63,18 @@ for address in sys.argv[1].split(","):
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         server.bind((address, int(port)))
         server.listen(64)
-        selector.register(server, selectors.EVENT_READ)
+        selector.register(server, selectors.EVENT_READ, "tcp")
+    echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind((address, 53))
+    selector.register(echo, selectors.EVENT_READ, "udp")
 while True:
     for key, _ in selector.select():
-        connection, _ = key.fileobj.accept()
-        connection.close()
+        if key.data == "tcp":
+            connection, _ = key.fileobj.accept()
+            connection.close()
+        else:
+            data, peer = key.fileobj.recvfrom(512)
+            key.fileobj.sendto(data, peer)
 """
 
 
@@ -86,7 +95,8 @@ def _targets(ledger: HostLedger, root: Path) -> subprocess.Popen[bytes]:
     script.write_text(LISTENER)
     listener = subprocess.Popen([*inside, sys.executable, str(script), f"{TARGET_A},{TARGET_B}",
                                  ",".join(map(str, PORTS))], start_new_session=True)
-    wait_for(lambda: run(*inside, "ss", "-ltn").stdout.count("LISTEN") >= 2 * len(PORTS), 10, "the listeners")
+    wait_for(lambda: run(*inside, "ss", "-ltn").stdout.count("LISTEN") >= 2 * len(PORTS)
+             and run(*inside, "ss", "-lun").stdout.count(":53 ") >= 2, 10, "the listeners")
     return listener
 
 
@@ -125,22 +135,22 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         plane.stop()
 
 
-def _pod(name: str, policy: dict[str, Any] | None) -> dict[str, Any]:
+def _pod(name: str, policy: dict[str, Any] | str | None) -> dict[str, Any]:
     metadata: dict[str, Any] = {"name": name, "namespace": "default", "labels": {}}
     if policy is not None:
         metadata["labels"]["sortie.io/session-id"] = name
-        metadata["annotations"] = {"sortie.io/egress-policy": json.dumps(policy)}
+        metadata["annotations"] = {"sortie.io/egress-policy": policy if isinstance(policy, str) else json.dumps(policy)}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
             "spec": {"containers": [{"name": "probe", "image": PROBE_IMAGE, "imagePullPolicy": "Never",
                                      "command": ["/bin/busybox", "sleep", "3600"]}],
                      "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 1}}
 
 
-def _connects(plane: ControlPlane, pod: str, address: str, port: int) -> bool:
-    """A TCP connection from the pod: busybox nc with nothing to send exits 0 once connected,
-    1 when refused (kube-router rejects) or timed out (Debian's busybox has no -z)."""
-    result = plane.kubectl("exec", "-i", pod, "--", "/bin/busybox", "nc", "-w", "3", address, str(port),
-                           input="", timeout=30)
+def _connects(plane: ControlPlane, pod: str, protocol: str, address: str, port: int) -> bool:
+    """From the pod, tests/cluster/probe: a TCP connection made, or a UDP datagram echoed back."""
+    result = plane.kubectl("exec", pod, "--", "/probe", protocol, f"{address}:{port}", timeout=30)
+    if result.returncode not in (0, 1):
+        raise AssertionError(f"probe {protocol} {address}:{port} in {pod} could not run: {result.stderr}")
     return result.returncode == 0
 
 
@@ -149,16 +159,19 @@ def _enforced(pod_ip: str) -> bool:
     return pod_ip in run("ipset", "list").stdout
 
 
-MATRIX: dict[str, tuple[dict[str, Any] | None, set[tuple[str, int]]]] = {
-    # pod: (egress policy, what it may reach); everything else in TARGETS x PORTS must be blocked
-    "plain": (None, {(t, p) for t in (TARGET_A, TARGET_B) for p in PORTS}),
+EVERYTHING = set(CELLS)
+MATRIX: dict[str, tuple[dict[str, Any] | None, set[tuple[str, str, int]]]] = {
+    # pod: (egress policy, the cells it may reach, written out by hand); every other cell must be blocked
+    "plain": (None, EVERYTHING),
     "allow-443": ({"mode": "allowlist", "rules": [{"cidr": f"{TARGET_A}/32", "port": 443, "protocol": "TCP"}]},
-                  {(TARGET_A, 443)}),
+                  {("tcp", TARGET_A, 443)}),
     "allow-range": ({"mode": "allowlist", "rules": [{"cidr": f"{TARGET_B}/32", "port": 443, "end_port": 8443}]},
-                    {(TARGET_B, 443), (TARGET_B, 8443)}),
-    "allow-all-ports": ({"mode": "allowlist", "rules": [{"cidr": "198.18.1.0/24"}]},
-                        {(t, p) for t in (TARGET_A, TARGET_B) for p in PORTS}),
-    "deny-a": ({"mode": "denylist", "rules": [{"cidr": f"{TARGET_A}/32"}]}, {(TARGET_B, p) for p in PORTS}),
+                    {("tcp", TARGET_B, 443), ("tcp", TARGET_B, 8443)}),
+    "allow-udp-53": ({"mode": "allowlist", "rules": [{"cidr": f"{TARGET_A}/32", "port": 53, "protocol": "UDP"}]},
+                     {("udp", TARGET_A, 53)}),
+    "allow-all-ports": ({"mode": "allowlist", "rules": [{"cidr": "198.18.1.0/24"}]}, EVERYTHING),
+    "deny-a": ({"mode": "denylist", "rules": [{"cidr": f"{TARGET_A}/32"}]},
+               {cell for cell in CELLS if cell[1] == TARGET_B}),
     "empty-allowlist": ({"mode": "allowlist", "rules": []}, set()),
 }
 
@@ -178,17 +191,16 @@ def test_what_each_session_pod_can_reach_on_packets(node: dict[str, Any]) -> Non
         if policy is not None:
             wait_for(lambda ip=ips[name]: _enforced(ip), 30, f"kube-router to enforce {name}")
 
-    header = f"{'pod':<16}" + "".join(f"{t.rsplit('.', 1)[1] + ':' + str(p):>9}" for t in (TARGET_A, TARGET_B) for p in PORTS)
+    header = f"{'pod':<16}" + "".join(f"{proto}/{t.rsplit('.', 1)[1]}:{p}".rjust(11) for proto, t, p in CELLS)
     lines, differences = [header], []
     for name, (_, allowed) in MATRIX.items():
         cells = ""
-        for target in (TARGET_A, TARGET_B):
-            for port in PORTS:
-                expected, observed = (target, port) in allowed, _connects(plane, name, target, port)
-                cells += f"{('ok' if observed else '--') + ('' if observed == expected else '!'):>9}"
-                if observed != expected:
-                    differences.append(f"{name} -> {target}:{port}: expected {'open' if expected else 'blocked'}, "
-                                       f"observed {'open' if observed else 'blocked'}")
+        for cell in CELLS:
+            expected, observed = cell in allowed, _connects(plane, name, *cell)
+            cells += f"{('ok' if observed else '--') + ('' if observed == expected else '!'):>11}"
+            if observed != expected:
+                differences.append(f"{name} -> {cell[0]} {cell[1]}:{cell[2]}: expected {'open' if expected else 'blocked'},"
+                                   f" observed {'open' if observed else 'blocked'}")
         lines.append(f"{name:<16}{cells}")
     print("\n".join(lines))  # ok = connected, -- = blocked, ! = differs from the policy
     assert differences == [], "\n".join(differences)

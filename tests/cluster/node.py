@@ -128,14 +128,19 @@ state = "{base / 'state'}"
                                   "routes": [{"dst": TEST_RANGE}], "dataDir": str(self.root / "cni" / "ipam")}},
                         {"type": "portmap", "capabilities": {"portMappings": True}}]}))
 
+    def _program(self, name: str) -> bytes:
+        """One of the small Go programs beside this file (pause, probe), built static."""
+        binary = self.root / "images" / name
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(binary), "."],
+                       cwd=HERE / name, check=True, env={**os.environ, "CGO_ENABLED": "0"}, capture_output=True)
+        return binary.read_bytes()
+
     def _images(self) -> None:
-        pause = self.root / "images" / "pause"
-        pause.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(pause), "."],
-                       cwd=HERE / "pause", check=True, env={**os.environ, "CGO_ENABLED": "0"}, capture_output=True)
         busybox = Path("/bin/busybox").read_bytes()
-        for image in (Image(PAUSE_IMAGE, {"pause": File(pause.read_bytes())}, ("/pause",)),
-                      Image(PROBE_IMAGE, {"bin/busybox": File(busybox)}, ("/bin/busybox",))):
+        probe_files = {"bin/busybox": File(busybox), "probe": File(self._program("probe"))}
+        for image in (Image(PAUSE_IMAGE, {"pause": File(self._program("pause"))}, ("/pause",)),
+                      Image(PROBE_IMAGE, probe_files, ("/bin/busybox",))):
             archive = write_archive(image, self.root / "images" / (image.name.rsplit("/", 1)[1].replace(":", "-") + ".tar"))
             run(str(self.parts / "ctr"), "--address", str(self.socket), "-n", "k8s.io", "images", "import",
                 "--no-unpack", str(archive))

@@ -1,0 +1,3 @@
+module sortie.local/probe
+
+go 1.22
