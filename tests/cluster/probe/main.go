@@ -2,6 +2,10 @@
 //
 //	probe tcp HOST:PORT   exit 0 when a TCP connection is made
 //	probe udp HOST:PORT   exit 0 when the datagram sent is echoed back
+//	probe watch tcp|udp HOST:PORT SECONDS
+//	                      from its first instant, try again and again for SECONDS and print one
+//	                      line: attempts, how many got through, and when the first and last did
+//	                      (milliseconds since start); then sleep, so the pod stays for its logs
 //
 // Exit 1 when blocked (refused, unreachable, or no answer within the timeout), 2 on bad usage.
 // Debian's busybox nc has neither -z nor -u, hence this (built by the test node, packed into
@@ -49,9 +53,41 @@ func udp(address string) error {
 	return nil
 }
 
+func watch(check func(string) error, address string, seconds float64) {
+	started := time.Now()
+	attempts, open := 0, 0
+	first, last := int64(-1), int64(-1)
+	for time.Since(started).Seconds() < seconds {
+		attempts++
+		if check(address) == nil {
+			elapsed := time.Since(started).Milliseconds()
+			open++
+			if first < 0 {
+				first = elapsed
+			}
+			last = elapsed
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	fmt.Printf("attempts=%d open=%d first_open_ms=%d last_open_ms=%d\n", attempts, open, first, last)
+	for {
+		time.Sleep(time.Hour)
+	}
+}
+
 func main() {
+	if len(os.Args) == 5 && os.Args[1] == "watch" {
+		var seconds float64
+		if _, err := fmt.Sscanf(os.Args[4], "%g", &seconds); err == nil && (os.Args[2] == "tcp" || os.Args[2] == "udp") {
+			check := tcp
+			if os.Args[2] == "udp" {
+				check = udp
+			}
+			watch(check, os.Args[3], seconds)
+		}
+	}
 	if len(os.Args) != 3 || (os.Args[1] != "tcp" && os.Args[1] != "udp") {
-		fmt.Fprintln(os.Stderr, "usage: probe tcp|udp HOST:PORT")
+		fmt.Fprintln(os.Stderr, "usage: probe tcp|udp HOST:PORT | probe watch tcp|udp HOST:PORT SECONDS")
 		os.Exit(2)
 	}
 	check := tcp
