@@ -19,7 +19,7 @@ from ..render import DnsDestination
 from ..rotation import RotationPolicy
 from .desired import is_managed
 from .metrics import ControllerMetrics
-from .projections import pod_session_key, project_policy, project_pod
+from .projections import pod_session_key, policy_ownership_key, project_policy, project_pod
 from .queue import WorkQueue
 from .reconciler import Conflict, Reconciler, SessionKey
 
@@ -60,7 +60,9 @@ class Controller:
         self.stop = threading.Event()
         self.metrics = ControllerMetrics()
         self.pods = Store(index=pod_session_key)
-        self.policies = Store()
+        # Indexed by (namespace, ours?): effective egress reads only others' policies of a
+        # namespace, a handful, not the thousands of ours beside them.
+        self.policies = Store(index=policy_ownership_key)
         self.queue: WorkQueue[SessionKey] = WorkQueue()
         self.reconciler = Reconciler(self.core, self.networking, self.pods, self.policies, options.dns, self.metrics)
         self.informers = self._informers()

@@ -68,3 +68,8 @@ def project_policy(policy: dict[str, Any]) -> dict[str, Any]:
 def pod_session_key(pod: dict[str, Any]) -> SessionKey:
     metadata = pod["metadata"]
     return metadata.get("namespace", ""), (metadata.get("labels") or {}).get(SESSION_ID_LABEL, "")
+
+
+def policy_ownership_key(policy: dict[str, Any]) -> tuple[str, bool]:
+    """(namespace, managed by us): the policies store's index."""
+    return (policy.get("metadata") or {}).get("namespace", ""), is_managed(policy)

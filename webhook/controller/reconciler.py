@@ -30,7 +30,6 @@ from .desired import (
     Note,
     SessionPlan,
     gate_removal_patch,
-    is_managed,
     plan_session,
     pod_patch,
     policy_matches,
@@ -127,7 +126,7 @@ class Reconciler:
         """CONTRACT §4: every other policy that lets a session pod reach more than its own."""
         found: dict[str, str] = {}
         if plan.policy is not None:
-            others = [policy for policy in self.policies.by_namespace(key[0]) if not is_managed(policy)]
+            others = self.policies.by_index((key[0], False))  # someone else's policies in the namespace
             for pod in plan.enforced_pods:
                 labels = self._labels(pod)
                 for widening in widenings(plan.policy, others, key[0], labels):
