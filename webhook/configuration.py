@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from .constants import EGRESS_POLICY_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SESSION_ID_LABEL
+from .tamper import cel_string
 
 MUTATING_NAME = "sortie-egress"
 EXCLUDED_NAMESPACES = ("kube-system",)
@@ -28,7 +29,7 @@ _NOT_SYSTEM_NAMESPACES = {
 }
 
 
-_ANNOTATION = "'" + EGRESS_POLICY_ANNOTATION + "'"
+_ANNOTATION = cel_string(EGRESS_POLICY_ANNOTATION)
 _CREATE_OR_REWRITE = (
     f"request.operation == 'CREATE' || "
     f"object.metadata.?annotations[?{_ANNOTATION}] != oldObject.metadata.?annotations[?{_ANNOTATION}]"

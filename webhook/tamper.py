@@ -57,12 +57,13 @@ KUBERNETES_DELETERS = (
 )
 
 
-def _cel_string(text: str) -> str:
+def cel_string(text: str) -> str:
+    """A CEL string literal (single-quoted, backslash-escaped); the webhook registration uses it too."""
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _cel_list(items: tuple[str, ...]) -> str:
-    return "[" + ", ".join(_cel_string(item) for item in items) + "]"
+    return "[" + ", ".join(cel_string(item) for item in items) + "]"
 
 
 _CONTROLLER = "'system:serviceaccount:' + params.metadata.namespace + ':' + params.metadata.name"
@@ -71,7 +72,7 @@ _NOT_A_KUBERNETES_DELETER = {
     "expression": f"!(request.userInfo.username in {_cel_list(KUBERNETES_DELETERS)})",
 }
 _LISTED_USERS = (
-    f"params.metadata.?annotations[?{_cel_string(PRIVILEGED_USERS_ANNOTATION)}].orValue('')"
+    f"params.metadata.?annotations[?{cel_string(PRIVILEGED_USERS_ANNOTATION)}].orValue('')"
     ".replace('\\n', ',').split(',').map(user, user.trim()).filter(user, user != '')"
 )
 
@@ -98,12 +99,12 @@ def _policy(name: str, rules: list[dict[str, Any]], object_selector: dict[str, A
 
 def _unchanged(variable: str, key: str) -> str:
     """Old and new value of a map entry are the same, absent included."""
-    return f"variables.new{variable}[?{_cel_string(key)}] == variables.old{variable}[?{_cel_string(key)}]"
+    return f"variables.new{variable}[?{cel_string(key)}] == variables.old{variable}[?{cel_string(key)}]"
 
 
 def pods_policy() -> dict[str, Any]:
     """A session pod's egress identity is fixed at admission; only the controller releases it."""
-    mode_key, gate = _cel_string(EGRESS_MODE_LABEL), _cel_string(SCHEDULING_GATE)
+    mode_key, gate = cel_string(EGRESS_MODE_LABEL), cel_string(SCHEDULING_GATE)
     has_gate = "{}.spec.?schedulingGates.orValue([]).exists(gate, gate.name == " + gate + ")"
     variables = [
         {"name": "controller", "expression": _CONTROLLER},

@@ -65,9 +65,8 @@ class HostLedger:
 
     # --- changes ----------------------------------------------------------------
 
-    def save_packet_filter(self, folder: Path) -> None:
+    def save_packet_filter(self) -> None:
         """Snapshot the nftables ruleset and ipsets; ``undo`` restores exactly this."""
-        folder.mkdir(parents=True, exist_ok=True)
         ruleset = run("nft", "list", "ruleset").stdout
         sets = run("ipset", "save").stdout
         self._record("packet-filter", ruleset=ruleset, ipsets=sets)

@@ -64,7 +64,7 @@ class TestNode:
     # --- host network --------------------------------------------------------------
 
     def _network(self) -> None:
-        self.ledger.save_packet_filter(self.root / "packet-filter")
+        self.ledger.save_packet_filter()
         self.ledger.network_namespaces()
         self.ledger.route("blackhole", TEST_RANGE)
         self.ledger.sysctl("net.ipv4.ip_forward", "1")

@@ -35,7 +35,6 @@ from ..constants import (
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
     POLICY_DIGEST_ANNOTATION,
-    POLICY_NAME_PREFIX,
     SCHEDULING_GATE,
     SESSION_ID_LABEL,
 )
@@ -289,6 +288,3 @@ def pod_patch(pod: dict[str, Any], mode: str | None, release: bool) -> JsonPatch
         ops.extend(gate_removal_patch(pod) or [])
     return ops
 
-
-def policy_name(session_id: str) -> str:
-    return POLICY_NAME_PREFIX + session_id

@@ -91,7 +91,7 @@ class Reconciler:
         plan = plan_session(pods, existing, self.dns)
         done: list[str] = []
         try:
-            self._write_policy(plan, existing, namespace, name, done)
+            self._write_policy(plan, existing, done)
         except Conflict as exc:
             self.metrics.conflicts.inc()
             if conflicts + 1 >= CONFLICTS_BEFORE_EVENT and pods:
@@ -148,8 +148,7 @@ class Reconciler:
 
     # --- writes ---------------------------------------------------------------
 
-    def _write_policy(self, plan: SessionPlan, existing: dict[str, Any] | None, namespace: str, name: str,
-                      done: list[str]) -> None:
+    def _write_policy(self, plan: SessionPlan, existing: dict[str, Any] | None, done: list[str]) -> None:
         if plan.policy is None:
             if plan.delete and existing is not None:
                 self._delete_policy(existing)
