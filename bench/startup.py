@@ -1,7 +1,8 @@
 """The start-up window on a real node (CONTRACT §6): can a session container reach what its
 policy denies in its first instant, and how long does each step of a session start take?
 
-Brings up the test node with the product (as tests/test_node_egress.py does), then creates
+Brings up the test node with the product installed from our image (as tests/test_node_egress.py
+does: tests/cluster/nodecluster.py), then creates
 ``--pods`` session pods whose only container runs ``/probe watch`` against a destination
 their policy denies (TCP 198.18.1.2:80; the policy allows only :443) from the container's
 first instant, for ``--seconds``; and as many plain pods doing the same, as the control
@@ -33,19 +34,12 @@ sys.path.insert(0, str(ROOT))
 
 from tests.cluster.harness import ControlPlane, wait_for  # noqa: E402
 from tests.cluster.node import PROBE_IMAGE  # noqa: E402
+from tests.cluster.nodecluster import installed_cluster  # noqa: E402
+from tests.cluster.targets import TARGET_A  # noqa: E402
 from tests import test_node_egress as node_test  # noqa: E402
 
-DENIED = f"{node_test.TARGET_A}:80"
-POLICY = {"mode": "allowlist", "rules": [{"cidr": f"{node_test.TARGET_A}/32", "port": 443, "protocol": "TCP"}]}
-
-
-class Folders:
-    """What the node fixture asks of pytest's tmp_path_factory."""
-
-    def mktemp(self, name: str) -> Path:
-        import tempfile
-
-        return Path(tempfile.mkdtemp(prefix=f"sortie-bench-{name}-"))
+DENIED = f"{TARGET_A}:80"
+POLICY = {"mode": "allowlist", "rules": [{"cidr": f"{TARGET_A}/32", "port": 443, "protocol": "TCP"}]}
 
 
 def _time(text: str | None) -> float | None:
@@ -53,7 +47,7 @@ def _time(text: str | None) -> float | None:
 
 
 def _pod(name: str, policy: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
-    pod = node_test._pod(name, policy)
+    pod = node_test._pod("default", name, policy)
     pod["spec"]["containers"][0]["command"] = ["/probe", "watch", "tcp", DENIED, str(seconds)]
     pod["spec"]["containers"][0]["image"] = PROBE_IMAGE
     return pod
@@ -99,12 +93,11 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=10, help="session pods, and as many plain ones")
     parser.add_argument("--seconds", type=float, default=3.0, help="how long each container probes")
     args = parser.parse_args()
-    generator = node_test.node.__wrapped__(Folders())  # type: ignore[attr-defined]
-    env = next(generator)
-    try:
-        results = measure(env["plane"], args.pods, args.seconds)
-    finally:
-        next(generator, None)
+    import tempfile
+
+    with installed_cluster(Path(tempfile.mkdtemp(prefix="sortie-bench-startup-"))) as product:
+        wait_for(lambda: product.plane.kubectl("get", "serviceaccount", "default").returncode == 0, 30, "default SA")
+        results = measure(product.plane, args.pods, args.seconds)
     print(f"{'kind':<8} {'pods':>4} {'attempts':>9} {'got through':>12} {'last through':>13} "
           f"{'create->released':>17} {'create->started':>16}")
     for kind, rows in results.items():

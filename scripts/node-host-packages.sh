@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages the real test node needs on the host, installed when missing (needs root):
 # libseccomp-dev to build runc; iptables and ipset for kube-router; nftables to snapshot and
-# restore the host's packet filter exactly; busybox-static for the probe image.
+# restore the host's packet filter exactly; busybox-static for the probe image; buildah and
+# debootstrap to build our image from ./Dockerfile on a base made from Debian's packages.
 set -euo pipefail
-packages=(libseccomp-dev pkg-config iptables ipset nftables busybox-static)
+packages=(libseccomp-dev pkg-config iptables ipset nftables busybox-static buildah debootstrap)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -11,9 +11,11 @@ cd "$root"
 # progress. The node needs root and a few Debian packages (scripts/node-host-packages.sh):
 # required in CI; elsewhere the node tests skip with instructions when they cannot run.
 "$root/.venv/bin/python" -m tests.cluster build >/dev/null
+# Our image (tests/cluster/build-image.sh: buildah, from ./Dockerfile) is built here too.
 case "${CI:-}" in
-  1|true|yes) bash "$root/tests/cluster/build-node.sh" >/dev/null ;;
-  *) bash "$root/tests/cluster/build-node.sh" >/dev/null ||
-       echo "[test] node parts unavailable: the node tests will skip (see tests/cluster/build-node.sh)" >&2 ;;
+  1|true|yes) bash "$root/tests/cluster/build-node.sh" >/dev/null
+              bash "$root/tests/cluster/build-image.sh" >/dev/null ;;
+  *) { bash "$root/tests/cluster/build-node.sh" >/dev/null && bash "$root/tests/cluster/build-image.sh" >/dev/null; } ||
+       echo "[test] node parts or our image unavailable: the node tests will skip (see tests/cluster/)" >&2 ;;
 esac
 exec "$root/.venv/bin/python" -m pytest "$@"

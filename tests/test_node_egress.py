@@ -1,20 +1,19 @@
-"""Egress on packets: session pods on a real node (containerd, kubelet, CNI bridge, kube-router).
+"""Our product installed as users install it, on a real node, judged on packets.
 
-The product runs as in the other cluster tests (admission policies, our webhook
-registered by URL, the controller under its shipped RBAC), but the pods really
-run, and every cell of the table is a TCP connection from a pod to a listener
-in a network namespace this module creates. kube-router rejects what a policy
-does not allow, so a blocked probe fails fast; each pod's row includes a
-destination its policy allows, so "blocked" is never just "broken".
+The node (containerd, kubelet, CNI bridge, kube-proxy, kube-router, CoreDNS pods) joins
+the test control plane; our image is built from ./Dockerfile and installed with
+``kubectl apply -k`` of an overlay that only swaps the image (tests/cluster/install.py).
+Then every pod of the table probes every target: TCP connections and UDP echoes to
+listeners in a network namespace this module creates, and a name looked up through
+cluster DNS. kube-router rejects what no policy allows, so a blocked probe fails fast;
+every row has something its pod can reach (DNS at least) or nothing it may, so
+"blocked" is never just "broken" (the plain pods show every target up).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,121 +21,68 @@ from typing import Any
 import pytest
 
 from tests.cluster.harness import ControlPlane, wait_for
-from tests.cluster.host import HostLedger, recorded, run
-from tests.cluster.node import PROBE_IMAGE, TestNode
-from tests.conftest import install_admission_policies
-from tests.support import IN_CI, ControllerProcess, WebhookProcess, control_plane_binaries, generate_certs
-from webhook.configuration import mutating_configuration
+from tests.cluster.host import run
+from tests.cluster.install import MUTATING_CONFIGURATION, SYSTEM_NAMESPACE, diagnose, uninstall
+from tests.cluster.nodecluster import Installed, NodeCluster, NodeUnavailable, installed_cluster, node_parts
+from tests.cluster.node import PROBE_IMAGE
+from tests.cluster.targets import PORTS, TARGET_A, TARGET_B, UDP_PORT
+from tests.support import IN_CI, control_plane_binaries
 
 pytestmark = pytest.mark.cluster
 
-TARGETS_NETNS = "sortie-targets"
-HOST_SIDE, TARGET_SIDE = "sortie-t0", "sortie-t1"
-GATEWAY = "198.18.1.1"
-TARGET_A, TARGET_B = "198.18.1.2", "198.18.1.3"
-PORTS = (80, 443, 8443)
 CELLS = [("tcp", target, port) for target in (TARGET_A, TARGET_B) for port in PORTS] + [
-    ("udp", target, 53) for target in (TARGET_A, TARGET_B)]
-LEDGER = Path("/var/tmp/sortie-egress-node.ledger")  # fixed: a later run finds what a killed one left
+    ("udp", target, UDP_PORT) for target in (TARGET_A, TARGET_B)]
+DNS = ("dns", "kubernetes.default.svc.cluster.local", 53)  # a lookup through cluster DNS (CoreDNS pods)
+COLUMNS = CELLS + [DNS]
+EVERYTHING = set(COLUMNS)
+WEB = {("tcp", target, port) for target in (TARGET_A, TARGET_B) for port in (80, 443)}
+OUTSIDE_DNS = {("udp", TARGET_A, UDP_PORT), ("udp", TARGET_B, UDP_PORT)}
+
+INVALID_ANNOTATION = '{"mode": "allowlist", "rule": []}'  # `rule`: a typo the webhook would refuse
+ALLOW_443 = {"mode": "allowlist", "rules": [{"cidr": f"{TARGET_A}/32", "port": 443, "protocol": "TCP"}]}
+SESSION = {"app.kubernetes.io/component": "session"}  # what Sortie's chart selects
+
+# What Sortie's own Helm chart installs next to its sessions (CONTRACT §4).
+SORTIE_CHART_DEFAULT = {
+    "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+    "metadata": {"name": "sortie-session-isolation", "namespace": "sortie-chart"},
+    "spec": {"podSelector": {"matchLabels": SESSION}, "policyTypes": ["Egress"],
+             "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+                         "ports": [{"protocol": "TCP", "port": 80}, {"protocol": "TCP", "port": 443}]}]},
+}
+
+# (namespace, pod, egress annotation, extra labels, what it may reach: written out by hand).
+# Every other cell must be blocked.
+TABLE: list[tuple[str, str, dict[str, Any] | str | None, dict[str, str], set[tuple[str, str, int]]]] = [
+    # No other policy in the namespace: the session's own policy is all there is.
+    ("default", "plain", None, {}, EVERYTHING),
+    ("default", "allow-443", ALLOW_443, {}, {("tcp", TARGET_A, 443), DNS}),
+    ("default", "allow-range", {"mode": "allowlist", "rules": [{"cidr": f"{TARGET_B}/32", "port": 443, "end_port": 8443}]},
+     {}, {("tcp", TARGET_B, 443), ("tcp", TARGET_B, 8443), DNS}),
+    ("default", "allow-udp", {"mode": "allowlist", "rules": [{"cidr": f"{TARGET_A}/32", "port": 53, "protocol": "UDP"}]},
+     {}, {("udp", TARGET_A, 53), DNS}),
+    ("default", "allow-no-port", {"mode": "allowlist", "rules": [{"cidr": "198.18.1.0/24"}]}, {}, EVERYTHING),
+    ("default", "deny-a", {"mode": "denylist", "rules": [{"cidr": f"{TARGET_A}/32"}]}, {},
+     {cell for cell in COLUMNS if cell[1] != TARGET_A}),
+    ("default", "empty-allowlist", {"mode": "allowlist", "rules": []}, {}, {DNS}),
+    # Created before the product was installed, with an annotation admission would refuse:
+    # the controller backfills it with a DNS-only policy (CONTRACT §3).
+    ("default", "fail-closed", INVALID_ANNOTATION, {}, {DNS}),
+    # Our baseline (manifests/components/baseline): plain pods keep DNS and HTTP/HTTPS anywhere
+    # (port 53 anywhere too: the cluster default has no `to`), session pods get DNS only from it.
+    ("baseline", "baseline-plain", None, {}, WEB | OUTSIDE_DNS | {DNS}),
+    ("baseline", "baseline-allow-443", ALLOW_443, {}, {("tcp", TARGET_A, 443), DNS}),
+    # Sortie's chart default: it widens every session it selects to TCP 80/443 anywhere, and it
+    # allows no DNS, so its own sessions cannot look anything up. The controller flags it.
+    ("sortie-chart", "chart-plain", None, {}, EVERYTHING),
+    ("sortie-chart", "chart-session", None, SESSION, WEB),
+    ("sortie-chart", "chart-allow-443", ALLOW_443, SESSION, WEB | {DNS}),
+]
 
 
-def node_parts() -> Path:
-    """The node's binaries, built (or reused) by build-node.sh; in CI a failure, elsewhere a skip."""
-    script = Path(__file__).resolve().parent / "cluster" / "build-node.sh"
-    missing = [tool for tool in ("nft", "ipset", "iptables") if shutil.which(tool) is None]
-    result = subprocess.run(["bash", str(script)], capture_output=True, text=True)
-    if missing or result.returncode != 0 or os.geteuid() != 0:
-        reason = (f"the node tests need root, {', '.join(missing) or 'the host tools'} and the node parts "
-                  f"(bash {script}): {result.stderr.strip()[-400:]}")
-        if IN_CI:
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    return Path(result.stdout.strip().splitlines()[-1])
-
-
-LISTENER = """
-import socket, selectors, sys
-selector = selectors.DefaultSelector()
-for address in sys.argv[1].split(","):
-    for port in sys.argv[2].split(","):
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind((address, int(port)))
-        server.listen(64)
-        selector.register(server, selectors.EVENT_READ, "tcp")
-    echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    echo.bind((address, 53))
-    selector.register(echo, selectors.EVENT_READ, "udp")
-while True:
-    for key, _ in selector.select():
-        if key.data == "tcp":
-            connection, _ = key.fileobj.accept()
-            connection.close()
-        else:
-            data, peer = key.fileobj.recvfrom(512)
-            key.fileobj.sendto(data, peer)
-"""
-
-
-def _targets(ledger: HostLedger, root: Path) -> subprocess.Popen[bytes]:
-    """A network namespace holding TARGET_A and TARGET_B, each listening on PORTS, routed via the host."""
-    ledger.netns(TARGETS_NETNS)
-    ledger.link(HOST_SIDE, "type", "veth", "peer", "name", TARGET_SIDE)
-    run("ip", "link", "set", TARGET_SIDE, "netns", TARGETS_NETNS)
-    run("ip", "addr", "add", f"{GATEWAY}/24", "dev", HOST_SIDE)
-    run("ip", "link", "set", HOST_SIDE, "up")
-    inside = ("ip", "netns", "exec", TARGETS_NETNS)
-    for address in (TARGET_A, TARGET_B):
-        run(*inside, "ip", "addr", "add", f"{address}/24", "dev", TARGET_SIDE)
-    run(*inside, "ip", "link", "set", TARGET_SIDE, "up")
-    run(*inside, "ip", "link", "set", "lo", "up")
-    run(*inside, "ip", "route", "add", "default", "via", GATEWAY)
-    script = root / "listener.py"  # under the node's root: its undo finds the process by that path
-    script.write_text(LISTENER)
-    listener = subprocess.Popen([*inside, sys.executable, str(script), f"{TARGET_A},{TARGET_B}",
-                                 ",".join(map(str, PORTS))], start_new_session=True)
-    wait_for(lambda: run(*inside, "ss", "-ltn").stdout.count("LISTEN") >= 2 * len(PORTS)
-             and run(*inside, "ss", "-lun").stdout.count(":53 ") >= 2, 10, "the listeners")
-    return listener
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    parts = node_parts()
-    plane = ControlPlane(control_plane_binaries(), root=tmp_path_factory.mktemp("node-plane"), fake_node=False).start()
-    ledger = HostLedger(LEDGER)
-    webhook = controller = None
-    try:
-        with recorded(ledger):
-            root = Path("/var/tmp/sortie-egress-node")
-            test_node = TestNode(plane, parts, root, ledger)
-            try:
-                test_node.start()
-                listener = _targets(ledger, root)
-                certs = tmp_path_factory.mktemp("node-webhook-certs")
-                ca_bundle = generate_certs(certs)
-                webhook = WebhookProcess(certs, certs / "webhook.log").start()
-                install_admission_policies(plane)
-                plane.kubectl("apply", "-f", "-", input=json.dumps(mutating_configuration(url=webhook.url,
-                                                                                             ca_bundle=ca_bundle)))
-                account = plane.credentials_for_service_account("sortie-system", "sortie-egress", create=False)
-                controller = ControllerProcess(plane.kubeconfig_for("controller", account),
-                                               certs / "controller.log").start()
-                wait_for(lambda: plane.kubectl("get", "serviceaccount", "default").returncode == 0, 30, "default SA")
-                yield {"plane": plane, "node": test_node}
-            finally:
-                for process in (controller, webhook):
-                    if process is not None:
-                        process.stop()
-                test_node.stop()
-                if "listener" in locals():
-                    listener.kill()
-    finally:
-        plane.stop()
-
-
-def _pod(name: str, policy: dict[str, Any] | str | None) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"name": name, "namespace": "default", "labels": {}}
+def _pod(namespace: str, name: str, policy: dict[str, Any] | str | None,
+         labels: dict[str, str] | None = None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels or {})}
     if policy is not None:
         metadata["labels"]["sortie.io/session-id"] = name
         metadata["annotations"] = {"sortie.io/egress-policy": policy if isinstance(policy, str) else json.dumps(policy)}
@@ -146,61 +92,149 @@ def _pod(name: str, policy: dict[str, Any] | str | None) -> dict[str, Any]:
                      "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 1}}
 
 
-def _connects(plane: ControlPlane, pod: str, protocol: str, address: str, port: int) -> bool:
-    """From the pod, tests/cluster/probe: a TCP connection made, or a UDP datagram echoed back."""
-    result = plane.kubectl("exec", pod, "--", "/probe", protocol, f"{address}:{port}", timeout=30)
-    if result.returncode not in (0, 1):
+def _apply(plane: ControlPlane, manifest: dict[str, Any]) -> None:
+    result = plane.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    assert result.returncode == 0, result.stderr
+
+
+def _before_install(cluster: NodeCluster) -> None:
+    """What exists before the product: the namespaces, their policies, and a pod admission would refuse."""
+    plane = cluster.plane
+    for namespace in ("baseline", "sortie-chart"):
+        _apply(plane, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    overlay = cluster.node.root / "baseline-overlay"
+    overlay.mkdir()
+    components = Path(__file__).resolve().parents[1] / "manifests" / "components" / "baseline"
+    (overlay / "kustomization.yaml").write_text(json.dumps({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": "baseline",
+        "components": [os.path.relpath(components, overlay)]}))
+    result = plane.kubectl("apply", "-k", str(overlay))
+    assert result.returncode == 0, result.stderr
+    _apply(plane, SORTIE_CHART_DEFAULT)
+    wait_for(lambda: plane.kubectl("get", "serviceaccount", "default").returncode == 0, 30, "the default ServiceAccount")
+    _apply(plane, _pod("default", "fail-closed", INVALID_ANNOTATION))
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+    control_plane_binaries()  # a failure in CI, a skip elsewhere, when the control plane cannot be had
+    try:
+        node_parts()
+        with installed_cluster(tmp_path_factory.mktemp("node"), _before_install) as product:
+            yield product
+    except NodeUnavailable as exc:
+        if IN_CI:
+            pytest.fail(str(exc), pytrace=False)
+        pytest.skip(str(exc))
+
+
+def _probe(plane: ControlPlane, namespace: str, pod: str, cell: tuple[str, str, int]) -> bool:
+    """From the pod: a TCP connection made, a UDP datagram echoed back, or a name resolved."""
+    protocol, address, port = cell
+    command = (["/bin/busybox", "nslookup", address] if protocol == "dns"
+               else ["/probe", protocol, f"{address}:{port}"])
+    result = plane.kubectl("-n", namespace, "exec", pod, "--", *command, timeout=40)
+    if protocol != "dns" and result.returncode not in (0, 1):
         raise AssertionError(f"probe {protocol} {address}:{port} in {pod} could not run: {result.stderr}")
     return result.returncode == 0
 
 
-def _enforced(pod_ip: str) -> bool:
+def _running_ip(plane: ControlPlane, namespace: str, name: str) -> str | None:
+    pod = json.loads(plane.kubectl("-n", namespace, "get", "pod", name, "-o", "json").stdout)
+    return pod["status"].get("podIP") if pod["status"].get("phase") == "Running" else None
+
+
+def _in_dataplane(pod_ip: str) -> bool:
     """kube-router has put the pod into the ipsets of the policies that select it."""
     return pod_ip in run("ipset", "list").stdout
 
 
-EVERYTHING = set(CELLS)
-MATRIX: dict[str, tuple[dict[str, Any] | None, set[tuple[str, str, int]]]] = {
-    # pod: (egress policy, the cells it may reach, written out by hand); every other cell must be blocked
-    "plain": (None, EVERYTHING),
-    "allow-443": ({"mode": "allowlist", "rules": [{"cidr": f"{TARGET_A}/32", "port": 443, "protocol": "TCP"}]},
-                  {("tcp", TARGET_A, 443)}),
-    "allow-range": ({"mode": "allowlist", "rules": [{"cidr": f"{TARGET_B}/32", "port": 443, "end_port": 8443}]},
-                    {("tcp", TARGET_B, 443), ("tcp", TARGET_B, 8443)}),
-    "allow-udp-53": ({"mode": "allowlist", "rules": [{"cidr": f"{TARGET_A}/32", "port": 53, "protocol": "UDP"}]},
-                     {("udp", TARGET_A, 53)}),
-    "allow-all-ports": ({"mode": "allowlist", "rules": [{"cidr": "198.18.1.0/24"}]}, EVERYTHING),
-    "deny-a": ({"mode": "denylist", "rules": [{"cidr": f"{TARGET_A}/32"}]},
-               {cell for cell in CELLS if cell[1] == TARGET_B}),
-    "empty-allowlist": ({"mode": "allowlist", "rules": []}, set()),
-}
+def test_the_product_runs_from_our_image_as_shipped(installed: Installed) -> None:
+    plane = installed.plane
+    pods = json.loads(plane.kubectl("-n", SYSTEM_NAMESPACE, "get", "pods", "-o", "json").stdout)["items"]
+    accounts = sorted({p["spec"]["serviceAccountName"] for p in pods})
+    assert accounts == ["sortie-egress", "sortie-egress-webhook"], accounts
+    assert {c["image"] for p in pods for c in p["spec"]["containers"]} == {installed.image}
+    assert all(p["status"]["phase"] == "Running" for p in pods), diagnose(plane)
+    # From inside: not root, and the root filesystem refuses writes (only /tmp, an emptyDir, takes them).
+    check = ("import os\ntry:\n    open('/probe-write', 'w')\n    print('writable')\nexcept OSError:\n"
+             "    print('read-only')\nprint(os.getuid(), os.getgid())")
+    for deployment in ("sortie-egress-webhook", "sortie-egress-controller"):
+        result = plane.kubectl("-n", SYSTEM_NAMESPACE, "exec", f"deployment/{deployment}", "--", "python", "-c", check)
+        assert result.stdout.split() == ["read-only", "65532", "65532"], (deployment, result.stdout, result.stderr)
+    # The API server reaches the webhook through its Service (no URL), with the CA the controller injected.
+    webhooks = json.loads(plane.kubectl("get", "mutatingwebhookconfiguration", MUTATING_CONFIGURATION,
+                                        "-o", "json").stdout)["webhooks"]
+    assert [w["clientConfig"]["service"]["name"] for w in webhooks] == ["sortie-egress"]
+    assert all("url" not in w["clientConfig"] and w["clientConfig"].get("caBundle") for w in webhooks)
+    print(f"installed with kubectl apply -k in {installed.install_seconds:.1f} s")
 
 
-def test_what_each_session_pod_can_reach_on_packets(node: dict[str, Any]) -> None:
-    plane: ControlPlane = node["plane"]
-    for name, (policy, _) in MATRIX.items():
-        created = plane.kubectl("apply", "-f", "-", input=json.dumps(_pod(name, policy)))
-        assert created.returncode == 0, created.stderr
+def test_what_each_pod_can_reach_on_packets(installed: Installed) -> None:
+    plane = installed.plane
+    for namespace, name, policy, labels, _ in TABLE:
+        if name != "fail-closed":
+            _apply(plane, _pod(namespace, name, policy, labels))
+    ips = {name: wait_for(lambda namespace=namespace, name=name: _running_ip(plane, namespace, name), 90,
+                          f"pod {name} running")
+           for namespace, name, *_ in TABLE}
+    for namespace, name, _, _, allowed in TABLE:
+        if allowed != EVERYTHING:  # selected by some policy: wait until the dataplane has it
+            wait_for(lambda ip=ips[name]: _in_dataplane(ip), 30, f"kube-router to enforce {name}")
+    wait_for(lambda: plane.kubectl("get", "networkpolicy", "sortie-egress-fail-closed").returncode == 0, 30,
+             "the fail-closed pod's policy")
 
-    def running(name: str) -> str | None:
-        pod = json.loads(plane.kubectl("get", "pod", name, "-o", "json").stdout)
-        return pod["status"].get("podIP") if pod["status"].get("phase") == "Running" else None
-
-    ips = {name: wait_for(lambda name=name: running(name), 90, f"pod {name} running") for name in MATRIX}
-    for name, (policy, _) in MATRIX.items():
-        if policy is not None:
-            wait_for(lambda ip=ips[name]: _enforced(ip), 30, f"kube-router to enforce {name}")
-
-    header = f"{'pod':<16}" + "".join(f"{proto}/{t.rsplit('.', 1)[1]}:{p}".rjust(11) for proto, t, p in CELLS)
+    header = f"{'namespace':<13}{'pod':<19}" + "".join(
+        ("dns" if proto == "dns" else f"{proto}/{t.rsplit('.', 1)[1]}:{p}").rjust(11) for proto, t, p in COLUMNS)
     lines, differences = [header], []
-    for name, (_, allowed) in MATRIX.items():
+    for namespace, name, _, _, allowed in TABLE:
         cells = ""
-        for cell in CELLS:
-            expected, observed = cell in allowed, _connects(plane, name, *cell)
+        for cell in COLUMNS:
+            expected, observed = cell in allowed, _probe(plane, namespace, name, cell)
             cells += f"{('ok' if observed else '--') + ('' if observed == expected else '!'):>11}"
             if observed != expected:
-                differences.append(f"{name} -> {cell[0]} {cell[1]}:{cell[2]}: expected {'open' if expected else 'blocked'},"
-                                   f" observed {'open' if observed else 'blocked'}")
-        lines.append(f"{name:<16}{cells}")
-    print("\n".join(lines))  # ok = connected, -- = blocked, ! = differs from the policy
+                differences.append(f"{namespace}/{name} -> {cell[0]} {cell[1]}:{cell[2]}: expected "
+                                   f"{'open' if expected else 'blocked'}, observed {'open' if observed else 'blocked'}")
+        lines.append(f"{namespace:<13}{name:<19}{cells}")
+    print(f"{len(TABLE)} pods x {len(COLUMNS)} destinations = {len(TABLE) * len(COLUMNS)} cells")
+    print("\n".join(lines))  # ok = reached, -- = blocked, ! = differs from the expectation
     assert differences == [], "\n".join(differences)
+
+
+def test_the_widening_chart_default_is_reported(installed: Installed) -> None:
+    plane = installed.plane
+    _apply(plane, _pod("sortie-chart", "chart-widened", ALLOW_443, SESSION))
+
+    def warning() -> str | None:
+        events = json.loads(plane.kubectl("-n", "sortie-chart", "get", "events", "-o", "json",
+                                          "--field-selector", "involvedObject.name=chart-widened,reason=EgressWidened"
+                                          ).stdout)["items"]
+        return events[0]["message"] if events else None
+
+    message = wait_for(warning, 60, "the EgressWidened Event")
+    assert message.startswith("NetworkPolicy sortie-session-isolation: egress[0] allows TCP 80, TCP 443 to 0.0.0.0/0")
+
+
+def test_deleting_a_session_pod_removes_its_policy_and_its_rules(installed: Installed) -> None:
+    plane = installed.plane
+    _apply(plane, _pod("default", "short-lived", ALLOW_443))
+    ip = wait_for(lambda: _running_ip(plane, "default", "short-lived"), 90, "pod short-lived running")
+    wait_for(lambda: _in_dataplane(ip), 30, "kube-router to enforce short-lived")
+    assert plane.kubectl("delete", "pod", "short-lived", "--wait=true").returncode == 0
+    wait_for(lambda: plane.kubectl("get", "networkpolicy", "sortie-egress-short-lived").returncode != 0, 60,
+             "the garbage collector to delete the policy")
+    wait_for(lambda: not _in_dataplane(ip), 60, "kube-router to drop the pod's address")
+
+
+def test_uninstall_leaves_nothing_that_blocks_pods(installed: Installed) -> None:
+    """Last in this module: it removes the product."""
+    plane = installed.plane
+    uninstall(plane, installed.overlay)
+    leftovers = {kind: plane.kubectl("get", kind, "-o", "name").stdout.split()
+                 for kind in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations",
+                              "validatingadmissionpolicies", "validatingadmissionpolicybindings")}
+    assert {kind: [n for n in names if "sortie" in n] for kind, names in leftovers.items()} == {
+        kind: [] for kind in leftovers}
+    # A session pod is created and runs: nothing of ours holds it or refuses it any more.
+    _apply(plane, _pod("default", "after-uninstall", ALLOW_443))
+    wait_for(lambda: _running_ip(plane, "default", "after-uninstall"), 90, "a session pod after uninstall")

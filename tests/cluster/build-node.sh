@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Build the parts of a real node (issue 11) from the Go module proxy, pinned, into a cache:
-# kubelet (same Kubernetes version and wrapper module as the control plane, so most of its
+# kubelet and kube-proxy (same Kubernetes version and wrapper module as the control plane, so most of its
 # packages come from the control plane's build cache), containerd + ctr + the runc shim,
 # runc (cgo, with libseccomp), the CNI plugins the node uses, kube-router (the NetworkPolicy
-# dataplane, firewall only) and CoreDNS (cluster DNS, run as pods).
+# dataplane, firewall only) and CoreDNS (cluster DNS, run as pods). kube-proxy (iptables mode)
+# gives the node Services: the in-cluster API address and cluster DNS.
 #
 # Nothing here starts or touches the host: it only builds. A warm cache exits at once.
 #
@@ -21,7 +22,7 @@ coredns_version=v1.15.0
 cache_root="${SORTIE_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sortie-egress}"
 pins="k8s-$k8s_version containerd-$containerd_version runc-$runc_version cni-$cni_version kube-router-$kube_router_version coredns-$coredns_version"
 out="$cache_root/node-$(printf '%s' "$pins" | sha256sum | cut -c1-12)"
-binaries=(kubelet containerd ctr containerd-shim-runc-v2 runc bridge host-local loopback portmap kube-router coredns)
+binaries=(kubelet kube-proxy containerd ctr containerd-shim-runc-v2 runc bridge host-local loopback portmap kube-router coredns)
 
 # shellcheck source=build-lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/build-lib.sh"
@@ -56,10 +57,12 @@ trap 'rm -rf "$work"' EXIT
 (
   cd "$work"
   k8s_wrapper_module "$k8s_version" sortie.local/nodebuild >/dev/null
-  printf '//go:build tools\n\npackage tools\n\nimport _ "k8s.io/kubernetes/cmd/kubelet"\n' > tools.go
+  printf '//go:build tools\n\npackage tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-proxy"\n\t_ "k8s.io/kubernetes/cmd/kubelet"\n)\n' > tools.go
   go mod tidy >&2
-  log "building kubelet $k8s_version (elapsed $((SECONDS - started)) s)"
-  CGO_ENABLED=0 go build -trimpath -ldflags "$(k8s_ldflags "$k8s_version")" -o "$out/kubelet" k8s.io/kubernetes/cmd/kubelet >&2
+  for cmd in kubelet kube-proxy; do
+    log "building $cmd $k8s_version (elapsed $((SECONDS - started)) s)"
+    CGO_ENABLED=0 go build -trimpath -ldflags "$(k8s_ldflags "$k8s_version")" -o "$out/$cmd" "k8s.io/kubernetes/cmd/$cmd" >&2
+  done
 )
 
 containerd_ldflags="-s -w -X github.com/containerd/containerd/v2/version.Version=$containerd_version"

@@ -195,6 +195,10 @@ class ControlPlane:
     with_scheduler: bool = True
     #: A kubelet-less Node so gated pods are visibly held and then bound; off when a real node joins.
     fake_node: bool = True
+    #: Where the API server listens and what it advertises. Loopback unless pods must reach it
+    #: (a real node: the node's own address, through the `kubernetes` Service), since loopback
+    #: cannot be a Service endpoint.
+    address: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         self.pki = self.root / "pki"
@@ -202,7 +206,7 @@ class ControlPlane:
         self.pki.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         self.api_port = free_port()
-        self.server = f"https://127.0.0.1:{self.api_port}"
+        self.server = f"https://{self.address}:{self.api_port}"
         self.authority = Authority.create("sortie-test-cluster-ca", CERT_LIFETIME)
         self.ca_file = self._write("ca.crt", self.authority.pem)
         self.kubeconfig_path = self.root / "admin.kubeconfig"
@@ -235,7 +239,7 @@ class ControlPlane:
     def _env(self) -> dict[str, str]:
         # The API server dials our webhook on loopback: no proxy may get in between.
         env = {key: value for key, value in os.environ.items() if "proxy" not in key.lower()}
-        env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+        env["NO_PROXY"] = env["no_proxy"] = f"127.0.0.1,localhost,{self.address}"
         return env
 
     def _component(self, name: str, argv: list[str], port: int) -> Component:
@@ -251,7 +255,8 @@ class ControlPlane:
         if port != self.api_port:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE  # self-signed serving certs of the controllers
-        with urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", context=context, timeout=2) as reply:
+        host = self.address if port == self.api_port else "127.0.0.1"
+        with urllib.request.urlopen(f"https://{host}:{port}{path}", context=context, timeout=2) as reply:
             return reply.status == 200
 
     def _fail(self, reason: str) -> ControlPlaneError:
@@ -322,7 +327,7 @@ class ControlPlane:
         serving_cert, serving_key = self.authority.issue(
             "kube-apiserver",
             CERT_LIFETIME,
-            hosts=["127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "10.96.0.1"],
+            hosts=sorted({"127.0.0.1", self.address}) + ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "10.96.0.1"],
         )
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
@@ -343,8 +348,8 @@ class ControlPlane:
             [
                 str(self.binaries.kube_apiserver),
                 f"--etcd-servers={self.etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
                 f"--secure-port={self.api_port}",
                 f"--tls-cert-file={self._write('apiserver.crt', serving_cert)}",
                 f"--tls-private-key-file={self._write('apiserver.key', serving_key)}",
@@ -355,7 +360,8 @@ class ControlPlane:
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
-                "--endpoint-reconciler-type=none",  # loopback cannot be a Service endpoint
+                # Loopback cannot be a Service endpoint; any other address is the `kubernetes` Service's.
+                *(["--endpoint-reconciler-type=none"] if self.address == "127.0.0.1" else []),
                 "--profiling=false",
                 f"--cert-dir={self.root / 'apiserver-certs'}",
                 *self._kubelet_client_flags(),

@@ -172,7 +172,7 @@ class HostLedger:
     def _undo_network_namespaces(self, entry: dict[str, Any]) -> None:
         for name in netns_names():
             if name not in entry["before"]:
-                run("ip", "netns", "delete", name)
+                delete_netns(name)
 
     def _undo_sysctl(self, entry: dict[str, Any]) -> None:
         (Path("/proc/sys") / entry["key"].replace(".", "/")).write_text(entry["old"])
@@ -183,7 +183,7 @@ class HostLedger:
 
     def _undo_netns(self, entry: dict[str, Any]) -> None:
         if entry["name"] in netns_names():
-            run("ip", "netns", "delete", entry["name"])
+            delete_netns(entry["name"])
 
     def _undo_route(self, entry: dict[str, Any]) -> None:
         run("ip", "route", "del", *entry["spec"], check=False)
@@ -214,6 +214,24 @@ class HostLedger:
             for child in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
                 child.rmdir()
             folder.rmdir()
+
+
+def delete_netns(name: str) -> None:
+    """``ip netns delete``, also where the namespace's file is mounted more than once.
+
+    containerd bind-mounts its sandboxes' namespaces under /run/netns; a later ``ip netns add``
+    bind-mounts /run/netns onto itself recursively, which copies those mounts. ``ip netns
+    delete`` detaches one mount and fails on the unlink while another is there ("busy"), so
+    each further layer is detached before the next try."""
+    path = f"/run/netns/{name}"
+    for _ in range(8):
+        result = run("ip", "netns", "delete", name, check=False)
+        if result.returncode == 0 or name not in netns_names():
+            return
+        if "busy" not in result.stderr.lower():
+            break
+        run("umount", "-l", path, check=False)
+    raise RuntimeError(f"ip netns delete {name} failed: {result.stderr.strip()}")
 
 
 def netns_names() -> list[str]:

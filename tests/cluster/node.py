@@ -1,4 +1,5 @@
-"""A real node next to the test control plane: containerd, the kubelet, a CNI bridge, kube-router.
+"""A real node next to the test control plane: containerd, the kubelet, a CNI bridge, kube-proxy,
+kube-router (the NetworkPolicy dataplane) and CoreDNS (cluster DNS, as pods).
 
 Everything lives under one root folder and on links, namespaces and routes this
 module creates, each recorded in a HostLedger before it is made (host.py), so
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .harness import Component, ControlPlane, free_port, wait_for
+from .harness import SERVICE_CIDR, Component, ControlPlane, free_port, wait_for
 from .host import TEST_RANGE, HostLedger, run
 from .images import File, Image, write_archive
 
@@ -34,16 +35,27 @@ HARD_CODED_PATHS = ("/var/lib/kubelet", "/var/lib/cni", "/var/log/containers", "
                     "/run/netns", "/run/mount", "/run/nri", "/opt/containerd")
 PAUSE_IMAGE = "registry.invalid/sortie/pause:1"
 PROBE_IMAGE = "registry.invalid/sortie/probe:1"
+COREDNS_IMAGE = "registry.invalid/sortie/coredns:1"
+CLUSTER_DNS = "10.96.0.10"  # in SERVICE_CIDR
+#: Values kube-proxy may write whatever it is told; recorded so that undo puts them back.
+KUBE_PROXY_SYSCTLS = ("net.ipv4.conf.all.route_localnet", "net.netfilter.nf_conntrack_max",
+                      "net.netfilter.nf_conntrack_tcp_be_liberal", "net.netfilter.nf_conntrack_tcp_timeout_established",
+                      "net.netfilter.nf_conntrack_tcp_timeout_close_wait")
 HERE = Path(__file__).resolve().parent
 
 
 @dataclass
 class TestNode:
+    """``prepare()`` the host (the node's address must exist before the API server binds it),
+    start the control plane on NODE_IP, then ``start(plane)``."""
+
     __test__ = False  # a harness, not a test class
-    plane: ControlPlane
     parts: Path  # build-node.sh's folder
     root: Path
     ledger: HostLedger
+    #: OCI archives to load besides the node's own images (our image, from build-image.sh).
+    archives: tuple[Path, ...] = ()
+    plane: ControlPlane | None = None
     components: list[Component] = field(default_factory=list)
 
     @property
@@ -71,6 +83,10 @@ class TestNode:
         self.ledger.link(NODE_LINK, "type", "bridge")  # no dummy links in this kernel; a bridge with no ports will do
         run("ip", "addr", "add", f"{NODE_IP}/32", "dev", NODE_LINK)
         run("ip", "link", "set", NODE_LINK, "up")
+        # Service addresses: kube-proxy rewrites them before routing; one it does not know goes to the
+        # port-less bridge and nowhere else. (Not a blackhole: the host's own connections to a
+        # ClusterIP, the API server's to our webhook, are routed before kube-proxy's rewrite.)
+        self.ledger.route(SERVICE_CIDR, "dev", NODE_LINK)
         self.ledger.adopt_link(BRIDGE)  # the CNI bridge plugin creates it; it goes at undo all the same
 
     # --- containerd -------------------------------------------------------------------
@@ -123,7 +139,8 @@ state = "{base / 'state'}"
                          # Pods get a route to the test range only, through the bridge: nothing else is
                          # reachable from a pod on this node, whatever a policy would allow.
                          "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_SUBNET}]],
-                                  "routes": [{"dst": TEST_RANGE}], "dataDir": str(self.root / "cni" / "ipam")}},
+                                  "routes": [{"dst": TEST_RANGE}, {"dst": SERVICE_CIDR}],
+                                  "dataDir": str(self.root / "cni" / "ipam")}},
                         {"type": "portmap", "capabilities": {"portMappings": True}}]}))
 
     def _program(self, name: str) -> bytes:
@@ -137,9 +154,13 @@ state = "{base / 'state'}"
     def _images(self) -> None:
         busybox = Path("/bin/busybox").read_bytes()
         probe_files = {"bin/busybox": File(busybox), "probe": File(self._program("probe"))}
+        coredns = {"coredns": File((self.parts / "coredns").read_bytes())}
+        archives = list(self.archives)
         for image in (Image(PAUSE_IMAGE, {"pause": File(self._program("pause"))}, ("/pause",)),
-                      Image(PROBE_IMAGE, probe_files, ("/bin/busybox",))):
-            archive = write_archive(image, self.root / "images" / (image.name.rsplit("/", 1)[1].replace(":", "-") + ".tar"))
+                      Image(PROBE_IMAGE, probe_files, ("/bin/busybox",)),
+                      Image(COREDNS_IMAGE, coredns, ("/coredns",))):
+            archives.append(write_archive(image, self.root / "images" / (image.name.rsplit("/", 1)[1].replace(":", "-") + ".tar")))
+        for archive in archives:
             run(str(self.parts / "ctr"), "--address", str(self.socket), "-n", "k8s.io", "images", "import",
                 "--no-unpack", str(archive))
 
@@ -148,6 +169,7 @@ state = "{base / 'state'}"
     def _kubelet(self) -> None:
         base = self.root / "kubelet"
         base.mkdir(parents=True)
+        assert self.plane is not None
         kubeconfig = self.plane.kubeconfig_for("kubelet", self.plane.credentials_for_user(f"system:node:{NODE_NAME}",
                                                                                            ("system:masters",)))
         (base / "resolv.conf").write_text("")  # no upstream resolver: nothing leaves for the outside
@@ -162,7 +184,7 @@ state = "{base / 'state'}"
             "authorization": {"mode": "AlwaysAllow"},
             "address": NODE_IP, "port": port, "readOnlyPort": 0, "healthzBindAddress": "127.0.0.1", "healthzPort": healthz,
             "failSwapOn": False, "resolvConf": str(base / "resolv.conf"), "podLogsDir": str(base / "pod-logs"),
-            "clusterDomain": "cluster.local", "clusterDNS": [],
+            "clusterDomain": "cluster.local", "clusterDNS": [CLUSTER_DNS],
             "evictionHard": {}, "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
             "serializeImagePulls": False, "localStorageCapacityIsolation": False,
             "protectKernelDefaults": False, "makeIPTablesUtilChains": False,
@@ -174,10 +196,53 @@ state = "{base / 'state'}"
                                 f"--cert-dir={base / 'pki'}", f"--node-ip={NODE_IP}", f"--hostname-override={NODE_NAME}",
                                 "--v=1"], healthz)
 
+    def _kubeconfig(self, name: str) -> Path:
+        """Credentials for a node component, under the node's root: its undo finds the process by the path."""
+        assert self.plane is not None
+        credentials = self.plane.credentials_for_user(name, ("system:masters",))
+        kubeconfig = self.root / f"{name}.kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump(credentials.kubeconfig(name)))
+        return kubeconfig
+
+    def _kube_proxy(self) -> None:
+        """Services (iptables mode): the `kubernetes` Service for our pods, cluster DNS, our webhook's
+        Service for the API server. Node ports only on the node's address; conntrack left as it is."""
+        for key in KUBE_PROXY_SYSCTLS:
+            path = Path("/proc/sys") / key.replace(".", "/")
+            if path.exists():
+                self.ledger.sysctl(key, path.read_text().strip())  # recorded as it is, restored at undo
+        health, metrics = free_port(), free_port()
+        config = {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+            "mode": "iptables", "clientConnection": {"kubeconfig": str(self._kubeconfig("kube-proxy"))},
+            "hostnameOverride": NODE_NAME, "bindAddress": NODE_IP, "clusterCIDR": POD_SUBNET,
+            "healthzBindAddress": f"127.0.0.1:{health}", "metricsBindAddress": f"127.0.0.1:{metrics}",
+            "nodePortAddresses": [f"{NODE_IP}/32"],
+            "iptables": {"localhostNodePorts": False, "masqueradeAll": False},
+            "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+        }
+        path = self.root / "kube-proxy.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self._start("kube-proxy", [str(self.parts / "kube-proxy"), f"--config={path}", "--v=1"], health)
+
+    def _coredns(self) -> None:
+        """CoreDNS as cluster DNS, as pods labelled like everyone's (k8s-app: kube-dns, kube-system), so
+        the `cluster` DNS rule meets real lookups. No upstream: a name outside the cluster fails here."""
+        assert self.plane is not None
+        manifest = (HERE / "coredns.yaml").read_text().replace("COREDNS_IMAGE", COREDNS_IMAGE).replace(
+            "CLUSTER_DNS", CLUSTER_DNS)
+        result = self.plane.kubectl("apply", "-f", "-", input=manifest)
+        if result.returncode != 0:
+            raise RuntimeError(f"CoreDNS could not be installed: {result.stderr}")
+
+    def coredns_ready(self) -> bool:
+        assert self.plane is not None
+        result = self.plane.kubectl("-n", "kube-system", "get", "deployment", "coredns", "-o",
+                                    "jsonpath={.status.readyReplicas}")
+        return result.returncode == 0 and result.stdout.strip() not in ("", "0")
+
     def _kube_router(self) -> None:
-        credentials = self.plane.credentials_for_user("kube-router", ("system:masters",))
-        kubeconfig = self.root / "kube-router.kubeconfig"  # under the node's root: its undo finds the process by it
-        kubeconfig.write_text(yaml.safe_dump(credentials.kubeconfig("kube-router")))
+        kubeconfig = self._kubeconfig("kube-router")
         health = free_port()
         self._start("kube-router", [str(self.parts / "kube-router"), f"--kubeconfig={kubeconfig}",
                                     "--run-firewall=true", "--run-router=false", "--run-service-proxy=false",
@@ -186,12 +251,19 @@ state = "{base / 'state'}"
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> TestNode:
+    def prepare(self) -> TestNode:
+        """The host side: state folders and the node's network, before the control plane binds NODE_IP."""
         self.ledger.host_paths(HARD_CODED_PATHS)
         self.ledger.folder(self.root)
         self.ledger.processes(str(self.root))
         (self.root / "logs").mkdir()
         self._network()
+        return self
+
+    def start(self, plane: ControlPlane) -> TestNode:
+        if plane.address != NODE_IP:
+            raise ValueError(f"the control plane must listen on the node's address {NODE_IP} (pods reach it there)")
+        self.plane = plane
         self._cni()
         self._start("containerd", [str(self.parts / "containerd"), "--config", str(self._containerd_config())])
         wait_for(lambda: self.socket.exists() and run(str(self.parts / "ctr"), "--address", str(self.socket),
@@ -199,13 +271,17 @@ state = "{base / 'state'}"
         self._images()
         self._kubelet()
         wait_for(lambda: self._node_ready(), 60, f"Node {NODE_NAME} Ready")
+        self._kube_proxy()
         self._kube_router()
+        self._coredns()
+        wait_for(self.coredns_ready, 90, "CoreDNS Ready")
         return self
 
     def _node_ready(self) -> bool:
         for component in self.components:
             if not component.alive():
                 raise RuntimeError(f"{component.name} exited; log {component.log_path}:\n{component.log_tail()}")
+        assert self.plane is not None
         result = self.plane.kubectl("get", "node", NODE_NAME, "-o", "json")
         if result.returncode != 0:
             return False

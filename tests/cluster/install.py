@@ -1,0 +1,87 @@
+"""Our product installed the way users install it: ``kubectl apply -k`` of an overlay that only
+swaps the image reference; everything else is the shipped manifests (self-managed certificates).
+
+The overlay is written to a folder of the caller's (it names ``manifests/`` by a relative path,
+as an operator's overlay names ours), so what runs is exactly what ``kubectl kustomize`` of
+``manifests/`` gives, with our locally built image in place of ``sortie-egress:0.1.0``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import yaml
+
+from .harness import ControlPlane, wait_for
+
+MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
+SYSTEM_NAMESPACE = "sortie-system"
+SHIPPED_IMAGE = "sortie-egress"
+DEPLOYMENTS = ("sortie-egress-webhook", "sortie-egress-controller")
+MUTATING_CONFIGURATION = "sortie-egress"
+
+
+def write_overlay(folder: Path, image: str) -> Path:
+    """An operator's overlay of ``manifests/`` that sets only the image."""
+    name, tag = image.rsplit(":", 1)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(MANIFESTS, folder)],
+        "images": [{"name": SHIPPED_IMAGE, "newName": name, "newTag": tag}],
+    }))
+    return folder
+
+
+def _available(plane: ControlPlane, deployment: str) -> bool:
+    result = plane.kubectl("-n", SYSTEM_NAMESPACE, "get", "deployment", deployment, "-o", "json")
+    if result.returncode != 0:
+        return False
+    status = json.loads(result.stdout).get("status", {})
+    wanted = json.loads(result.stdout)["spec"].get("replicas", 1)
+    return status.get("readyReplicas", 0) >= wanted and status.get("updatedReplicas", 0) >= wanted
+
+
+def _ca_injected(plane: ControlPlane) -> bool:
+    result = plane.kubectl("get", "mutatingwebhookconfiguration", MUTATING_CONFIGURATION, "-o",
+                           "jsonpath={.webhooks[*].clientConfig.caBundle}")
+    return result.returncode == 0 and bool(result.stdout.strip())
+
+
+def install(plane: ControlPlane, overlay: Path, timeout: float = 180) -> float:
+    """Apply the overlay and wait until both Deployments are Ready and the CA is injected.
+
+    Returns the seconds it took. Raises with the pods' state and logs when it does not get there.
+    """
+    import time
+
+    started = time.monotonic()
+    result = plane.kubectl("apply", "-k", str(overlay), timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"kubectl apply -k {overlay} failed: {result.stderr}")
+    try:
+        for deployment in DEPLOYMENTS:
+            wait_for(lambda deployment=deployment: _available(plane, deployment), timeout, f"{deployment} Ready")
+        wait_for(lambda: _ca_injected(plane), 60, "the CA injected into the mutating webhook configuration")
+    except TimeoutError as exc:
+        raise RuntimeError(f"{exc}\n{diagnose(plane)}") from None
+    return time.monotonic() - started
+
+
+def diagnose(plane: ControlPlane) -> str:
+    """The product's pods and the tail of their logs, for a failure message."""
+    parts = [plane.kubectl("-n", SYSTEM_NAMESPACE, "get", "pods", "-o", "wide").stdout]
+    names = plane.kubectl("-n", SYSTEM_NAMESPACE, "get", "pods", "-o", "name").stdout.split()
+    for name in names:
+        parts.append(f"--- {name}\n" + plane.kubectl("-n", SYSTEM_NAMESPACE, "logs", name, "--tail=20").stdout)
+        parts.append(plane.kubectl("-n", SYSTEM_NAMESPACE, "describe", name).stdout[-1500:])
+    return "\n".join(parts)
+
+
+def uninstall(plane: ControlPlane, overlay: Path) -> None:
+    """``kubectl delete -k`` of the same overlay, waiting for everything to be gone."""
+    result = plane.kubectl("delete", "-k", str(overlay), "--wait=true", "--ignore-not-found", timeout=180)
+    if result.returncode != 0:
+        raise RuntimeError(f"kubectl delete -k {overlay} failed: {result.stderr}")

@@ -1,0 +1,129 @@
+"""The whole test cluster with a real node: what the node tests, the start-up bench and
+``python -m tests.cluster up --node`` share.
+
+Order matters: the node's address must exist before the API server binds it (pods reach
+the API server there, through the `kubernetes` Service), and the node joins a running
+control plane. Every host change is recorded in one ledger (host.py) at a fixed path, so
+that a later run (or ``down``) finds and undoes what a killed one left.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .binaries import find_binaries
+from .harness import ControlPlane
+from .host import HostLedger, recorded
+from .install import install, write_overlay
+from .node import NODE_IP, TestNode
+from .targets import start_targets
+
+HERE = Path(__file__).resolve().parent
+NODE_ROOT = Path("/var/tmp/sortie-egress-node")
+LEDGER = Path("/var/tmp/sortie-egress-node.ledger")  # fixed: a later run finds what a killed one left
+
+
+class NodeUnavailable(RuntimeError):
+    """This machine cannot run the node: not root, a host tool missing, or a part failed to build."""
+
+
+def _script_output(script: str) -> list[str]:
+    result = subprocess.run(["bash", str(HERE / script)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise NodeUnavailable(f"bash {HERE / script} failed: {result.stderr.strip()[-600:]}")
+    return result.stdout.strip().splitlines()
+
+
+def node_parts() -> Path:
+    """The node's binaries, built (or reused) by build-node.sh."""
+    missing = [tool for tool in ("nft", "ipset", "iptables") if shutil.which(tool) is None]
+    if os.geteuid() != 0 or missing:
+        raise NodeUnavailable(f"the node needs root and {', '.join(missing) or 'its host tools'} "
+                              "(scripts/node-host-packages.sh)")
+    return Path(_script_output("build-node.sh")[-1])
+
+
+def product_image() -> tuple[Path, str]:
+    """Our image built from ./Dockerfile by build-image.sh: (OCI archive, image name)."""
+    archive, name = _script_output("build-image.sh")[-2:]
+    return Path(archive), name
+
+
+@dataclass
+class NodeCluster:
+    plane: ControlPlane
+    node: TestNode
+    ledger: HostLedger
+    listener: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(cls, parts: Path, plane_root: Path, archives: tuple[Path, ...] = ()) -> NodeCluster:
+        """Start everything; on failure, stop what started (the caller undoes the ledger)."""
+        ledger = HostLedger(LEDGER)
+        node = TestNode(parts, NODE_ROOT, ledger, archives=archives).prepare()
+        # The targets' namespace before any pod's: `ip netns add` bind-mounts /run/netns onto itself
+        # (recursively) the first time, and would copy the sandboxes' namespace mounts already there,
+        # which `ip netns delete` then cannot remove at undo.
+        listener = start_targets(ledger, NODE_ROOT)
+        plane = ControlPlane(find_binaries(build=True), root=plane_root, fake_node=False, address=NODE_IP)
+        try:
+            plane.start()
+            node.start(plane)
+        except BaseException:
+            node.stop()
+            plane.stop()
+            listener.kill()
+            raise
+        return cls(plane, node, ledger, listener)
+
+    def stop(self) -> None:
+        self.node.stop()
+        self.plane.stop()
+        self.listener.kill()
+        self.listener.wait()
+
+
+@contextmanager
+def node_cluster(plane_root: Path, archives: tuple[Path, ...] = ()) -> Iterator[NodeCluster]:
+    """A running node cluster; afterwards (also on failure or Ctrl-C) the host as it was."""
+    parts = node_parts()
+    with recorded(HostLedger(LEDGER)):
+        cluster = NodeCluster.start(parts, plane_root, archives)
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+@dataclass
+class Installed:
+    """A node cluster with the probe targets and our product installed from our image."""
+
+    cluster: NodeCluster
+    overlay: Path  # the operator's overlay that was applied (for `kubectl delete -k`)
+    image: str
+    install_seconds: float
+
+    @property
+    def plane(self) -> ControlPlane:
+        return self.cluster.plane
+
+
+@contextmanager
+def installed_cluster(workdir: Path, before_install: Callable[[NodeCluster], None] | None = None
+                      ) -> Iterator[Installed]:
+    """The node cluster (with the probe targets), then ``kubectl apply -k`` of our manifests with our image.
+
+    ``before_install`` runs on the bare cluster first (pods that exist before the product does)."""
+    archive, image = product_image()
+    with node_cluster(workdir / "plane", (archive,)) as cluster:
+        if before_install is not None:
+            before_install(cluster)
+        overlay = write_overlay(workdir / "overlay", image)
+        yield Installed(cluster, overlay, image, install(cluster.plane, overlay))
