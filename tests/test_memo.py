@@ -24,6 +24,9 @@ from webhook.admission.mutate import mutate_pod
 from webhook.admission.response import encode_response
 from webhook.admission.review import ReviewRequest, admission_request, decode_request
 from webhook.constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, SCHEDULING_GATE, SESSION_ID_LABEL
+from webhook.enforcement import INIT_CONTAINER_NAME, EnforcementWait
+
+WAIT = EnforcementWait("registry.invalid/sortie-egress:1", "sortie-egress-canary.sortie-system.svc")
 
 VALID_POLICIES = [
     {"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8", "port": 443, "protocol": "TCP"}]},
@@ -69,6 +72,10 @@ def pods(draw: st.DrawFn) -> dict[str, Any]:
     gates = draw(gate_lists)
     if gates is not None:
         spec["schedulingGates"] = gates
+    inits = draw(st.one_of(st.none(), st.lists(st.sampled_from(["setup", "istio-init", INIT_CONTAINER_NAME]),
+                                                  max_size=3)))
+    if inits is not None:
+        spec["initContainers"] = [{"name": name, "image": "registry.invalid/init:1"} for name in inits]
     node = draw(st.sampled_from([MISSING, None, "", "node-1"]))
     if node is not MISSING:
         spec["nodeName"] = node
@@ -81,13 +88,13 @@ def review_bytes(pod: dict[str, Any], uid: str, namespace: str, user: str, dry_r
         "namespace": namespace, "userInfo": {"username": user}, "object": pod, "dryRun": dry_run}}).encode()
 
 
-def disagreement(request: ReviewRequest) -> str | None:
+def disagreement(request: ReviewRequest, wait: EnforcementWait | None = None) -> str | None:
     """Why the memo's answer differs from the direct one, or None (also when the memo does not apply)."""
-    answer = memoised_mutation(request)
+    answer = memoised_mutation(request, wait)
     if answer is None:
         return None
     plain = admission_request(request)
-    expected = mutate_pod(plain)
+    expected = mutate_pod(plain, wait)
     if answer.for_uid(request.uid) != encode_response(request.uid, expected):
         return f"answer bytes differ for {plain.obj}"
     if (answer.verdict, answer.warnings) != (expected.verdict, len(expected.warnings)):
@@ -101,6 +108,7 @@ def disagreement(request: ReviewRequest) -> str | None:
 def test_the_memoised_answer_is_the_direct_answer(pod: dict, uid: str, namespace: str, user: str, dry_run: bool) -> None:
     request = decode_request(review_bytes(pod, uid, namespace, user, dry_run))
     assert disagreement(request) is None
+    assert disagreement(request, WAIT) is None  # with the enforcement wait configured, too
 
 
 def test_pods_that_differ_only_in_what_the_answer_ignores_share_one_entry() -> None:
@@ -149,13 +157,16 @@ def _mutant(drop: int) -> Callable[[ReviewRequest], tuple[Hashable, ...] | None]
     (3, False, {EGRESS_MODE_LABEL: None}, {}),  # whether the mode label is there at all
     (4, True, {"gates": [SCHEDULING_GATE]}, {}),  # the scheduling gates
     (5, True, {"node": "node-1"}, {}),  # whether the pod is bound to a node
+    (6, True, {"inits": ["setup"]}, {}),  # the init containers (ours goes first)
 ])
 def test_a_key_missing_a_field_the_decision_reads_is_caught(monkeypatch: pytest.MonkeyPatch, drop: int, policy: bool,
                                                              first: dict, second: dict) -> None:
     def pod(extra: dict) -> dict:
         labels: dict[str, Any] = {SESSION_ID_LABEL: "s"}
-        labels.update({key: value for key, value in extra.items() if key not in ("gates", "policy", "node")})
+        labels.update({key: value for key, value in extra.items() if key not in ("gates", "policy", "node", "inits")})
         spec: dict[str, Any] = {"schedulingGates": [{"name": name} for name in extra["gates"]]} if extra.get("gates") else {}
+        if extra.get("inits"):
+            spec["initContainers"] = [{"name": name} for name in extra["inits"]]
         if extra.get("node"):
             spec["nodeName"] = extra["node"]
         metadata: dict[str, Any] = {"labels": labels}
@@ -165,6 +176,7 @@ def test_a_key_missing_a_field_the_decision_reads_is_caught(monkeypatch: pytest.
 
     memo._answer_for.cache_clear()
     monkeypatch.setattr(memo, "mutation_key", _mutant(drop))
-    found = [disagreement(decode_request(review_bytes(pod(extra), "u", "n", "a", False))) for extra in (first, second)]
+    found = [disagreement(decode_request(review_bytes(pod(extra), "u", "n", "a", False)), WAIT)
+             for extra in (first, second)]
     memo._answer_for.cache_clear()
     assert any(found), "a memo key without this field went unnoticed"

@@ -168,7 +168,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         kubeconfig=getattr(args, "kubeconfig", None),
         request_timeout=args.request_timeout,
         keep_alive_seconds=args.keep_alive,
-        webhook=WebhookSettings(),
+        webhook=WebhookSettings(wait=_enforcement_wait(args)),
     )
     logs.event("starting", component="webhook", version=__version__, host=args.host, port=args.port)
     try:
@@ -241,8 +241,10 @@ def cmd_controller(args: argparse.Namespace) -> int:
     options = ControllerOptions(
         namespaces=list(args.namespace), dns=args.dns, kubeconfig=args.kubeconfig, workers=args.workers,
         metrics_port=args.metrics_port or None, leader_elect=args.leader_elect, system_namespace=args.system_namespace,
-        certificates=certificates,
+        certificates=certificates, canary_port=args.canary_port,
     )
+    if args.canary_port and not 0 < args.canary_port < 65535:
+        raise CommandError(f"--canary-port must be between 1 and 65534 (the closed port is the next), not {args.canary_port}")
     logs.event("starting", component="controller", version=__version__, namespaces=options.namespaces or "all",
                dns=str(args.dns), leader_elect=args.leader_elect, system_namespace=args.system_namespace)
     try:
@@ -277,11 +279,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 policy_list = networking.list_namespaced_network_policy(namespace, _preload_content=False)
             pods += _json.loads(pod_list.data)["items"]
             policies += _json.loads(policy_list.data)["items"]
+        canary = None
+        if args.canary_port:
+            from .controller.canary import CANARY_SELECTOR, canary_for, project_canary_pod
+
+            canary_pods = _json.loads(core.list_namespaced_pod(args.system_namespace, label_selector=CANARY_SELECTOR,
+                                                               _preload_content=False).data)["items"]
+            canary = canary_for(args.system_namespace, args.canary_port, [project_canary_pod(p) for p in canary_pods])
     except ApiException as exc:
         raise CommandError(f"cannot read the cluster: {exc.status} {exc.reason}") from None
     except (ConfigException, HTTPError, OSError, ValueError) as exc:  # no kubeconfig, unreachable server
         raise CommandError(f"cannot read the cluster: {exc}") from None
-    rows = audit(pods, policies, args.dns)
+    rows = audit(pods, policies, args.dns, canary)
     sys.stdout.write(format_rows(rows))
     wrong = [row for row in rows if row.wrong]
     print(f"{len(rows)} rows, {len(wrong)} need attention", file=sys.stderr)
@@ -306,6 +315,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         return cmd_serve(args)
     finally:
         controller.shutdown()
+
+
+def _enforcement_wait(args: argparse.Namespace) -> Any:
+    """The init container to inject, from --enforcement-canary/-port/-image; None without a canary."""
+    from .enforcement import EnforcementWait
+
+    if not args.enforcement_canary:
+        return None
+    if not args.enforcement_image:
+        raise CommandError("--enforcement-canary needs --enforcement-image (or $SORTIE_EGRESS_IMAGE): the image "
+                           "the injected init container runs, normally this webhook's own")
+    if not 0 < args.enforcement_port < 65535:
+        raise CommandError(f"--enforcement-port must be between 1 and 65534, not {args.enforcement_port}")
+    host = args.enforcement_canary
+    if "." not in host and ":" not in host:  # a bare Service name: ours, in the namespace we run in
+        from .kube.client import own_namespace
+
+        host = f"{host}.{own_namespace()}.svc"
+    return EnforcementWait(args.enforcement_image, host, args.enforcement_port)
+
+
+def cmd_wait_for_enforcement(args: argparse.Namespace) -> int:
+    from .wait import wait_for_enforcement
+
+    return wait_for_enforcement(args.canary, args.port, args.timeout)
 
 
 #: Above the API server's idle-connection timeout (90 s): it, not we, should close an idle connection.
@@ -336,6 +370,15 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
                              "a connection we are closing, and a session start is refused at random "
                              f"(default {KEEP_ALIVE_SECONDS:.0f})")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--enforcement-canary", metavar="HOST",
+                        help="hold every enforced session pod's containers back until its egress policy is seen "
+                             "enforced from inside the pod, against the controller's canary at HOST (its Service: a "
+                             "bare name is taken in the namespace the webhook runs in); an init container is "
+                             "injected first (CONTRACT §6). Default: no wait")
+    parser.add_argument("--enforcement-port", type=int, default=9445,
+                        help="the canary's open port; the closed one is the next (the controller's --canary-port)")
+    parser.add_argument("--enforcement-image", default=os.environ.get("SORTIE_EGRESS_IMAGE"),
+                        help="the image of the injected init container (default: $SORTIE_EGRESS_IMAGE)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -359,6 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True)
     _system_namespace_flag(controller)
     controller.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    controller.add_argument("--canary-port", type=int, default=0,
+                            help="serve the enforcement canary on this port (open) and the next (closed), and make every "
+                                 "session policy open the first and block the second (CONTRACT §6); the webhook's "
+                                 "--enforcement-port. 0 (default): no canary")
     controller.add_argument("--manage-certificates", action="store_true",
                             help="the leader keeps the webhook's CA, serving certificate and caBundles (self-managed)")
     controller.add_argument("--certificate-hosts", help="serving certificate names (default: the in-cluster Service names)")
@@ -372,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--namespace", action="append", default=[], help="only this namespace (repeatable)")
     audit.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG/~/.kube/config)")
     audit.add_argument("--dns", type=_dns, default=DnsDestination(), help="the controller's DNS setting")
+    audit.add_argument("--canary-port", type=int, default=0, help="the controller's --canary-port (0: none)")
+    _system_namespace_flag(audit)
     audit.set_defaults(handler=cmd_audit)
 
     run = commands.add_parser("run", help="webhook and controller in one process (local development)")
@@ -400,6 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     review.add_argument("--timeout", type=float, default=10.0)
     review.set_defaults(handler=cmd_review)
+
+    wait = commands.add_parser("wait-for-enforcement",
+                               help="exit 0 once this pod's egress policy is seen enforced (the injected init container)")
+    wait.add_argument("--canary", required=True, help="the canary Service's name or address")
+    wait.add_argument("--port", type=int, default=9445, help="the canary's open port (the closed one is the next)")
+    wait.add_argument("--timeout", type=float, default=600.0, help="give up (exit 1) after this many seconds")
+    wait.set_defaults(handler=cmd_wait_for_enforcement)
 
     certs = commands.add_parser("certs", help="certificate tooling")
     certs_commands = certs.add_subparsers(dest="certs_command", required=True, metavar="COMMAND")

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, SCHEDULING_GATE
+from .enforcement import EnforcementWait, wait_patch
 from .session import annotations_of, labels_of
 
 JsonPatch = list[dict[str, Any]]
@@ -36,8 +37,10 @@ def _gate_names(pod: Mapping[str, Any]) -> list[Any] | None:
     return [gate.get("name") if isinstance(gate, dict) else None for gate in gates]
 
 
-def enforce_patch(pod: Mapping[str, Any], canonical_annotation: str, mode: str) -> JsonPatch:
-    """Canonical annotation, truthful mode label, and our gate after any existing ones."""
+def enforce_patch(pod: Mapping[str, Any], canonical_annotation: str, mode: str,
+                  wait: EnforcementWait | None = None) -> JsonPatch:
+    """Canonical annotation, truthful mode label, our gate after any existing ones, and (when
+    configured) our init container first, holding the rest back until enforcement is seen."""
     ops: JsonPatch = []
     if annotations_of(pod).get(EGRESS_POLICY_ANNOTATION) != canonical_annotation:
         ops.append({"op": "replace", "path": _ANNOTATION_PATH, "value": canonical_annotation})
@@ -51,6 +54,8 @@ def enforce_patch(pod: Mapping[str, Any], canonical_annotation: str, mode: str) 
         ops.append({"op": "add", "path": _GATES_PATH, "value": [{"name": SCHEDULING_GATE}]})
     elif SCHEDULING_GATE not in gates:
         ops.append({"op": "add", "path": _GATES_PATH + "/-", "value": {"name": SCHEDULING_GATE}})
+    if wait is not None:
+        ops.extend(wait_patch(pod, wait))
     return ops
 
 

@@ -6,7 +6,8 @@ because both call :func:`render_network_policy`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .constants import (
@@ -117,18 +118,75 @@ def _deny_rule(rules: tuple[Rule, ...]) -> dict[str, Any] | None:
     return {"to": peers} if peers else None
 
 
-def egress_rules(policy: EgressPolicy, dns: DnsDestination) -> list[dict[str, Any]]:
-    rules = [_dns_rule(dns)]
+@dataclass(frozen=True, slots=True)
+class Canary:
+    """The controller's enforcement canary (enforcement.py), as every session policy must treat it:
+    its open port allowed (to its pods, by selector), and its addresses cut out of every
+    address block of the app's rules, so that its closed port is blocked whatever they allow."""
+
+    namespace: str
+    pod_labels: tuple[tuple[str, str], ...]
+    open_port: int
+    addresses: tuple[str, ...] = field(default=())
+
+    def rule(self) -> dict[str, Any]:
+        return {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": self.namespace}},
+                        "podSelector": {"matchLabels": dict(self.pod_labels)}}],
+                "ports": [{"protocol": "TCP", "port": self.open_port}]}
+
+
+def _without(peer: dict[str, Any], addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> dict[str, Any] | None:
+    """An ipBlock peer with ``addresses`` cut out (None when nothing of it is left)."""
+    block = peer.get("ipBlock")
+    if block is None:
+        return peer
+    network = ipaddress.ip_network(block["cidr"])
+    excepted = [ipaddress.ip_network(cidr) for cidr in block.get("except", [])]
+    added = []
+    for address in addresses:
+        if address.version != network.version or address not in network:
+            continue
+        if any(address in hole for hole in excepted):
+            continue
+        host = ipaddress.ip_network(f"{address}/{address.max_prefixlen}")
+        if host == network:
+            return None  # the block is the canary's address alone: nothing of it may stay
+        added.append(str(host))
+    if not added:
+        return peer
+    return {"ipBlock": {"cidr": block["cidr"], "except": list(block.get("except", [])) + added}}
+
+
+def _cut_out(rules: list[dict[str, Any]], addresses: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The app's rules with the canary's addresses cut out. A rule whose every peer goes is
+    dropped: a rule with no peers left would allow every destination."""
+    parsed = [ipaddress.ip_address(address) for address in addresses]
+    result = []
+    for rule in rules:
+        if "to" not in rule:
+            result.append(rule)  # only DNS has no `to` (dns=any), and only on port 53
+            continue
+        peers = [kept for kept in (_without(peer, parsed) for peer in rule["to"]) if kept is not None]
+        if peers:
+            result.append({**rule, "to": peers})
+    return result
+
+
+def egress_rules(policy: EgressPolicy, dns: DnsDestination, canary: Canary | None = None) -> list[dict[str, Any]]:
+    app_rules: list[dict[str, Any]] = []
     if policy.mode == "allowlist":
-        rules.extend(_allow_rule(rule) for rule in policy.rules)
+        app_rules.extend(_allow_rule(rule) for rule in policy.rules)
     else:
         deny = _deny_rule(policy.rules)
         if deny is not None:
-            rules.append(deny)
-    return rules
+            app_rules.append(deny)
+    if canary is None:
+        return [_dns_rule(dns), *app_rules]
+    return [_dns_rule(dns), *_cut_out(app_rules, canary.addresses), canary.rule()]
 
 
-def render_network_policy(pod: SessionPod, policy: EgressPolicy, dns: DnsDestination) -> dict[str, Any]:
+def render_network_policy(pod: SessionPod, policy: EgressPolicy, dns: DnsDestination,
+                          canary: Canary | None = None) -> dict[str, Any]:
     """The NetworkPolicy for ``pod``, owned by it so the garbage collector removes it with it."""
     labels = {SESSION_ID_LABEL: pod.session_id}
     if pod.app_id:
@@ -156,9 +214,9 @@ def render_network_policy(pod: SessionPod, policy: EgressPolicy, dns: DnsDestina
         "spec": {
             "podSelector": {"matchLabels": {SESSION_ID_LABEL: pod.session_id}},
             "policyTypes": ["Egress"],
-            "egress": egress_rules(policy, dns),
+            "egress": egress_rules(policy, dns, canary),
         },
     }
 
 
-__all__ = ["DnsDestination", "egress_rules", "render_network_policy"]
+__all__ = ["Canary", "DnsDestination", "egress_rules", "render_network_policy"]

@@ -1,9 +1,10 @@
 """Memoised mutation answers: the same app policy arrives again and again.
 
 A burst of sessions is many pods of a few apps. The answer to a session pod's
-CREATE depends on five things only: the policy annotation, the mode label, the
-scheduling gate names, whether the session id can name a NetworkPolicy, and
-whether the pod is already bound to a node.
+CREATE depends on six things only: the policy annotation, the mode label, the
+scheduling gate names, the init container names, whether the session id can name
+a NetworkPolicy, and whether the pod is already bound to a node (and on the
+server's fixed enforcement-wait setting, which is part of the cache key too).
 Everything else that varies from pod to pod (uid, name, user labels,
 containers) never enters it. So the encoded answer is memoised on those four
 things, and per request only the request uid is spliced in: decision and
@@ -17,7 +18,8 @@ answers differ, and the property test in tests/test_memo.py fails.
 
 Pods the memo does not cover (not a Pod CREATE, not a session pod, a session
 id that cannot name a NetworkPolicy, an annotation over ``MAX_MEMO_ANNOTATION``
-characters, or fields that are not strings) take the direct path.
+characters, fields that are not strings, or an init container already named like
+ours, whose whole spec matters) take the direct path.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 import msgspec
 
 from ..constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, MAX_MEMO_ANNOTATION, SESSION_ID_LABEL
+from ..enforcement import INIT_CONTAINER_NAME, EnforcementWait
 from ..session import session_id_problem
 from .mutate import mutate_pod
 from .response import Decision, encode_response
@@ -93,11 +96,19 @@ def mutation_key(request: ReviewRequest) -> tuple[Hashable, ...] | None:
         if not all(_plain(name) for name in names):
             return None
         gates = names
-    return (annotation, EGRESS_POLICY_ANNOTATION in annotations, mode, EGRESS_MODE_LABEL in labels, gates, bound)
+    raw_inits = None if spec is None else spec.initContainers
+    inits: tuple[str | None, ...] | None = None
+    if raw_inits is not None:
+        init_names = tuple(container.name for container in raw_inits)
+        if not all(_plain(name) for name in init_names) or INIT_CONTAINER_NAME in init_names:
+            return None
+        inits = init_names
+    return (annotation, EGRESS_POLICY_ANNOTATION in annotations, mode, EGRESS_MODE_LABEL in labels, gates, bound,
+            inits)
 
 
 def _pod_from_key(key: tuple[Hashable, ...]) -> dict[str, Any]:
-    annotation, has_annotation, mode, has_mode, gates, bound = key
+    annotation, has_annotation, mode, has_mode, gates, bound, inits = key
     labels: dict[str, Any] = {SESSION_ID_LABEL: _PLACEHOLDER_SESSION}
     if has_mode:
         labels[EGRESS_MODE_LABEL] = mode
@@ -109,6 +120,8 @@ def _pod_from_key(key: tuple[Hashable, ...]) -> dict[str, Any]:
         pod["spec"]["schedulingGates"] = [{"name": name} for name in gates]  # type: ignore[attr-defined]
     if bound:
         pod["spec"]["nodeName"] = "memo-node"
+    if inits is not None:
+        pod["spec"]["initContainers"] = [{"name": name} for name in inits]  # type: ignore[attr-defined]
     return pod
 
 
@@ -119,13 +132,13 @@ def encoded(decision: Decision) -> EncodedAnswer:
 
 
 @lru_cache(maxsize=MEMO_ENTRIES)
-def _answer_for(key: tuple[Hashable, ...]) -> EncodedAnswer:
+def _answer_for(key: tuple[Hashable, ...], wait: EnforcementWait | None) -> EncodedAnswer:
     request = AdmissionRequest(uid=_UID_MARK, kind="Pod", operation="CREATE", namespace="memo", name=None,
                                username="", obj=_pod_from_key(key), old_obj=None, dry_run=False)
-    return encoded(mutate_pod(request))
+    return encoded(mutate_pod(request, wait))
 
 
-def memoised_mutation(request: ReviewRequest) -> EncodedAnswer | None:
+def memoised_mutation(request: ReviewRequest, wait: EnforcementWait | None = None) -> EncodedAnswer | None:
     """The memoised answer to ``request``, or None when it must be decided directly."""
     key = mutation_key(request)
-    return None if key is None else _answer_for(key)
+    return None if key is None else _answer_for(key, wait)

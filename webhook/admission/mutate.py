@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..constants import EGRESS_POLICY_ANNOTATION
+from ..enforcement import EnforcementWait
 from ..patch import enforce_patch, no_policy_patch, pointer
 from ..policy import PolicyParse, parse_policy
 from ..session import SessionPod, session_id_problem, session_pod
@@ -62,8 +63,11 @@ def _reapplied(request: AdmissionRequest) -> Decision:
                                 "value": old.annotation}])
 
 
-def mutate_pod(request: AdmissionRequest) -> Decision:
-    """Decide a Pod CREATE (or an UPDATE re-stating its policy). Pure: a dryRun request gets the same answer."""
+def mutate_pod(request: AdmissionRequest, wait: EnforcementWait | None = None) -> Decision:
+    """Decide a Pod CREATE (or an UPDATE re-stating its policy). Pure: a dryRun request gets the same answer.
+
+    ``wait``: the init container that holds an enforced pod's containers back (enforcement.py);
+    None where the operator runs without one."""
     if request.kind != "Pod" or request.obj is None:
         return allow()
     if request.operation == "UPDATE" and not request.sub_resource:
@@ -81,4 +85,4 @@ def mutate_pod(request: AdmissionRequest) -> Decision:
     if parsed.policy is None:
         return allow(parsed.warnings, no_policy_patch(pod))
     assert parsed.canonical is not None  # set whenever a policy is
-    return allow(parsed.warnings, enforce_patch(pod, parsed.canonical, parsed.policy.mode))
+    return allow(parsed.warnings, enforce_patch(pod, parsed.canonical, parsed.policy.mode, wait))

@@ -30,12 +30,16 @@ class MetadataView(msgspec.Struct, omit_defaults=True):
     annotations: dict[str, Any] | None = None
 
 
-class GateView(msgspec.Struct, omit_defaults=True):
+class NamedView(msgspec.Struct, omit_defaults=True):
+    """A scheduling gate or a container: only its name is read."""
+
     name: Any = None
 
 
+
 class SpecView(msgspec.Struct, omit_defaults=True):
-    schedulingGates: list[GateView] | None = None
+    schedulingGates: list[NamedView] | None = None
+    initContainers: list[NamedView] | None = None
     nodeName: Any = None
 
 

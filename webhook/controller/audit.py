@@ -13,7 +13,7 @@ from typing import Any
 
 from ..constants import POLICY_NAME_PREFIX, SESSION_ID_LABEL
 from ..effective import widenings
-from ..render import DnsDestination
+from ..render import Canary, DnsDestination
 from .desired import (
     INVALID_POLICY,
     POLICY_CHANGED,
@@ -49,8 +49,8 @@ def _name(obj: dict[str, Any]) -> tuple[str, str]:
 
 
 def _session_rows(namespace: str, session_id: str, pods: list[dict[str, Any]], existing: dict[str, Any] | None,
-                  others: list[dict[str, Any]], dns: DnsDestination) -> list[AuditRow]:
-    plan = plan_session(pods, existing, dns)
+                  others: list[dict[str, Any]], dns: DnsDestination, canary: Canary | None) -> list[AuditRow]:
+    plan = plan_session(pods, existing, dns, canary)
     notes = {(id(note.pod), note.reason): note.message for note in plan.notes}
     released = {id(pod) for pod in plan.release}
     unlabelled = {id(pod) for pod, _ in plan.labels}
@@ -96,7 +96,8 @@ def _session_rows(namespace: str, session_id: str, pods: list[dict[str, Any]], e
     return rows
 
 
-def audit(pods: list[dict[str, Any]], policies: list[dict[str, Any]], dns: DnsDestination) -> list[AuditRow]:
+def audit(pods: list[dict[str, Any]], policies: list[dict[str, Any]], dns: DnsDestination,
+          canary: Canary | None = None) -> list[AuditRow]:
     """Rows for every session pod and every orphaned managed policy; ``policies`` are all of them."""
     by_name = {_name(policy): policy for policy in policies}
     others_by_namespace: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -111,7 +112,7 @@ def audit(pods: list[dict[str, Any]], policies: list[dict[str, Any]], dns: DnsDe
     rows = []
     for (namespace, session_id), members in sorted(sessions.items()):
         existing = by_name.get((namespace, POLICY_NAME_PREFIX + session_id))
-        rows += _session_rows(namespace, session_id, members, existing, others_by_namespace[namespace], dns)
+        rows += _session_rows(namespace, session_id, members, existing, others_by_namespace[namespace], dns, canary)
     for (namespace, name), policy in sorted(by_name.items()):
         session_id = name[len(POLICY_NAME_PREFIX):] if name.startswith(POLICY_NAME_PREFIX) else name
         if is_managed(policy) and (namespace, session_id) not in sessions:

@@ -40,7 +40,7 @@ from ..constants import (
 )
 from ..patch import JsonPatch, pointer
 from ..policy import FAIL_CLOSED_POLICY, EgressPolicy, parse_policy
-from ..render import DnsDestination, render_network_policy
+from ..render import Canary, DnsDestination, render_network_policy
 from ..session import session_id_problem, session_pod
 
 FINISHED_PHASES = ("Succeeded", "Failed")
@@ -137,10 +137,11 @@ def _owner(pod: dict[str, Any], controller: bool) -> dict[str, Any]:
             "controller": controller, "blockOwnerDeletion": True}
 
 
-def _render(owners: list[dict[str, Any]], policy: EgressPolicy, digest: str, dns: DnsDestination) -> dict[str, Any]:
+def _render(owners: list[dict[str, Any]], policy: EgressPolicy, digest: str, dns: DnsDestination,
+            canary: Canary | None) -> dict[str, Any]:
     session = session_pod(owners[0])
     assert session is not None
-    rendered = render_network_policy(session, policy, dns)
+    rendered = render_network_policy(session, policy, dns, canary)
     rendered["metadata"]["annotations"] = {POLICY_DIGEST_ANNOTATION: digest}
     rendered["metadata"]["ownerReferences"] = [_owner(pod, index == 0) for index, pod in enumerate(owners)]
     return rendered
@@ -165,8 +166,10 @@ def describe_policy(policy: dict[str, Any]) -> str:
     return f"NetworkPolicy {metadata.get('name')} (uid {metadata.get('uid', '?')}, {shown})"
 
 
-def plan_session(pods: list[dict[str, Any]], existing: dict[str, Any] | None, dns: DnsDestination) -> SessionPlan:
-    """CONTRACT §3 for one session: every pod of it (any state), and the policy with its name, if any."""
+def plan_session(pods: list[dict[str, Any]], existing: dict[str, Any] | None, dns: DnsDestination,
+                 canary: Canary | None = None) -> SessionPlan:
+    """CONTRACT §3 for one session: every pod of it (any state), and the policy with its name, if any.
+    ``canary``: the enforcement canary every session policy must open and cut out (render.Canary)."""
     plan = SessionPlan()
     if not pods:
         plan.delete = is_managed(existing)  # an orphan: its pods are all gone
@@ -213,7 +216,7 @@ def plan_session(pods: list[dict[str, Any]], existing: dict[str, Any] | None, dn
 
     if plan.pin_violated:
         assert pin is not None
-        plan.policy = _render(active, FAIL_CLOSED_POLICY, pin, dns)
+        plan.policy = _render(active, FAIL_CLOSED_POLICY, pin, dns, canary)
         plan.enforced_pods = active
     elif session_digest is None:
         # The session has no per-app policy: nothing of ours, and gates a creator set are lifted.
@@ -223,7 +226,7 @@ def plan_session(pods: list[dict[str, Any]], existing: dict[str, Any] | None, dn
     elif matching:
         policy = enforced[id(matching[0])].policy
         assert policy is not None
-        plan.policy = _render(matching, policy, session_digest, dns)
+        plan.policy = _render(matching, policy, session_digest, dns, canary)
         plan.release = [pod for pod in matching if has_gate(pod)]
         plan.enforced_pods = matching
     else:

@@ -17,6 +17,7 @@ from ..kube.client import api_client
 from ..kube.informer import Informer, Store
 from ..render import DnsDestination
 from ..rotation import RotationPolicy
+from .canary import CANARY_SELECTOR, canary_for, project_canary_pod, serve_canary
 from .desired import is_managed
 from .metrics import ControllerMetrics
 from .projections import pod_session_key, policy_ownership_key, project_policy, project_pod
@@ -46,6 +47,10 @@ class ControllerOptions:
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
     #: Self-managed webhook certificates (None: someone else, e.g. cert-manager, provides them).
     certificates: RotationPolicy | None = None
+    #: The enforcement canary's open port (the closed one is the next; CONTRACT §6). 0: no canary,
+    #: and session policies carry no canary rule.
+    canary_port: int = 0
+    canary_host: str = "0.0.0.0"
 
 
 class Controller:
@@ -65,6 +70,9 @@ class Controller:
         self.policies = Store(index=policy_ownership_key)
         self.queue: WorkQueue[SessionKey] = WorkQueue()
         self.reconciler = Reconciler(self.core, self.networking, self.pods, self.policies, options.dns, self.metrics)
+        self.canary_pods = Store()
+        if options.canary_port:
+            self.reconciler.canary = canary_for(options.system_namespace, options.canary_port, [])
         self.informers = self._informers()
         self.workers: list[threading.Thread] = []
         self.last_progress = time.monotonic()
@@ -96,8 +104,22 @@ class Controller:
         for key in {pod_session_key(pod) for pod in self.pods.by_namespace(namespace)}:
             self.queue.add(key)
 
+    def _canary_changed(self, _pod: dict[str, Any]) -> None:
+        """A canary pod came, went or got its address: every session policy cuts out the new set."""
+        canary = canary_for(self.options.system_namespace, self.options.canary_port, self.canary_pods.items())
+        if canary != self.reconciler.canary:
+            log.info("canary addresses now %s", ", ".join(canary.addresses) or "(none)")
+            self.reconciler.canary = canary
+            self.enqueue_all()
+
     def _informers(self) -> list[Informer]:
         informers = []
+        if self.options.canary_port:
+            canary_pods = partial(self.core.list_namespaced_pod, self.options.system_namespace,
+                                  label_selector=CANARY_SELECTOR)
+            informers.append(Informer("canary-pods", canary_pods, project_canary_pod, self.canary_pods,
+                                      self._canary_changed, self.stop, self.options.system_namespace,
+                                      self._watch_restarted))
         for namespace in self.options.namespaces or [None]:
             if namespace is None:
                 pods = partial(self.core.list_pod_for_all_namespaces, label_selector=SESSION_ID_LABEL)
@@ -191,6 +213,8 @@ class Controller:
 
     def start(self, sync_timeout: float = 60.0) -> None:
         self._last_resync = time.monotonic()
+        if self.options.canary_port:
+            serve_canary(self.options.canary_host, self.options.canary_port, self.stop)
         for informer in self.informers:
             informer.start()
         deadline = time.monotonic() + sync_timeout

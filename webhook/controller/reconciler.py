@@ -23,7 +23,7 @@ from ..constants import MANAGED_BY_LABEL, POLICY_NAME_PREFIX, SESSION_ID_LABEL
 from ..effective import widenings
 from ..kube.informer import Store
 from ..patch import pointer
-from ..render import DnsDestination
+from ..render import Canary, DnsDestination
 from .desired import (
     CONFLICT,
     WIDENED,
@@ -57,6 +57,9 @@ class Reconciler:
     dns: DnsDestination
     metrics: ControllerMetrics
     component: str = "sortie-egress"
+    #: The enforcement canary every session policy opens and cuts out; its addresses follow the
+    #: canary pods (Controller._canary_changed). None: no canary (nothing waits on one).
+    canary: Canary | None = None
     #: Events already recorded, per session (dropped with the session, so this never outgrows the cluster).
     _told: dict[SessionKey, set[tuple[str, str, str]]] = field(default_factory=dict)
     #: Sessions whose pods other policies widen, and by which policies (the gauge counts the keys).
@@ -88,7 +91,7 @@ class Reconciler:
         name = POLICY_NAME_PREFIX + session_id
         existing = self.policies.get((namespace, name))
         pods = self.pods.by_index(key)
-        plan = plan_session(pods, existing, self.dns)
+        plan = plan_session(pods, existing, self.dns, self.canary)
         done: list[str] = []
         try:
             self._write_policy(plan, existing, done)

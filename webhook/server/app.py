@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -29,6 +30,7 @@ from ..admission.mutate import mutate_pod
 from ..admission.response import Decision
 from ..admission.review import AdmissionRequest, ReviewError, ReviewRequest, admission_request, decode_request
 from ..constants import MAX_REVIEW_BYTES
+from ..enforcement import EnforcementWait
 from .metrics import WebhookMetrics
 
 log = logging.getLogger("sortie.webhook")
@@ -44,6 +46,8 @@ class WebhookSettings:
     metrics: WebhookMetrics = field(default_factory=WebhookMetrics)
     #: False while there is no real serving certificate yet (it comes from a Secret).
     ready: Callable[[], bool] = field(default=lambda: True)
+    #: The init container that holds session pods back until enforcement is seen (CONTRACT §6).
+    wait: EnforcementWait | None = None
 
 
 class BodyTooLarge(Exception):
@@ -220,7 +224,8 @@ def create_app(settings: WebhookSettings | None = None) -> WebhookApp:
     async def metrics(_: Request) -> Response:
         return Response(settings.metrics.render(), media_type=settings.metrics.content_type)
 
-    mutate = AdmissionEndpoint("mutate", mutate_pod, fail_open=False, settings=settings, memo=memoised_mutation)
+    mutate = AdmissionEndpoint("mutate", partial(mutate_pod, wait=settings.wait), fail_open=False, settings=settings,
+                               memo=partial(memoised_mutation, wait=settings.wait))
     routes = [
         Route("/mutate", mutate, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),

@@ -1,0 +1,96 @@
+"""Holding a session pod's containers back until its egress policy is enforced (CONTRACT §6).
+
+The scheduling gate proves only that the NetworkPolicy *object* exists; dataplanes such as
+kube-router program a pod's rules after its address is known, which is after its
+containers have started. So the webhook puts one init container first in every session
+pod: it runs inside the pod's own network namespace and exits only once it sees the policy
+at work there, with the canary the controller serves:
+
+- the canary's *open* port answers with a token: every session policy allows it (a rule
+  the controller adds), so the pod's network and the canary are up;
+- the canary's *closed* port, on the same pods, answers with the same token unless a policy
+  blocks it, and every session policy blocks it (no rule allows it, and the canary's
+  addresses are cut out of every address block that would).
+
+Enforced = open answers and closed does not, in the same round. A canary that is down
+answers neither, and the pod waits (fails closed) rather than starting unprotected. Pure:
+the container and the patch that puts it first; the probing lives in ``wait.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+INIT_CONTAINER_NAME = "sortie-egress-wait"
+CANARY_TOKEN = b"sortie-egress-canary\n"
+DEFAULT_OPEN_PORT = 9445
+#: Canary pods: the controller's. A session policy allows the open port to exactly these.
+CANARY_POD_LABELS = {"app.kubernetes.io/name": "sortie-egress", "app.kubernetes.io/component": "controller"}
+
+
+def closed_port(open_port: int) -> int:
+    """The closed port is always the one after the open port: one setting, no mismatch."""
+    return open_port + 1
+
+
+@dataclass(frozen=True, slots=True)
+class EnforcementWait:
+    """The init container the webhook injects: our image, and where the canary answers."""
+
+    image: str
+    canary_host: str  # the canary Service's name (or address)
+    open_port: int = DEFAULT_OPEN_PORT
+    timeout_seconds: int = 600
+
+    def container(self) -> dict[str, Any]:
+        return {
+            "name": INIT_CONTAINER_NAME,
+            "image": self.image,
+            "imagePullPolicy": "IfNotPresent",
+            # `python -m webhook.wait`, not the `sortie-egress` CLI: the standard library only, so it
+            # starts in a few tens of milliseconds and a few MiB in every session pod.
+            "command": ["python", "-m", "webhook.wait", "--canary", self.canary_host,
+                        "--port", str(self.open_port), "--timeout", str(self.timeout_seconds)],
+            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"},
+                          "limits": {"cpu": "200m", "memory": "64Mi"}},
+            "securityContext": {
+                "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+                "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }
+
+
+def init_container_names(pod: Mapping[str, Any]) -> list[Any] | None:
+    spec = pod.get("spec")
+    containers = spec.get("initContainers") if isinstance(spec, dict) else None
+    if not isinstance(containers, list):
+        return None
+    return [c.get("name") if isinstance(c, dict) else None for c in containers]
+
+
+def wait_patch(pod: Mapping[str, Any], wait: EnforcementWait) -> list[dict[str, Any]]:
+    """Ours first among the init containers (they are containers too, and run before the rest).
+
+    One already named like ours is replaced by ours, in first place: a re-invoked webhook
+    finds it as it left it (no change), and a creator cannot bring a look-alike that waits
+    for nothing."""
+    ours = wait.container()
+    names = init_container_names(pod)
+    if names is None:
+        return [{"op": "add", "path": "/spec/initContainers", "value": [ours]}]
+    if INIT_CONTAINER_NAME in names:
+        index = names.index(INIT_CONTAINER_NAME)
+        if index == 0 and pod["spec"]["initContainers"][0] == ours and names.count(INIT_CONTAINER_NAME) == 1:
+            return []
+        ops = [{"op": "remove", "path": f"/spec/initContainers/{i}"}
+               for i in reversed(range(len(names))) if names[i] == INIT_CONTAINER_NAME]
+        return ops + [{"op": "add", "path": "/spec/initContainers/0", "value": ours}]
+    return [{"op": "add", "path": "/spec/initContainers/0", "value": ours}]
+
+
+__all__ = ["CANARY_POD_LABELS", "CANARY_TOKEN", "DEFAULT_OPEN_PORT", "EnforcementWait", "INIT_CONTAINER_NAME",
+           "closed_port", "init_container_names", "wait_patch"]
