@@ -226,6 +226,40 @@ def test_deleting_a_session_pod_removes_its_policy_and_its_rules(installed: Inst
     wait_for(lambda: not _in_dataplane(ip), 60, "kube-router to drop the pod's address")
 
 
+def _watching(name: str, policy: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
+    """A pod whose only container tries TCP TARGET_A:80 from its first instant, for ``seconds``."""
+    pod = _pod("default", name, policy)
+    pod["spec"]["containers"][0]["command"] = ["/probe", "watch", "tcp", f"{TARGET_A}:80", str(seconds)]
+    return pod
+
+
+def _watch_result(plane: ControlPlane, name: str, seconds: float) -> dict[str, int]:
+    line = wait_for(lambda: next((line for line in plane.kubectl("logs", name).stdout.splitlines()
+                                  if line.startswith("attempts=")), None), seconds + 90, f"{name}'s probe result")
+    return {key: int(value) for key, value in (part.split("=") for part in line.split())}
+
+
+def test_no_denied_connection_gets_through_from_a_containers_first_instant(installed: Installed) -> None:
+    """CONTRACT §6 on packets: the session container starts only once its policy is enforced (the
+    injected init container waits on the canary), so not one attempt to a denied destination
+    succeeds; plain pods doing the same get through at once, or the probe would prove nothing."""
+    plane = installed.plane
+    seconds = 2.0
+    sessions, plains = [f"startup-session-{i}" for i in range(4)], [f"startup-plain-{i}" for i in range(2)]
+    for name in sessions:
+        _apply(plane, _watching(name, ALLOW_443, seconds))
+    for name in plains:
+        _apply(plane, _watching(name, None, seconds))
+    results = {name: _watch_result(plane, name, seconds) for name in sessions + plains}
+    print({name: (r["attempts"], r["open"]) for name, r in results.items()})
+    assert all(results[name]["open"] > 0 and 0 <= results[name]["first_open_ms"] < 1000 for name in plains), results
+    assert all(results[name]["attempts"] > 0 for name in sessions), results
+    assert {name: results[name]["open"] for name in sessions} == {name: 0 for name in sessions}
+    pod = json.loads(plane.kubectl("get", "pod", sessions[0], "-o", "json").stdout)
+    assert [c["name"] for c in pod["spec"]["initContainers"]] == ["sortie-egress-wait"]
+    assert pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+
+
 def test_uninstall_leaves_nothing_that_blocks_pods(installed: Installed) -> None:
     """Last in this module: it removes the product."""
     plane = installed.plane
