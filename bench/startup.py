@@ -2,18 +2,20 @@
 policy denies in its first instant, and how long does each step of a session start take?
 
 Brings up the test node with the product installed from our image (as tests/test_node_egress.py
-does: tests/cluster/nodecluster.py), then creates
-``--pods`` session pods whose only container runs ``/probe watch`` against a destination
-their policy denies (TCP 198.18.1.2:80; the policy allows only :443) from the container's
-first instant, for ``--seconds``; and as many plain pods doing the same, as the control
-(they must get through at once, or the probe measures nothing). It prints, per kind:
+does: tests/cluster/nodecluster.py), then creates ``--pods`` session pods whose only container
+runs ``/probe watch`` against a destination their policy denies (TCP 198.18.1.2:80; the policy
+allows only :443) from the container's first instant, for ``--seconds``; and as many plain
+pods doing the same, as the control (they must get through at once, or the probe measures
+nothing). A watch on the pods and a poll of the node's packet filter (every 20 ms) time each
+step, from the create call:
 
-- create -> gate released (the pod's PodScheduled condition, which the gate holds back)
-- create -> container started (containerStatuses startedAt)
+- gate released: the pod is first seen without the scheduling gate
+- address: the pod is first seen with an IP
+- rules present: the pod's address is first seen in kube-router's iptables rules
+- Running: the pod is first seen Running (for a session pod: after the injected init
+  container saw its policy enforced)
 - attempts, how many got through, and the last that did, in ms after the container started:
-  for a session pod, that is the enforcement gap as seen from inside the pod (any at all
-  breaks §6). (kube-router's ipsets are no clock for it: the pod's address shows up in them
-  seconds after the denied attempts have stopped getting through.)
+  for a session pod, any at all breaks §6.
 
 Run as root on a machine with the node parts: ``.venv/bin/python bench/startup.py``.
 """
@@ -21,10 +23,11 @@ Run as root on a machine with the node parts: ``.venv/bin/python bench/startup.p
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import statistics
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -42,10 +45,6 @@ DENIED = f"{TARGET_A}:80"
 POLICY = {"mode": "allowlist", "rules": [{"cidr": f"{TARGET_A}/32", "port": 443, "protocol": "TCP"}]}
 
 
-def _time(text: str | None) -> float | None:
-    return None if not text else dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
 def _pod(name: str, policy: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
     pod = node_test._pod("default", name, policy)
     pod["spec"]["containers"][0]["command"] = ["/probe", "watch", "tcp", DENIED, str(seconds)]
@@ -53,39 +52,81 @@ def _pod(name: str, policy: dict[str, Any] | None, seconds: float) -> dict[str, 
     return pod
 
 
+class Timeline:
+    """First time (seconds after its create call) each pod was seen in each state."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+        self.created: dict[str, float] = {}
+        self.seen: dict[str, dict[str, float]] = {}
+        self.addresses: dict[str, str] = {}
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+
+    def mark(self, name: str, state: str) -> None:
+        with self.lock:
+            if name in self.created and state not in self.seen.setdefault(name, {}):
+                self.seen[name][state] = time.monotonic() - self.created[name]
+
+    def watch_pods(self) -> None:
+        from kubernetes import client, watch
+
+        core = client.CoreV1Api(self.plane.admin.api_client())
+        while not self.stop.is_set():
+            for event in watch.Watch().stream(core.list_namespaced_pod, "default", timeout_seconds=5):
+                pod = event["object"]
+                name = pod.metadata.name
+                if not pod.spec.scheduling_gates:
+                    self.mark(name, "released")
+                if pod.status.pod_ip:
+                    self.addresses[name] = pod.status.pod_ip
+                    self.mark(name, "address")
+                if pod.status.phase == "Running":
+                    self.mark(name, "running")
+                if self.stop.is_set():
+                    break
+
+    def poll_dataplane(self) -> None:
+        while not self.stop.is_set():
+            rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+            for name, address in list(self.addresses.items()):
+                if f"{address}/32" in rules or f" {address} " in rules:
+                    self.mark(name, "rules")
+            time.sleep(0.02)
+
+
 def measure(plane: ControlPlane, pods: int, seconds: float) -> dict[str, list[dict[str, Any]]]:
     kinds = {"session": POLICY, "plain": None}
-    created: dict[str, float] = {}
+    timeline = Timeline(plane)
+    threads = [threading.Thread(target=timeline.watch_pods, daemon=True),
+               threading.Thread(target=timeline.poll_dataplane, daemon=True)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)  # the watch is established before the first create
     for index in range(pods):
         for kind, policy in kinds.items():
             name = f"{kind}-{index}"
-            created[name] = time.time()
+            timeline.created[name] = time.monotonic()
             applied = plane.kubectl("apply", "-f", "-", input=json.dumps(_pod(name, policy, seconds)))
             assert applied.returncode == 0, applied.stderr
-    def state(name: str) -> dict[str, Any]:
-        return json.loads(plane.kubectl("get", "pod", name, "-o", "json").stdout)
 
     results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
-    for name in created:
+    for name in timeline.created:
         line = wait_for(lambda name=name: next((l for l in plane.kubectl("logs", name).stdout.splitlines()
                                                 if l.startswith("attempts=")), None), seconds + 60, f"{name}'s result")
         numbers = dict(part.split("=") for part in line.split())
-        pod = state(name)
-        conditions = {c["type"]: c for c in pod["status"].get("conditions", [])}
-        started = _time(pod["status"]["containerStatuses"][0]["state"].get("running", {}).get("startedAt"))
-        scheduled = _time(conditions.get("PodScheduled", {}).get("lastTransitionTime"))
         results[name.split("-")[0]].append({
             "attempts": int(numbers["attempts"]), "open": int(numbers["open"]),
             "first_open_ms": int(numbers["first_open_ms"]), "last_open_ms": int(numbers["last_open_ms"]),
-            "create_to_released": None if scheduled is None else scheduled - created[name],
-            "create_to_started": None if started is None else started - created[name],
+            **timeline.seen.get(name, {}),
         })
+    timeline.stop.set()
     return results
 
 
 def _median(values: list[float | None]) -> str:
     present = [value for value in values if value is not None]
-    return f"{statistics.median(present):.2f} s" if present else "-"
+    return f"{statistics.median(present):.2f} ({max(present):.2f}) s" if present else "-"
 
 
 def main() -> int:
@@ -98,13 +139,14 @@ def main() -> int:
     with installed_cluster(Path(tempfile.mkdtemp(prefix="sortie-bench-startup-"))) as product:
         wait_for(lambda: product.plane.kubectl("get", "serviceaccount", "default").returncode == 0, 30, "default SA")
         results = measure(product.plane, args.pods, args.seconds)
+    steps = ("released", "address", "rules", "running")
     print(f"{'kind':<8} {'pods':>4} {'attempts':>9} {'got through':>12} {'last through':>13} "
-          f"{'create->released':>17} {'create->started':>16}")
+          + "".join(f"{'create->' + step:>18}" for step in steps) + "   (medians; max in brackets)")
     for kind, rows in results.items():
         attempts, through = sum(r["attempts"] for r in rows), sum(r["open"] for r in rows)
         last = max((r["last_open_ms"] for r in rows), default=-1)
         print(f"{kind:<8} {len(rows):>4} {attempts:>9} {through:>12} {str(last) + ' ms' if last >= 0 else '-':>13} "
-              f"{_median([r['create_to_released'] for r in rows]):>17} {_median([r['create_to_started'] for r in rows]):>16}")
+              + "".join(f"{_median([r.get(step) for r in rows]):>18}" for step in steps))
     leaked = sum(r["open"] for r in results["session"])
     control = all(r["open"] > 0 and r["first_open_ms"] < 1000 for r in results["plain"])
     print(f"session containers reached the denied destination {leaked} times; "

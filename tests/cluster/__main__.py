@@ -1,7 +1,10 @@
-"""``python -m tests.cluster build|up|down|env``: the test control plane, for people.
+"""``python -m tests.cluster build|up|down|env``: the test cluster, for people.
 
-``up`` starts it in the background and records it in .cluster/state.json;
-``env`` prints the KUBECONFIG export; ``down`` stops exactly what ``up`` started.
+``up`` starts the control plane in the background and records it in .cluster/state.json;
+``up --node`` (as root) adds the real node (containerd, kubelet, kube-proxy, kube-router,
+CoreDNS, the probe targets) and installs the product from our image with ``kubectl apply -k``;
+``env`` prints the KUBECONFIG export; ``down`` stops exactly what ``up`` started and, after
+``--node``, undoes every change to the host (tests/cluster/host.py).
 """
 
 from __future__ import annotations
@@ -16,23 +19,61 @@ import time
 from pathlib import Path
 
 from .binaries import BinariesMissing, find_binaries
-from .harness import ControlPlane, ControlPlaneError, port_is_bound
+from .harness import ControlPlane, ControlPlaneError
 
 STATE_DIR = Path(os.environ.get("SORTIE_CLUSTER_DIR", ".cluster"))
 STATE = STATE_DIR / "state.json"
 
 
-def _up() -> int:
+def _start_node(root: Path) -> tuple[ControlPlane, float]:
+    """The node cluster and the product on it; the host is undone if anything fails."""
+    from .host import HostLedger
+    from .install import install, write_overlay
+    from .nodecluster import LEDGER, NodeCluster, node_parts, product_image
+
+    ledger = HostLedger(LEDGER)
+    leftovers = ledger.undo()
+    if leftovers:
+        raise ControlPlaneError(f"a previous node run left changes that cannot be undone: {leftovers}")
+    parts = node_parts()
+    print("building (or reusing) our image from ./Dockerfile ...", file=sys.stderr)
+    archive, image = product_image()
+    try:
+        cluster = NodeCluster.start(parts, root, (archive,))
+        print("installing the product: kubectl apply -k (our image) ...", file=sys.stderr)
+        seconds = install(cluster.plane, write_overlay(STATE_DIR / "overlay", image))
+    except BaseException:
+        if "cluster" in locals():
+            cluster.stop()
+        ledger.undo()
+        raise
+    return cluster.plane, seconds
+
+
+def _up(node: bool) -> int:
     if STATE.exists():
         print(f"already up (see {STATE}); run `python -m tests.cluster down` first", file=sys.stderr)
         return 1
+    STATE_DIR.mkdir(exist_ok=True)
     try:
-        plane = ControlPlane(find_binaries(build=True), root=(STATE_DIR / "root").resolve())
-        plane.start()
-    except (BinariesMissing, ControlPlaneError) as exc:
+        if node:
+            from .nodecluster import NodeUnavailable
+
+            try:
+                plane, seconds = _start_node((STATE_DIR / "root").resolve())
+            except NodeUnavailable as exc:
+                print(exc, file=sys.stderr)
+                return 2
+            print(f"node cluster up, product installed in {seconds:.0f} s; try examples/probe-session-pod.yaml",
+                  file=sys.stderr)
+        else:
+            plane = ControlPlane(find_binaries(build=True), root=(STATE_DIR / "root").resolve())
+            plane.start()
+    except (BinariesMissing, ControlPlaneError, RuntimeError) as exc:
         print(exc, file=sys.stderr)
         return 2
     state = {
+        "node": node,
         "kubeconfig": str(plane.kubeconfig_path),
         "server": plane.server,
         "logs": str(plane.logs),
@@ -42,6 +83,16 @@ def _up() -> int:
     print(f"control plane up in {plane.startup_seconds:.1f} s at {plane.server}; logs in {plane.logs}", file=sys.stderr)
     print(f"export KUBECONFIG={plane.kubeconfig_path}")
     return 0
+
+
+def _alive(pid: int) -> bool:
+    """The process group ``up`` started is still there (not only its port: the API server
+    listens on the node's address after ``--node``, and stops slowly)."""
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _down() -> int:
@@ -56,13 +107,23 @@ def _down() -> int:
             continue
     deadline = time.monotonic() + 15
     for component in state["components"]:
-        while time.monotonic() < deadline and port_is_bound(component["port"]):
+        while time.monotonic() < deadline and _alive(component["pid"]):
             time.sleep(0.1)
-        if port_is_bound(component["port"]):
+        if _alive(component["pid"]):
             os.killpg(component["pid"], signal.SIGKILL)
+    problems: list[str] = []
+    if state.get("node"):
+        from .host import HostLedger
+        from .nodecluster import LEDGER
+
+        problems = HostLedger(LEDGER).undo()  # the node's processes, links, rules, mounts, cgroups, folders
     STATE.unlink()
     shutil.rmtree(STATE_DIR / "root", ignore_errors=True)  # a fresh etcd and CA next time
-    print("control plane stopped", file=sys.stderr)
+    shutil.rmtree(STATE_DIR / "overlay", ignore_errors=True)
+    if problems:
+        print("host changes not undone (see tests/cluster/host.py):\n" + "\n".join(problems), file=sys.stderr)
+        return 1
+    print("cluster stopped" + (", host restored" if state.get("node") else ""), file=sys.stderr)
     return 0
 
 
@@ -86,8 +147,12 @@ def _build() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.cluster", description=__doc__)
     parser.add_argument("action", choices=["build", "up", "down", "env"])
-    action = parser.parse_args().action
-    return {"build": _build, "up": _up, "down": _down, "env": _env}[action]()
+    parser.add_argument("--node", action="store_true",
+                        help="up: with a real node and the product installed from our image (root; Linux)")
+    args = parser.parse_args()
+    if args.action == "up":
+        return _up(args.node)
+    return {"build": _build, "down": _down, "env": _env}[args.action]()
 
 
 if __name__ == "__main__":

@@ -61,8 +61,10 @@ def start_targets(ledger: HostLedger, root: Path) -> subprocess.Popen[bytes]:
     run(*inside, "ip", "route", "add", "default", "via", GATEWAY)
     script = root / "listener.py"
     script.write_text(LISTENER)
-    listener = subprocess.Popen([*inside, sys.executable, str(script), f"{TARGET_A},{TARGET_B}",
-                                 ",".join(map(str, PORTS)), str(UDP_PORT)], start_new_session=True)
+    with (root / "listener.log").open("ab") as log:  # never the caller's stdout: `up --node` returns at once
+        listener = subprocess.Popen([*inside, sys.executable, str(script), f"{TARGET_A},{TARGET_B}",
+                                     ",".join(map(str, PORTS)), str(UDP_PORT)], start_new_session=True,
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     wait_for(lambda: run(*inside, "ss", "-ltn").stdout.count("LISTEN") >= 2 * len(PORTS)
              and run(*inside, "ss", "-lun").stdout.count(f":{UDP_PORT} ") >= 2, 10, "the listeners")
     return listener
