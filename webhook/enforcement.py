@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .session import spec_names
+
 INIT_CONTAINER_NAME = "sortie-egress-wait"
 CANARY_TOKEN = b"sortie-egress-canary\n"
 DEFAULT_OPEN_PORT = 9445
@@ -65,11 +67,7 @@ class EnforcementWait:
 
 
 def init_container_names(pod: Mapping[str, Any]) -> list[Any] | None:
-    spec = pod.get("spec")
-    containers = spec.get("initContainers") if isinstance(spec, dict) else None
-    if not isinstance(containers, list):
-        return None
-    return [c.get("name") if isinstance(c, dict) else None for c in containers]
+    return spec_names(pod, "initContainers")
 
 
 def wait_patch(pod: Mapping[str, Any], wait: EnforcementWait) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from .constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, SCHEDULING_GATE
 from .enforcement import EnforcementWait, wait_patch
-from .session import annotations_of, labels_of
+from .session import annotations_of, labels_of, spec_names
 
 JsonPatch = list[dict[str, Any]]
 
@@ -30,11 +30,7 @@ _GATES_PATH = pointer("spec", "schedulingGates")
 
 
 def _gate_names(pod: Mapping[str, Any]) -> list[Any] | None:
-    spec = pod.get("spec")
-    gates = spec.get("schedulingGates") if isinstance(spec, dict) else None
-    if not isinstance(gates, list):
-        return None
-    return [gate.get("name") if isinstance(gate, dict) else None for gate in gates]
+    return spec_names(pod, "schedulingGates")
 
 
 def enforce_patch(pod: Mapping[str, Any], canonical_annotation: str, mode: str,

@@ -40,6 +40,16 @@ def annotations_of(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return _mapping(_mapping(_mapping(obj).get("metadata")).get("annotations"))
 
 
+def spec_names(pod: Mapping[str, Any], field: str) -> list[Any] | None:
+    """The ``name`` of each entry of the list ``spec.<field>`` (scheduling gates, init containers);
+    None when there is no such list, None for an entry that is not an object."""
+    spec = pod.get("spec")
+    entries = spec.get(field) if isinstance(spec, dict) else None
+    if not isinstance(entries, list):
+        return None
+    return [entry.get("name") if isinstance(entry, dict) else None for entry in entries]
+
+
 def policy_name(session_id: str) -> str:
     return POLICY_NAME_PREFIX + session_id
 
