@@ -164,7 +164,7 @@ def _cut_out(rules: list[dict[str, Any]], addresses: tuple[str, ...]) -> list[di
     result = []
     for rule in rules:
         if "to" not in rule:
-            result.append(rule)  # only DNS has no `to` (dns=any), and only on port 53
+            result.append(rule)  # none of ours: every app rule names its addresses
             continue
         peers = [kept for kept in (_without(peer, parsed) for peer in rule["to"]) if kept is not None]
         if peers:
