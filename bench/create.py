@@ -1,0 +1,154 @@
+"""What a session pod create costs through the real API server, against a plain pod (issue 13).
+
+One control plane (etcd, kube-apiserver, controller-manager, scheduler, a kubelet-less Node),
+tamper protection applied as shipped, our webhook registered in it over TLS as production runs
+it (``--enforcement-canary``: the init container is injected). Session pods (a policy, so our
+webhook is called, mutates and gates them) and plain pods (no session label: the API server
+never calls us) are created alternately, in the same run, each create timed from the client
+(the create call's round trip, which includes admission):
+
+1. with the controller stopped: the webhook's own cost, ``--pods`` creates one at a time, then
+   ``--pods`` more from ``--parallel`` threads;
+2. the same with the controller running (its writes compete with the creates).
+
+It prints p50/p99 per kind and the difference at each, and the webhook calls per session start
+(the webhook's admissions counter over the session pods created: every call is a round trip
+on the API server's path; the controller's gate release must not add one).
+
+    .venv/bin/python bench/create.py [--pods 500] [--parallel 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import concurrent.futures
+import re
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kubernetes import client  # noqa: E402
+
+from tests.cluster.binaries import find_binaries  # noqa: E402
+from tests.cluster.harness import ControlPlane, wait_for  # noqa: E402
+from tests.conftest import install_admission_policies  # noqa: E402
+from tests.support import ControllerProcess, WebhookProcess, generate_certs, session_pod  # noqa: E402
+from webhook.configuration import mutating_configuration  # noqa: E402
+
+POLICY = {"mode": "allowlist", "rules": [{"cidr": "10.20.0.0/16", "port": 443, "protocol": "TCP"}]}
+
+
+def webhook_metrics(webhook: WebhookProcess) -> tuple[float, float]:
+    """(admissions answered on /mutate, all decisions; seconds spent answering them, server side)."""
+    with urllib.request.urlopen(f"{webhook.url}/metrics", context=webhook.context(), timeout=5) as reply:
+        text = reply.read().decode()
+    calls = sum(float(value) for value in re.findall(
+        r'^sortie_egress_admissions_total\{[^}]*endpoint="mutate"[^}]*\} (\S+)$', text, re.M))
+    seconds = sum(float(value) for value in re.findall(
+        r'^sortie_egress_admission_duration_seconds_sum\{[^}]*endpoint="mutate"[^}]*\} (\S+)$', text, re.M))
+    return calls, seconds
+
+
+def pod(kind: str, name: str, namespace: str) -> dict[str, Any]:
+    if kind == "session":
+        return session_pod(name=name, session_id=name, policy=POLICY, namespace=namespace)
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]}}
+
+
+def timed_creates(core: client.CoreV1Api, namespace: str, count: int, parallel: int) -> dict[str, list[float]]:
+    """``count`` pods of each kind, alternating, from ``parallel`` threads: create latencies in ms."""
+    latencies: dict[str, list[float]] = {"session": [], "plain": []}
+
+    def one(index: int) -> None:
+        kind = ("session", "plain")[index % 2]
+        manifest = pod(kind, f"{kind}-{index}", namespace)
+        started = time.perf_counter()
+        core.create_namespaced_pod(namespace, manifest, _preload_content=False)
+        latencies[kind].append((time.perf_counter() - started) * 1000)
+
+    if parallel == 1:
+        for index in range(2 * count):
+            one(index)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+            list(pool.map(one, range(2 * count)))
+    return latencies
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def report(title: str, latencies: dict[str, list[float]]) -> None:
+    session, plain = latencies["session"], latencies["plain"]
+    p50 = (statistics.median(session), statistics.median(plain))
+    p99 = (percentile(session, 0.99), percentile(plain, 0.99))
+    print(f"{title:<44} session p50 {p50[0]:6.2f} p99 {p99[0]:6.2f} ms | plain p50 {p50[1]:6.2f} p99 {p99[1]:6.2f} ms"
+          f" | added p50 {p50[0] - p50[1]:+6.2f} p99 {p99[0] - p99[1]:+6.2f} ms", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pods", type=int, default=500, help="pods of each kind per measurement")
+    parser.add_argument("--parallel", type=int, default=16)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="sortie-bench-create-"))
+    plane = ControlPlane(find_binaries(), root=work / "cluster").start()
+    generate_certs(work / "certs")
+    webhook = WebhookProcess(work / "certs", work / "webhook.log", extra_args=(
+        "--enforcement-canary", "sortie-egress-canary", "--enforcement-image", "registry.invalid/sortie-egress:1")).start()
+    controller = None
+    try:
+        api = plane.admin.api_client()
+        api.configuration.connection_pool_maxsize = args.parallel * 2
+        core = client.CoreV1Api(api)
+        install_admission_policies(plane)
+        ca_bundle = base64.b64encode((work / "certs" / "ca.crt").read_bytes()).decode()
+        client.AdmissionregistrationV1Api(api).create_mutating_webhook_configuration(
+            mutating_configuration(url=webhook.url, ca_bundle=ca_bundle))
+        namespaces = ["warm-up", "alone-seq", "alone-par", "running-seq", "running-par"]
+        for namespace in namespaces:
+            core.create_namespace({"metadata": {"name": namespace}})
+            wait_for(lambda namespace=namespace: core.read_namespaced_service_account("default", namespace), 30,
+                     "default ServiceAccount")
+        probe = session_pod(policy=POLICY, namespace="warm-up")
+        wait_for(lambda: "sortie.io/egress-mode" in (core.create_namespaced_pod("warm-up", probe, dry_run="All")
+                                                     .metadata.labels or {}), 30, "the webhook")
+        timed_creates(core, "warm-up", 20, 1)  # connections, caches, the memo
+        calls_before, seconds_before = webhook_metrics(webhook)
+        report(f"controller stopped, {args.pods}+{args.pods} sequential", timed_creates(core, "alone-seq", args.pods, 1))
+        report(f"controller stopped, {args.parallel} in parallel",
+               timed_creates(core, "alone-par", args.pods, args.parallel))
+        kubeconfig = plane.kubeconfig_for("controller", plane.credentials_for_service_account(
+            "sortie-system", "sortie-egress", create=False))
+        controller = ControllerProcess(kubeconfig, work / "controller.log",
+                                       extra_args=("--no-leader-elect", "--namespace", "running-seq",
+                                                   "--namespace", "running-par")).start()
+        report("controller running, sequential", timed_creates(core, "running-seq", args.pods, 1))
+        report(f"controller running, {args.parallel} in parallel",
+               timed_creates(core, "running-par", args.pods, args.parallel))
+        wait_for(lambda: not any(p.spec.scheduling_gates for p in core.list_namespaced_pod("running-par").items),
+                 120, "every gate released")
+        calls, seconds = (after - before for after, before in zip(webhook_metrics(webhook), (calls_before, seconds_before)))
+        print(f"webhook calls per session start: {calls / (4 * args.pods):.2f} "
+              f"({calls:.0f} calls for {4 * args.pods} session pods, gates released included); "
+              f"the webhook's own time per call: {1e6 * seconds / max(calls, 1):.0f} us (request received to answer ready)")
+    finally:
+        if controller is not None:
+            controller.stop()
+        webhook.stop()
+        plane.stop()
+
+
+if __name__ == "__main__":
+    main()
