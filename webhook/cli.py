@@ -20,6 +20,7 @@ import yaml
 from . import __version__
 from .render import DnsDestination, render_network_policy
 from .session import session_pod
+from .wait import add_arguments as add_wait_arguments
 
 DEFAULT_CERT_DIR = Path("certs")
 # `serve` with no certificate regenerates local ones that are this close to expiry.
@@ -238,13 +239,13 @@ def cmd_controller(args: argparse.Namespace) -> int:
                                       overlap=args.certificate_overlap)
         if certificates.overlap * 3 >= certificates.serving_lifetime:
             raise CommandError("--certificate-overlap must be well under a third of --serving-lifetime")
+    if args.canary_port and not 0 < args.canary_port < 65535:
+        raise CommandError(f"--canary-port must be between 1 and 65534 (the closed port is the next), not {args.canary_port}")
     options = ControllerOptions(
         namespaces=list(args.namespace), dns=args.dns, kubeconfig=args.kubeconfig, workers=args.workers,
         metrics_port=args.metrics_port or None, leader_elect=args.leader_elect, system_namespace=args.system_namespace,
         certificates=certificates, canary_port=args.canary_port,
     )
-    if args.canary_port and not 0 < args.canary_port < 65535:
-        raise CommandError(f"--canary-port must be between 1 and 65534 (the closed port is the next), not {args.canary_port}")
     logs.event("starting", component="controller", version=__version__, namespaces=options.namespaces or "all",
                dns=str(args.dns), leader_elect=args.leader_elect, system_namespace=args.system_namespace)
     try:
@@ -452,9 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     wait = commands.add_parser("wait-for-enforcement",
                                help="exit 0 once this pod's egress policy is seen enforced (the injected init container)")
-    wait.add_argument("--canary", required=True, help="the canary Service's name or address")
-    wait.add_argument("--port", type=int, default=9445, help="the canary's open port (the closed one is the next)")
-    wait.add_argument("--timeout", type=float, default=600.0, help="give up (exit 1) after this many seconds")
+    add_wait_arguments(wait)
     wait.set_defaults(handler=cmd_wait_for_enforcement)
 
     certs = commands.add_parser("certs", help="certificate tooling")

@@ -80,14 +80,12 @@ def wait_patch(pod: Mapping[str, Any], wait: EnforcementWait) -> list[dict[str, 
     names = init_container_names(pod)
     if names is None:
         return [{"op": "add", "path": "/spec/initContainers", "value": [ours]}]
-    if INIT_CONTAINER_NAME in names:
-        index = names.index(INIT_CONTAINER_NAME)
-        if index == 0 and pod["spec"]["initContainers"][0] == ours and names.count(INIT_CONTAINER_NAME) == 1:
-            return []
-        ops = [{"op": "remove", "path": f"/spec/initContainers/{i}"}
-               for i in reversed(range(len(names))) if names[i] == INIT_CONTAINER_NAME]
-        return ops + [{"op": "add", "path": "/spec/initContainers/0", "value": ours}]
-    return [{"op": "add", "path": "/spec/initContainers/0", "value": ours}]
+    only_ours_first = names.count(INIT_CONTAINER_NAME) == 1 and names[0] == INIT_CONTAINER_NAME
+    if only_ours_first and pod["spec"]["initContainers"][0] == ours:
+        return []
+    removals = [{"op": "remove", "path": f"/spec/initContainers/{i}"}
+                for i in reversed(range(len(names))) if names[i] == INIT_CONTAINER_NAME]
+    return removals + [{"op": "add", "path": "/spec/initContainers/0", "value": ours}]
 
 
 __all__ = ["CANARY_POD_LABELS", "CANARY_TOKEN", "DEFAULT_OPEN_PORT", "EnforcementWait", "INIT_CONTAINER_NAME",

@@ -1,7 +1,8 @@
 """``sortie-egress wait-for-enforcement``: the injected init container's whole job (enforcement.py).
 
-Standard library only, and imported by nothing else: it starts in every session pod, so it
-starts fast and small. It resolves the canary's name anew each round (a Service's address
+The standard library and two small pure modules of ours (enforcement, session) only, and
+the CLI imports it only for this command: it starts in every session pod, so it starts fast
+and small. It resolves the canary's name anew each round (a Service's address
 is stable, but DNS may not answer in the first instant) and probes from the pod's own
 network namespace. It exits 0 when, in one round, the open port answers with the token and
 the closed port does not; it exits 1 after ``timeout`` seconds without that, which makes
@@ -10,12 +11,13 @@ the kubelet retry (or fail the pod, with restartPolicy Never): never a start unp
 
 from __future__ import annotations
 
+import argparse
 import socket
 import sys
 import time
 from dataclasses import dataclass
 
-from .enforcement import CANARY_TOKEN, closed_port
+from .enforcement import CANARY_TOKEN, DEFAULT_OPEN_PORT, closed_port
 
 #: How long the closed port may take to answer before it counts as blocked, at least, and
 #: as a multiple of the open port's answer: a dataplane that drops (rather than rejects)
@@ -83,19 +85,23 @@ def wait_for_enforcement(host: str, port: int, timeout: float) -> int:
         time.sleep(RETRY_INTERVAL)
 
 
-__all__ = ["Answer", "ask", "enforced_once", "wait_for_enforcement"]
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags, for ``python -m webhook.wait`` and ``sortie-egress wait-for-enforcement`` alike."""
+    parser.add_argument("--canary", required=True, help="the canary Service's name or address")
+    parser.add_argument("--port", type=int, default=DEFAULT_OPEN_PORT,
+                        help="the canary's open port (the closed one is the next)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="give up (exit 1) after this many seconds")
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="sortie-egress wait-for-enforcement",
+    parser = argparse.ArgumentParser(prog="python -m webhook.wait",
                                      description="Exit 0 once this pod's egress policy is seen enforced (CONTRACT §6).")
-    parser.add_argument("--canary", required=True, help="the canary Service's name or address")
-    parser.add_argument("--port", type=int, required=True, help="the canary's open port (the closed one is the next)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="give up (exit 1) after this many seconds")
+    add_arguments(parser)
     args = parser.parse_args(argv)
     return wait_for_enforcement(args.canary, args.port, args.timeout)
+
+
+__all__ = ["Answer", "add_arguments", "ask", "enforced_once", "main", "wait_for_enforcement"]
 
 
 if __name__ == "__main__":

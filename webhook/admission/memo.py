@@ -6,7 +6,7 @@ scheduling gate names, the init container names, whether the session id can name
 a NetworkPolicy, and whether the pod is already bound to a node (and on the
 server's fixed enforcement-wait setting, which is part of the cache key too).
 Everything else that varies from pod to pod (uid, name, user labels,
-containers) never enters it. So the encoded answer is memoised on those four
+containers) never enters it. So the encoded answer is memoised on those
 things, and per request only the request uid is spliced in: decision and
 encoding (parse, patch, base64, JSON) become a dictionary lookup.
 

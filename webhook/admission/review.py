@@ -36,7 +36,6 @@ class NamedView(msgspec.Struct, omit_defaults=True):
     name: Any = None
 
 
-
 class SpecView(msgspec.Struct, omit_defaults=True):
     schedulingGates: list[NamedView] | None = None
     initContainers: list[NamedView] | None = None
