@@ -23,7 +23,7 @@ import pytest
 from tests.cluster.harness import ControlPlane, wait_for
 from tests.cluster.host import run
 from tests.cluster.install import MUTATING_CONFIGURATION, SYSTEM_NAMESPACE, diagnose, uninstall
-from tests.cluster.nodecluster import Installed, NodeCluster, NodeUnavailable, installed_cluster, node_parts
+from tests.cluster.nodecluster import Installed, NodeCluster, NodeUnavailable, installed_cluster
 from tests.cluster.node import PROBE_IMAGE
 from tests.cluster.targets import PORTS, TARGET_A, TARGET_B, UDP_PORT
 from tests.support import IN_CI, control_plane_binaries
@@ -119,7 +119,6 @@ def _before_install(cluster: NodeCluster) -> None:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     control_plane_binaries()  # a failure in CI, a skip elsewhere, when the control plane cannot be had
     try:
-        node_parts()
         with installed_cluster(tmp_path_factory.mktemp("node"), _before_install) as product:
             yield product
     except NodeUnavailable as exc:

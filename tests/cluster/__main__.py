@@ -25,29 +25,24 @@ STATE_DIR = Path(os.environ.get("SORTIE_CLUSTER_DIR", ".cluster"))
 STATE = STATE_DIR / "state.json"
 
 
-def _start_node(root: Path) -> tuple[ControlPlane, float]:
-    """The node cluster and the product on it; the host is undone if anything fails."""
+def _start_node(workdir: Path) -> tuple[ControlPlane, float]:
+    """The node cluster and the product on it (nodecluster.start_installed), left running; the
+    host is undone if anything fails."""
     from .host import HostLedger
-    from .install import install, write_overlay
-    from .nodecluster import LEDGER, NodeCluster, node_parts, product_image
+    from .nodecluster import LEDGER, start_installed
 
     ledger = HostLedger(LEDGER)
     leftovers = ledger.undo()
     if leftovers:
         raise ControlPlaneError(f"a previous node run left changes that cannot be undone: {leftovers}")
-    parts = node_parts()
-    print("building (or reusing) our image from ./Dockerfile ...", file=sys.stderr)
-    archive, image = product_image()
+    print("building (or reusing) the node parts and our image, starting the node, installing the product "
+          "with kubectl apply -k ...", file=sys.stderr)
     try:
-        cluster = NodeCluster.start(parts, root, (archive,))
-        print("installing the product: kubectl apply -k (our image) ...", file=sys.stderr)
-        seconds = install(cluster.plane, write_overlay(STATE_DIR / "overlay", image))
+        product = start_installed(workdir)
     except BaseException:
-        if "cluster" in locals():
-            cluster.stop()
         ledger.undo()
         raise
-    return cluster.plane, seconds
+    return product.plane, product.install_seconds
 
 
 def _up(node: bool) -> int:
@@ -118,8 +113,7 @@ def _down() -> int:
 
         problems = HostLedger(LEDGER).undo()  # the node's processes, links, rules, mounts, cgroups, folders
     STATE.unlink()
-    shutil.rmtree(STATE_DIR / "root", ignore_errors=True)  # a fresh etcd and CA next time
-    shutil.rmtree(STATE_DIR / "overlay", ignore_errors=True)
+    shutil.rmtree(STATE_DIR / "root", ignore_errors=True)  # a fresh etcd and CA next time (and the overlay)
     if problems:
         print("host changes not undone (see tests/cluster/host.py):\n" + "\n".join(problems), file=sys.stderr)
         return 1

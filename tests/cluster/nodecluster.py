@@ -89,18 +89,6 @@ class NodeCluster:
         self.listener.wait()
 
 
-@contextmanager
-def node_cluster(plane_root: Path, archives: tuple[Path, ...] = ()) -> Iterator[NodeCluster]:
-    """A running node cluster; afterwards (also on failure or Ctrl-C) the host as it was."""
-    parts = node_parts()
-    with recorded(HostLedger(LEDGER)):
-        cluster = NodeCluster.start(parts, plane_root, archives)
-        try:
-            yield cluster
-        finally:
-            cluster.stop()
-
-
 @dataclass
 class Installed:
     """A node cluster with the probe targets and our product installed from our image."""
@@ -115,15 +103,31 @@ class Installed:
         return self.cluster.plane
 
 
-@contextmanager
-def installed_cluster(workdir: Path, before_install: Callable[[NodeCluster], None] | None = None
-                      ) -> Iterator[Installed]:
-    """The node cluster (with the probe targets), then ``kubectl apply -k`` of our manifests with our image.
+def start_installed(workdir: Path, before_install: Callable[[NodeCluster], None] | None = None) -> Installed:
+    """The node cluster (with the probe targets) in ``workdir``, then ``kubectl apply -k`` of our
+    manifests with our image; on failure, stop what started (the caller undoes the ledger).
 
     ``before_install`` runs on the bare cluster first (pods that exist before the product does)."""
+    parts = node_parts()
     archive, image = product_image()
-    with node_cluster(workdir / "plane", (archive,)) as cluster:
+    cluster = NodeCluster.start(parts, workdir / "plane", (archive,))
+    try:
         if before_install is not None:
             before_install(cluster)
         overlay = write_overlay(workdir / "overlay", image)
-        yield Installed(cluster, overlay, image, install(cluster.plane, overlay))
+        return Installed(cluster, overlay, image, install(cluster.plane, overlay))
+    except BaseException:
+        cluster.stop()
+        raise
+
+
+@contextmanager
+def installed_cluster(workdir: Path, before_install: Callable[[NodeCluster], None] | None = None
+                      ) -> Iterator[Installed]:
+    """``start_installed``; afterwards (also on failure or Ctrl-C) the host as it was."""
+    with recorded(HostLedger(LEDGER)):
+        product = start_installed(workdir, before_install)
+        try:
+            yield product
+        finally:
+            product.cluster.stop()
