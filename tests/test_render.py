@@ -66,7 +66,22 @@ def test_dns_cidrs() -> None:
         {"ipBlock": {"cidr": "169.254.20.10/32"}}, {"ipBlock": {"cidr": "fd00::10/128"}}]}]
 
 
-@pytest.mark.parametrize("text", ["", "clusters", "10.0.0.300", "10.0.0.0/8,nope", ","])
+def test_dns_cluster_and_a_node_local_cache() -> None:
+    dns = DnsDestination.parse("cluster, 169.254.20.10")
+    assert str(dns) == "cluster,169.254.20.10/32"
+    assert egress({"mode": "allowlist"}, dns) == [{"ports": DNS_PORTS, "to": [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+         "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}},
+        {"ipBlock": {"cidr": "169.254.20.10/32"}}]}]
+
+
+@pytest.mark.parametrize("text", ["cluster", "any", "10.0.0.0/8", "cluster,10.0.0.0/8"])
+def test_dns_setting_reads_back_as_written(text: str) -> None:
+    assert str(DnsDestination.parse(text)) == text
+
+
+@pytest.mark.parametrize("text", ["", "clusters", "10.0.0.300", "10.0.0.0/8,nope", ",", "any,10.0.0.0/8",
+                                  "10.0.0.0/8,cluster", "cluster,any", "cluster,cluster"])
 def test_bad_dns_setting_is_refused(text: str) -> None:
     with pytest.raises(ValueError):
         DnsDestination.parse(text)
@@ -130,7 +145,8 @@ def test_denylisting_both_families_leaves_dns_only_never_an_open_rule() -> None:
 
 # --- the official schema and the evaluator -------------------------------------
 
-dns_settings = st.sampled_from([DnsDestination(), DnsDestination.parse("any"), DnsDestination.parse("169.254.20.10,fd00::a")])
+dns_settings = st.sampled_from([DnsDestination(), DnsDestination.parse("any"), DnsDestination.parse("169.254.20.10,fd00::a"),
+                                DnsDestination.parse("cluster,169.254.20.10")])
 
 
 @given(policies, dns_settings)

@@ -396,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     controller = commands.add_parser("controller", help="create each session's NetworkPolicy, then release its gate")
     controller.add_argument("--namespace", action="append", default=[], help="watch only this namespace (repeatable; default: all)")
-    controller.add_argument("--dns", type=_dns, default=DnsDestination(), help="DNS destination: cluster, any, or CIDR,...")
+    controller.add_argument("--dns", type=_dns, default=DnsDestination(), help="DNS destination: cluster, any, CIDR,..., or cluster,CIDR,... (a node-local cache too)")
     controller.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG/~/.kube/config)")
     controller.add_argument("--workers", type=int, default=48, help="reconciles in flight (they mostly wait on the API server)")
     controller.add_argument("--metrics-port", type=int, default=8080, help="plain-HTTP /metrics port; 0 turns it off")
@@ -429,14 +429,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--namespace", action="append", default=[])
     run.add_argument("--kubeconfig")
     run.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=False)
-    run.add_argument("--dns", type=_dns, default=DnsDestination(), help="DNS destination: cluster, any, or CIDR,...")
+    run.add_argument("--dns", type=_dns, default=DnsDestination(), help="DNS destination: cluster, any, CIDR,..., or cluster,CIDR,... (a node-local cache too)")
     _system_namespace_flag(run)
     run.set_defaults(handler=cmd_run)
 
     render = commands.add_parser("render", help="print the NetworkPolicy the controller will create for a pod")
     render.add_argument("-f", "--file", required=True, help="Pod manifest, YAML or JSON; - for stdin")
     render.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
-    render.add_argument("--dns", type=_dns, default=DnsDestination(), help="DNS destination: cluster, any, or CIDR,...")
+    render.add_argument("--dns", type=_dns, default=DnsDestination(), help="DNS destination: cluster, any, CIDR,..., or cluster,CIDR,... (a node-local cache too)")
     render.set_defaults(handler=cmd_render)
 
     check = commands.add_parser("check", help="validate a pod's egress policy as admission would")

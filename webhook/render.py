@@ -30,7 +30,9 @@ class DnsDestination:
 
     ``cluster`` keeps queries inside the cluster's resolver (no DNS tunnel
     to the outside from a locked-down pod); ``any`` matches the original Sortie;
-    CIDRs point at, say, a node-local cache.
+    CIDRs point at, say, a node-local cache. ``cluster`` may be combined with
+    CIDRs: NodeLocal DNSCache answers on a link-local address on every node
+    while its misses still go to the cluster's resolver pods.
     """
 
     kind: Literal["cluster", "any", "cidrs"] = "cluster"
@@ -38,36 +40,44 @@ class DnsDestination:
 
     @classmethod
     def parse(cls, text: str) -> DnsDestination:
-        """``cluster``, ``any``, or a comma-separated list of networks; ValueError otherwise."""
-        value = text.strip()
-        if value in ("cluster", "any"):
-            return cls(kind=value)  # type: ignore[arg-type]
-        parts = [part.strip() for part in value.split(",") if part.strip()]
-        if not parts:
+        """``cluster``, ``any``, a comma-separated list of networks, or ``cluster`` followed by
+        networks; ValueError otherwise (``any`` with networks is refused: it would say less
+        than it seems to)."""
+        parts = [part.strip() for part in text.strip().split(",") if part.strip()]
+        if parts == ["any"]:
+            return cls(kind="any")
+        kind: Literal["cluster", "cidrs"] = "cidrs"
+        if parts and parts[0] == "cluster":
+            kind, parts = "cluster", parts[1:]
+        elif not parts:
             raise ValueError('the DNS destination must be "cluster", "any" or a list of CIDRs')
         networks = []
         for part in parts:
+            if part in ("cluster", "any"):
+                raise ValueError(f'DNS destination: "{part}" must come first and "any" alone (got {text.strip()!r})')
             try:
                 network, _ = parse_network(part)
             except ValueError as exc:
                 raise ValueError(f"DNS destination: {exc}") from None
             networks.append(str(network))
-        return cls(kind="cidrs", cidrs=tuple(dict.fromkeys(networks)))
+        return cls(kind=kind, cidrs=tuple(dict.fromkeys(networks)))
 
     def __str__(self) -> str:
-        return ",".join(self.cidrs) if self.kind == "cidrs" else self.kind
+        return ",".join(((self.kind,) if self.kind != "cidrs" else ()) + self.cidrs)
 
     def peers(self) -> list[dict[str, Any]] | None:
         if self.kind == "any":
             return None
+        blocks: list[dict[str, Any]] = [{"ipBlock": {"cidr": cidr}} for cidr in self.cidrs]
         if self.kind == "cluster":
             return [
                 {
                     "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
                     "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
-                }
+                },
+                *blocks,
             ]
-        return [{"ipBlock": {"cidr": cidr}} for cidr in self.cidrs]
+        return blocks
 
 
 def _dns_rule(dns: DnsDestination) -> dict[str, Any]:
