@@ -145,3 +145,17 @@ def control_plane_binaries() -> Any:
         if IN_CI:
             pytest.fail(f"control plane unavailable in CI: {exc}", pytrace=False)
         pytest.skip(str(exc))
+
+
+def helm_tools() -> Any:
+    """Helm 3, Helm 4 and the chart's CRDs; without them a failure in CI, a skip (with how to get them) elsewhere."""
+    import pytest
+
+    from tests.cluster.helm import HelmMissing, find_helm
+
+    try:
+        return find_helm()
+    except HelmMissing as exc:
+        if IN_CI:
+            pytest.fail(f"helm unavailable in CI: {exc}", pytrace=False)
+        pytest.skip(str(exc))

@@ -53,8 +53,9 @@ def test_generated_manifests_are_what_the_code_generates() -> None:
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "generate-manifests.py")], capture_output=True,
                             text=True, cwd="/")
     assert result.returncode == 0, result.stderr
-    changed = subprocess.run(["git", "status", "--porcelain", "--", "manifests/base"], capture_output=True, text=True,
-                             cwd=ROOT).stdout
+    changed = subprocess.run(["git", "status", "--porcelain", "--", "manifests/base",
+                              "manifests/helm/sortie-egress/templates/admission-policies.yaml"],
+                             capture_output=True, text=True, cwd=ROOT).stdout
     assert changed == "" or "??" in changed, f"regenerating changed the shipped manifests:\n{changed}"
 
 
