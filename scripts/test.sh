@@ -2,7 +2,8 @@
 # The whole test suite: unit tests, the server over TLS, the CLI, and the tests
 # against a real control plane (etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler), which is built from the Go module proxy on first use and
-# cached in ~/.cache/sortie-egress. Extra arguments go to pytest.
+# cached in ~/.cache/sortie-egress, the Helm chart with Helm 3 and 4 (built the
+# same way), and the real node. Extra arguments go to pytest.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/bootstrap.sh" test
@@ -11,6 +12,9 @@ cd "$root"
 # progress. The node needs root and a few Debian packages (scripts/node-host-packages.sh):
 # required in CI; elsewhere the node tests skip with instructions when they cannot run.
 "$root/.venv/bin/python" -m tests.cluster build >/dev/null
+# Helm 3 and Helm 4 for the chart tests, and the CRDs of the chart's optional objects (built from the
+# Go module proxy like the control plane: tests/cluster/build-helm.sh).
+bash "$root/tests/cluster/build-helm.sh" >/dev/null
 # Our image (tests/cluster/build-image.sh: buildah, from ./Dockerfile) is built here too.
 case "${CI:-}" in
   1|true|yes) bash "$root/tests/cluster/build-node.sh" >/dev/null
