@@ -323,6 +323,21 @@ def test_certificate_modes_wire_secret_ca_and_rbac(helm: dict[str, Path]) -> Non
         "cert-manager.io/inject-ca-from": "egress-team/sortie-egress-serving"}
 
 
+@pytest.mark.parametrize(("url", "names"), [
+    ("https://127.0.0.1:9443", {"ipAddresses": ["127.0.0.1"]}),
+    ("https://[::1]:9443", {"ipAddresses": ["::1"]}),
+    ("https://hooks.example.com", {"dnsNames": ["hooks.example.com"]}),
+])
+def test_a_webhook_url_is_named_by_the_cert_manager_certificate(helm: dict[str, Path], url: str,
+                                                               names: dict[str, list[str]]) -> None:
+    docs = rendered(helm["helm3"], "--set", "certificates.mode=certManager", "--set", f"webhook.url={url}")
+    serving = one(docs, "Certificate", "sortie-egress-serving")["spec"]
+    service_names = ["sortie-egress.sortie-system.svc", "sortie-egress.sortie-system.svc.cluster.local"]
+    assert serving["dnsNames"] == service_names + names.get("dnsNames", [])
+    assert serving.get("ipAddresses", []) == names.get("ipAddresses", [])
+    assert one(docs, "MutatingWebhookConfiguration", "sortie-egress")["webhooks"][0]["clientConfig"] == {"url": f"{url}/mutate"}
+
+
 def test_service_monitor_verifies_the_webhook_with_its_ca(helm: dict[str, Path]) -> None:
     docs = rendered(helm["helm3"], "-f", str(CHART / "ci" / "service-monitor-values.yaml"), namespace="egress-team")
     monitor = one(docs, "ServiceMonitor", "sortie-egress")
