@@ -12,9 +12,10 @@ cd "$root"
 # progress. The node needs root and a few Debian packages (scripts/node-host-packages.sh):
 # required in CI; elsewhere the node tests skip with instructions when they cannot run.
 "$root/.venv/bin/python" -m tests.cluster build >/dev/null
-# Helm 3 and Helm 4 for the chart tests, and the CRDs of the chart's optional objects (built from the
-# Go module proxy like the control plane: tests/cluster/build-helm.sh).
+# Helm 3 and Helm 4 for the chart tests, the CRDs of the chart's optional objects, and cert-manager's
+# controllers and CA injector (built from the Go module proxy like the control plane).
 bash "$root/tests/cluster/build-helm.sh" >/dev/null
+bash "$root/tests/cluster/build-cert-manager.sh" >/dev/null
 # Our image (tests/cluster/build-image.sh: buildah, from ./Dockerfile) is built here too.
 case "${CI:-}" in
   1|true|yes) bash "$root/tests/cluster/build-node.sh" >/dev/null

@@ -159,3 +159,19 @@ def helm_tools() -> Any:
         if IN_CI:
             pytest.fail(f"helm unavailable in CI: {exc}", pytrace=False)
         pytest.skip(str(exc))
+
+
+def cert_manager_tool() -> Path:
+    """cert-manager's controllers and CA injector (tests/cluster/build-cert-manager.sh); without them a
+    failure in CI, a skip (with how to get them) elsewhere."""
+    import pytest
+
+    script = Path(__file__).resolve().parent / "cluster" / "build-cert-manager.sh"
+    result = subprocess.run(["bash", str(script)], stdout=subprocess.PIPE, stderr=sys.__stderr__, text=True)
+    binary = Path(result.stdout.strip().splitlines()[-1]) / "cert-manager" if result.returncode == 0 and result.stdout.strip() else None
+    if binary is None or not os.access(binary, os.X_OK):
+        message = f"cert-manager unavailable: `bash {script}` failed (exit {result.returncode}; it needs Go)"
+        if IN_CI:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return binary

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.cluster.harness import ControlPlane, free_port, wait_for
 from tests.support import CLI, ControllerProcess, control_plane_binaries, helm_tools, session_pod
@@ -237,4 +236,4 @@ def test_install_admit_enforce_upgrade_uninstall(plane: ControlPlane, tools: Any
     probe = session_pod(policy={"mode": "allowlist"})
     wait_for(lambda: "sortie.io/egress-mode" not in (core.create_namespaced_pod(SESSIONS, probe, dry_run="All")
                                                      .metadata.labels or {}), 30, "the webhook to be gone")
-    del pod
+    assert _read(core.read_namespaced_pod, pod["metadata"]["name"], SESSIONS) is not None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from tests.cluster.harness import ControlPlane, wait_for
-from tests.support import control_plane_binaries
+from tests.support import control_plane_binaries, helm_tools
 from webhook.configuration import mutating_configuration
 from webhook.tamper import admission_policies
 
@@ -160,24 +159,15 @@ def test_baseline_splits_session_pods_by_the_mode_label() -> None:
 
 # --- against a control plane of its own (these manifests register webhooks cluster-wide) -----------------------
 
-CERT_MANAGER_CRDS = [
-    {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-     "metadata": {"name": f"{plural}.cert-manager.io"},
-     "spec": {"group": "cert-manager.io", "scope": "Namespaced",
-              "names": {"plural": plural, "singular": plural[:-1], "kind": kind, "listKind": f"{kind}List"},
-              "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
-                  "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
-    for plural, kind in (("issuers", "Issuer"), ("certificates", "Certificate"))
-]
-
-
 @pytest.fixture(scope="module")
 def own_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     plane = ControlPlane(control_plane_binaries(), root=tmp_path_factory.mktemp("manifest-plane"), with_scheduler=False).start()
-    # Stand-in CRDs so the API server accepts cert-manager's kinds: their
-    # schemas are cert-manager's business; that ours apply is what is tested.
-    for crd in CERT_MANAGER_CRDS:
-        assert plane.kubectl("apply", "-f", "-", input=json.dumps(crd)).returncode == 0
+    # cert-manager's real CRDs (v1.21.2, from its module: tests/cluster/build-helm.sh), so the API
+    # server validates our Issuers and Certificates against cert-manager's own schemas.
+    for crd in helm_tools().crds:
+        if "cert-manager.io" in crd.name:
+            applied = plane.kubectl("apply", "--server-side", "-f", str(crd))
+            assert applied.returncode == 0, applied.stderr
     wait_for(lambda: plane.kubectl("get", "certificates.cert-manager.io", "-A").returncode == 0, 30, "the CRDs")
     assert plane.kubectl("create", "namespace", "sessions").returncode == 0
     # A server-side dry run persists nothing, so the Namespace it would create does
