@@ -121,9 +121,36 @@ def test_a_look_alike_is_replaced_and_moved_first() -> None:
     assert patched["spec"]["initContainers"][0] == WAIT.container()
 
 
+NO_TOKEN = {"name": "sortie-egress-wait-no-token", "emptyDir": {"sizeLimit": "1Ki"}}
+
+
 def test_a_reinvoked_webhook_changes_nothing() -> None:
     pod = pod_with([WAIT.container(), {"name": "setup"}])
+    pod["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}, dict(NO_TOKEN)]
     assert wait_patch(pod, WAIT) == []
+
+
+def test_the_token_less_volume_is_added_without_touching_the_pods_own() -> None:
+    pod = pod_with(None)
+    assert apply_patch(pod, wait_patch(pod, WAIT))["spec"]["volumes"] == [NO_TOKEN]
+    own = [{"name": "data", "emptyDir": {}}, {"name": "config", "configMap": {"name": "app"}}]
+    pod = pod_with(None)
+    pod["spec"]["volumes"] = [dict(volume) for volume in own]
+    assert apply_patch(pod, wait_patch(pod, WAIT))["spec"]["volumes"] == [*own, NO_TOKEN]
+
+
+def test_a_look_alike_volume_is_replaced() -> None:
+    pod = pod_with(None)
+    pod["spec"]["volumes"] = [{"name": "sortie-egress-wait-no-token", "hostPath": {"path": "/"}}, {"name": "data", "emptyDir": {}},
+                              {"name": "sortie-egress-wait-no-token", "emptyDir": {}}]
+    assert apply_patch(pod, wait_patch(pod, WAIT))["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}, NO_TOKEN]
+
+
+def test_the_wait_gets_no_api_token() -> None:
+    """The ServiceAccount admission plugin skips a container whose token path is taken: ours is,
+    by an empty read-only volume (and so the plugin's change cannot re-invoke the webhook)."""
+    assert WAIT.container()["volumeMounts"] == [
+        {"name": "sortie-egress-wait-no-token", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": True}]
 
 
 def test_the_container_is_restricted_and_runs_the_prober() -> None:

@@ -24,7 +24,7 @@ from webhook.admission.mutate import mutate_pod
 from webhook.admission.response import encode_response
 from webhook.admission.review import ReviewRequest, admission_request, decode_request
 from webhook.constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, SCHEDULING_GATE, SESSION_ID_LABEL
-from webhook.enforcement import INIT_CONTAINER_NAME, EnforcementWait
+from webhook.enforcement import INIT_CONTAINER_NAME, NO_TOKEN_VOLUME, EnforcementWait
 
 WAIT = EnforcementWait("registry.invalid/sortie-egress:1", "sortie-egress-canary.sortie-system.svc")
 
@@ -76,6 +76,9 @@ def pods(draw: st.DrawFn) -> dict[str, Any]:
                                                   max_size=3)))
     if inits is not None:
         spec["initContainers"] = [{"name": name, "image": "registry.invalid/init:1"} for name in inits]
+    volumes = draw(st.one_of(st.none(), st.lists(st.sampled_from(["data", NO_TOKEN_VOLUME]), max_size=2)))
+    if volumes is not None:
+        spec["volumes"] = [{"name": name, "emptyDir": {}} for name in volumes]
     node = draw(st.sampled_from([MISSING, None, "", "node-1"]))
     if node is not MISSING:
         spec["nodeName"] = node
@@ -158,15 +161,19 @@ def _mutant(drop: int) -> Callable[[ReviewRequest], tuple[Hashable, ...] | None]
     (4, True, {"gates": [SCHEDULING_GATE]}, {}),  # the scheduling gates
     (5, True, {"node": "node-1"}, {}),  # whether the pod is bound to a node
     (6, True, {"inits": ["setup"]}, {}),  # the init containers (ours goes first)
+    (7, True, {"volumes": ["data"]}, {}),  # whether there is a volume list (ours is appended to it)
 ])
 def test_a_key_missing_a_field_the_decision_reads_is_caught(monkeypatch: pytest.MonkeyPatch, drop: int, policy: bool,
                                                              first: dict, second: dict) -> None:
     def pod(extra: dict) -> dict:
         labels: dict[str, Any] = {SESSION_ID_LABEL: "s"}
-        labels.update({key: value for key, value in extra.items() if key not in ("gates", "policy", "node", "inits")})
+        labels.update({key: value for key, value in extra.items()
+                       if key not in ("gates", "policy", "node", "inits", "volumes")})
         spec: dict[str, Any] = {"schedulingGates": [{"name": name} for name in extra["gates"]]} if extra.get("gates") else {}
         if extra.get("inits"):
             spec["initContainers"] = [{"name": name} for name in extra["inits"]]
+        if extra.get("volumes"):
+            spec["volumes"] = [{"name": name, "emptyDir": {}} for name in extra["volumes"]]
         if extra.get("node"):
             spec["nodeName"] = extra["node"]
         metadata: dict[str, Any] = {"labels": labels}

@@ -26,6 +26,12 @@ from typing import Any
 from .session import spec_names
 
 INIT_CONTAINER_NAME = "sortie-egress-wait"
+#: An empty volume over the ServiceAccount token's path in our container: the wait needs no API
+#: token, and the API server's ServiceAccount plugin, finding that path taken, adds none. Without it
+#: the plugin mounts a token into our container after our patch, the API server re-invokes us
+#: (reinvocationPolicy IfNeeded), and every session start costs two webhook calls instead of one.
+NO_TOKEN_VOLUME = "sortie-egress-wait-no-token"
+SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 CANARY_TOKEN = b"sortie-egress-canary\n"
 DEFAULT_OPEN_PORT = 9445
 #: Canary pods: the controller's. A session policy allows the open port to exactly these.
@@ -62,8 +68,16 @@ class EnforcementWait:
                 "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                 "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
             },
+            "volumeMounts": [{"name": NO_TOKEN_VOLUME, "mountPath": SERVICE_ACCOUNT_PATH, "readOnly": True}],
+            # Written out although they are the API server's defaults: a re-invoked webhook then finds
+            # the container exactly as it left it.
+            "terminationMessagePath": "/dev/termination-log",
             "terminationMessagePolicy": "FallbackToLogsOnError",
         }
+
+    @staticmethod
+    def volume() -> dict[str, Any]:
+        return {"name": NO_TOKEN_VOLUME, "emptyDir": {"sizeLimit": "1Ki"}}
 
 
 def init_container_names(pod: Mapping[str, Any]) -> list[Any] | None:
@@ -71,12 +85,16 @@ def init_container_names(pod: Mapping[str, Any]) -> list[Any] | None:
 
 
 def wait_patch(pod: Mapping[str, Any], wait: EnforcementWait) -> list[dict[str, Any]]:
-    """Ours first among the init containers (they are containers too, and run before the rest).
+    """Ours first among the init containers (they are containers too, and run before the rest),
+    and its token-less volume among the pod's volumes.
 
-    One already named like ours is replaced by ours, in first place: a re-invoked webhook
-    finds it as it left it (no change), and a creator cannot bring a look-alike that waits
-    for nothing."""
-    ours = wait.container()
+    One already named like ours, container or volume, is replaced by ours (the container in first
+    place): a re-invoked webhook finds both as it left them (no change), and a creator cannot
+    bring a look-alike that waits for nothing."""
+    return _container_ops(pod, wait.container()) + _volume_ops(pod, wait.volume())
+
+
+def _container_ops(pod: Mapping[str, Any], ours: dict[str, Any]) -> list[dict[str, Any]]:
     names = init_container_names(pod)
     if names is None:
         return [{"op": "add", "path": "/spec/initContainers", "value": [ours]}]
@@ -88,5 +106,17 @@ def wait_patch(pod: Mapping[str, Any], wait: EnforcementWait) -> list[dict[str, 
     return removals + [{"op": "add", "path": "/spec/initContainers/0", "value": ours}]
 
 
+def _volume_ops(pod: Mapping[str, Any], ours: dict[str, Any]) -> list[dict[str, Any]]:
+    """Appended, never by rewriting the list: the pod's own volumes stay where they are."""
+    names = spec_names(pod, "volumes")
+    if names is None:
+        return [{"op": "add", "path": "/spec/volumes", "value": [ours]}]
+    found = [i for i, name in enumerate(names) if name == NO_TOKEN_VOLUME]
+    if len(found) == 1 and pod["spec"]["volumes"][found[0]] == ours:
+        return []
+    removals = [{"op": "remove", "path": f"/spec/volumes/{i}"} for i in reversed(found)]
+    return removals + [{"op": "add", "path": "/spec/volumes/-", "value": ours}]
+
+
 __all__ = ["CANARY_POD_LABELS", "CANARY_TOKEN", "DEFAULT_OPEN_PORT", "EnforcementWait", "INIT_CONTAINER_NAME",
-           "closed_port", "init_container_names", "wait_patch"]
+           "NO_TOKEN_VOLUME", "SERVICE_ACCOUNT_PATH", "closed_port", "init_container_names", "wait_patch"]

@@ -1,10 +1,11 @@
 """Memoised mutation answers: the same app policy arrives again and again.
 
 A burst of sessions is many pods of a few apps. The answer to a session pod's
-CREATE depends on six things only: the policy annotation, the mode label, the
-scheduling gate names, the init container names, whether the session id can name
-a NetworkPolicy, and whether the pod is already bound to a node (and on the
-server's fixed enforcement-wait setting, which is part of the cache key too).
+CREATE depends on seven things only: the policy annotation, the mode label, the
+scheduling gate names, the init container names, whether the pod has a volume list
+(ours is appended to it, or the list made), whether the session id can name a
+NetworkPolicy, and whether the pod is already bound to a node (and on the server's
+fixed enforcement-wait setting, which is part of the cache key too).
 Everything else that varies from pod to pod (uid, name, user labels,
 containers) never enters it. So the encoded answer is memoised on those
 things, and per request only the request uid is spliced in: decision and
@@ -18,8 +19,8 @@ answers differ, and the property test in tests/test_memo.py fails.
 
 Pods the memo does not cover (not a Pod CREATE, not a session pod, a session
 id that cannot name a NetworkPolicy, an annotation over ``MAX_MEMO_ANNOTATION``
-characters, fields that are not strings, or an init container already named like
-ours, whose whole spec matters) take the direct path.
+characters, fields that are not strings, or an init container or volume already named
+like ours, whose whole spec matters) take the direct path.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 import msgspec
 
 from ..constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, MAX_MEMO_ANNOTATION, SESSION_ID_LABEL
-from ..enforcement import INIT_CONTAINER_NAME, EnforcementWait
+from ..enforcement import INIT_CONTAINER_NAME, NO_TOKEN_VOLUME, EnforcementWait
 from ..session import session_id_problem
 from .mutate import mutate_pod
 from .response import Decision, encode_response
@@ -103,12 +104,15 @@ def mutation_key(request: ReviewRequest) -> tuple[Hashable, ...] | None:
         if not all(_plain(name) for name in init_names) or INIT_CONTAINER_NAME in init_names:
             return None
         inits = init_names
+    raw_volumes = None if spec is None else spec.volumes
+    if raw_volumes is not None and any(volume.name == NO_TOKEN_VOLUME for volume in raw_volumes):
+        return None
     return (annotation, EGRESS_POLICY_ANNOTATION in annotations, mode, EGRESS_MODE_LABEL in labels, gates, bound,
-            inits)
+            inits, raw_volumes is not None)
 
 
 def _pod_from_key(key: tuple[Hashable, ...]) -> dict[str, Any]:
-    annotation, has_annotation, mode, has_mode, gates, bound, inits = key
+    annotation, has_annotation, mode, has_mode, gates, bound, inits, has_volumes = key
     labels: dict[str, Any] = {SESSION_ID_LABEL: _PLACEHOLDER_SESSION}
     if has_mode:
         labels[EGRESS_MODE_LABEL] = mode
@@ -122,6 +126,8 @@ def _pod_from_key(key: tuple[Hashable, ...]) -> dict[str, Any]:
         pod["spec"]["nodeName"] = "memo-node"
     if inits is not None:
         pod["spec"]["initContainers"] = [{"name": name} for name in inits]  # type: ignore[attr-defined]
+    if has_volumes:
+        pod["spec"]["volumes"] = []
     return pod
 
 

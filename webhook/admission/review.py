@@ -39,6 +39,7 @@ class NamedView(msgspec.Struct, omit_defaults=True):
 class SpecView(msgspec.Struct, omit_defaults=True):
     schedulingGates: list[NamedView] | None = None
     initContainers: list[NamedView] | None = None
+    volumes: list[NamedView] | None = None
     nodeName: Any = None
 
 
