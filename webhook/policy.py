@@ -96,8 +96,13 @@ class PolicyParse:
         return not self.errors
 
 
+@lru_cache(maxsize=4096)
 def parse_network(text: str) -> tuple[IPNetwork, str | None]:
     """An IPv4/IPv6 network from CIDR text, plus a note when it was normalised.
+
+    Memoised (the answer is immutable, a refusal is raised afresh each time): ``ipaddress`` is
+    most of a new policy's cost, each rule's CIDR is read twice (validated, then normalised),
+    and the same networks recur across apps.
 
     Stricter than ``ipaddress``: netmask forms (``/255.0.0.0``), zone ids and
     IPv4-mapped IPv6 networks are refused, because Kubernetes refuses them in a
