@@ -192,6 +192,9 @@ def test_install_admit_enforce_upgrade_uninstall(plane: ControlPlane, tools: Any
         plane.kubectl("create", "rolebinding", "mallory-admin", "-n", SESSIONS, "--clusterrole=admin", "--user=mallory",
                       check=True)
         mallory = plane.kubeconfig_for("mallory", plane.credentials_for_user("mallory"))
+        # RBAC first (the authorizer sees a new binding through its cache): then only admission can refuse.
+        wait_for(lambda: plane.kubectl("auth", "can-i", "delete", "networkpolicies", "-n", SESSIONS,
+                                       kubeconfig=mallory).stdout.strip() == "yes", 30, "mallory's admin rights")
         deleted = plane.kubectl("delete", "networkpolicy", policy["metadata"]["name"], "-n", SESSIONS, kubeconfig=mallory)
         assert deleted.returncode != 0 and "cannot be deleted by mallory" in deleted.stderr, deleted.stderr
         widened = plane.kubectl("patch", "networkpolicy", policy["metadata"]["name"], "-n", SESSIONS, "--type=json",
