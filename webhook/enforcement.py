@@ -91,31 +91,21 @@ def wait_patch(pod: Mapping[str, Any], wait: EnforcementWait) -> list[dict[str, 
     One already named like ours, container or volume, is replaced by ours (the container in first
     place): a re-invoked webhook finds both as it left them (no change), and a creator cannot
     bring a look-alike that waits for nothing."""
-    return _container_ops(pod, wait.container()) + _volume_ops(pod, wait.volume())
+    return (_placed(pod, "initContainers", wait.container(), first=True)
+            + _placed(pod, "volumes", wait.volume(), first=False))
 
 
-def _container_ops(pod: Mapping[str, Any], ours: dict[str, Any]) -> list[dict[str, Any]]:
-    names = init_container_names(pod)
+def _placed(pod: Mapping[str, Any], field: str, ours: dict[str, Any], first: bool) -> list[dict[str, Any]]:
+    """The ops that leave exactly ``ours`` under its name in ``spec.<field>``: first in the list
+    (``first``) or appended, never by rewriting the list, so the pod's own entries stay put."""
+    names = spec_names(pod, field)
     if names is None:
-        return [{"op": "add", "path": "/spec/initContainers", "value": [ours]}]
-    only_ours_first = names.count(INIT_CONTAINER_NAME) == 1 and names[0] == INIT_CONTAINER_NAME
-    if only_ours_first and pod["spec"]["initContainers"][0] == ours:
+        return [{"op": "add", "path": f"/spec/{field}", "value": [ours]}]
+    found = [i for i, name in enumerate(names) if name == ours["name"]]
+    if len(found) == 1 and (found[0] == 0 or not first) and pod["spec"][field][found[0]] == ours:
         return []
-    removals = [{"op": "remove", "path": f"/spec/initContainers/{i}"}
-                for i in reversed(range(len(names))) if names[i] == INIT_CONTAINER_NAME]
-    return removals + [{"op": "add", "path": "/spec/initContainers/0", "value": ours}]
-
-
-def _volume_ops(pod: Mapping[str, Any], ours: dict[str, Any]) -> list[dict[str, Any]]:
-    """Appended, never by rewriting the list: the pod's own volumes stay where they are."""
-    names = spec_names(pod, "volumes")
-    if names is None:
-        return [{"op": "add", "path": "/spec/volumes", "value": [ours]}]
-    found = [i for i, name in enumerate(names) if name == NO_TOKEN_VOLUME]
-    if len(found) == 1 and pod["spec"]["volumes"][found[0]] == ours:
-        return []
-    removals = [{"op": "remove", "path": f"/spec/volumes/{i}"} for i in reversed(found)]
-    return removals + [{"op": "add", "path": "/spec/volumes/-", "value": ours}]
+    removals = [{"op": "remove", "path": f"/spec/{field}/{i}"} for i in reversed(found)]
+    return removals + [{"op": "add", "path": f"/spec/{field}/{0 if first else '-'}", "value": ours}]
 
 
 __all__ = ["CANARY_POD_LABELS", "CANARY_TOKEN", "DEFAULT_OPEN_PORT", "EnforcementWait", "INIT_CONTAINER_NAME",
