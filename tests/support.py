@@ -11,7 +11,7 @@ import sys
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from tests.cluster.harness import free_port, stop_process_group, wait_for
 
@@ -133,45 +133,44 @@ class ControllerProcess:
         return stop_process_group(self.process, 20)
 
 
-def control_plane_binaries() -> Any:
-    """The control-plane binaries; without them a failure in CI, a skip (with how to get them) elsewhere."""
+def unavailable(what: str, why: object) -> NoReturn:
+    """A part the tests need cannot be had: a failure in CI, a skip (saying how to get it) elsewhere."""
     import pytest
 
+    if IN_CI:
+        pytest.fail(f"{what} unavailable in CI: {why}", pytrace=False)
+    pytest.skip(f"{what} unavailable: {why}")
+
+
+def control_plane_binaries() -> Any:
+    """The control-plane binaries (built or reused)."""
     from tests.cluster.binaries import BinariesMissing, find_binaries
 
     try:
         return find_binaries(build=True)
     except BinariesMissing as exc:
-        if IN_CI:
-            pytest.fail(f"control plane unavailable in CI: {exc}", pytrace=False)
-        pytest.skip(str(exc))
+        unavailable("control plane", exc)
 
 
 def helm_tools() -> Any:
-    """Helm 3, Helm 4 and the chart's CRDs; without them a failure in CI, a skip (with how to get them) elsewhere."""
-    import pytest
-
+    """Helm 3, Helm 4 and the chart's CRDs (built or reused)."""
     from tests.cluster.helm import HelmMissing, find_helm
 
     try:
         return find_helm()
     except HelmMissing as exc:
-        if IN_CI:
-            pytest.fail(f"helm unavailable in CI: {exc}", pytrace=False)
-        pytest.skip(str(exc))
+        unavailable("helm", exc)
 
 
 def cert_manager_tool() -> Path:
-    """cert-manager's controllers and CA injector (tests/cluster/build-cert-manager.sh); without them a
-    failure in CI, a skip (with how to get them) elsewhere."""
-    import pytest
+    """cert-manager's controllers and CA injector (tests/cluster/build-cert-manager.sh, built or reused)."""
+    from tests.cluster.binaries import BuildFailed, run_build_script
 
     script = Path(__file__).resolve().parent / "cluster" / "build-cert-manager.sh"
-    result = subprocess.run(["bash", str(script)], stdout=subprocess.PIPE, stderr=sys.__stderr__, text=True)
-    binary = Path(result.stdout.strip().splitlines()[-1]) / "cert-manager" if result.returncode == 0 and result.stdout.strip() else None
-    if binary is None or not os.access(binary, os.X_OK):
-        message = f"cert-manager unavailable: `bash {script}` failed (exit {result.returncode}; it needs Go)"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    try:
+        binary = run_build_script(script) / "cert-manager"
+    except BuildFailed as exc:
+        unavailable("cert-manager", f"{exc} (it needs Go)")
+    if not os.access(binary, os.X_OK):
+        unavailable("cert-manager", f"{script} left no {binary}")
     return binary

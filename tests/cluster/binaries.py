@@ -78,8 +78,22 @@ def find_binaries(build: bool = True) -> ControlPlaneBinaries:
         return cached
     if build and shutil.which("go"):
         print(f"building the control plane into {cached.folder} (progress below)", file=sys.__stderr__, flush=True)
-        result = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=sys.__stderr__, text=True)
-        if result.returncode == 0:
-            return ControlPlaneBinaries(Path(result.stdout.strip().splitlines()[-1]))
-        raise BinariesMissing(f"building the control plane failed (exit {result.returncode}). {HOW_TO_PROVIDE}")
+        try:
+            return ControlPlaneBinaries(run_build_script(BUILD_SCRIPT))
+        except BuildFailed as exc:
+            raise BinariesMissing(f"building the control plane failed: {exc}. {HOW_TO_PROVIDE}") from None
     raise BinariesMissing(HOW_TO_PROVIDE)
+
+
+class BuildFailed(RuntimeError):
+    pass
+
+
+def run_build_script(script: Path) -> Path:
+    """Run one of tests/cluster/build-*.sh (a warm cache returns at once; a build shows its
+    progress on stderr): the folder it prints last. BuildFailed when it fails or prints none."""
+    result = subprocess.run(["bash", str(script)], stdout=subprocess.PIPE, stderr=sys.__stderr__, text=True)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise BuildFailed(f"`bash {script}` exited {result.returncode}")
+    return Path(lines[-1])

@@ -5,10 +5,10 @@ Otherwise HelmMissing says how to get them."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from .binaries import BuildFailed, run_build_script
 
 BUILD_SCRIPT = Path(__file__).with_name("build-helm.sh")
 
@@ -40,11 +40,10 @@ class HelmTools:
 
 def find_helm() -> HelmTools:
     """The cached tools (the script exits at once when they are there), else a build now."""
-    result = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=sys.__stderr__, text=True,
-                            env={**os.environ})
-    if result.returncode != 0:
-        raise HelmMissing(f"building helm failed (exit {result.returncode}); run `bash {BUILD_SCRIPT}` to see why")
-    tools = HelmTools(Path(result.stdout.strip().splitlines()[-1]))
+    try:
+        tools = HelmTools(run_build_script(BUILD_SCRIPT))
+    except BuildFailed as exc:
+        raise HelmMissing(f"building helm failed: {exc}") from None
     missing = [str(path) for path in (tools.helm3, tools.helm4) if not os.access(path, os.X_OK)]
     if missing or not tools.crds:
         raise HelmMissing(f"{BUILD_SCRIPT} finished but left no {', '.join(missing) or 'CRDs'}")
