@@ -45,6 +45,18 @@ def session_pod(
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
 
 
+def admission_failure(core: Any, namespace: str = "default") -> str | None:
+    """One session pod CREATE through the API server (dry run): None when it was admitted and
+    mutated, else why not (a refusal of any kind, or an admission without our mutation)."""
+    try:
+        created = core.create_namespaced_pod(namespace, session_pod(policy={"mode": "allowlist"}), dry_run="All")
+    except Exception as exc:  # every refusal counts
+        return str(exc)[:300]
+    if (created.metadata.labels or {}).get("sortie.io/egress-mode") != "allowlist":
+        return "admitted without mutation"
+    return None
+
+
 def generate_certs(folder: Path, hosts: str = "127.0.0.1,localhost") -> str:
     """Run the real ``certs generate``; returns the printed caBundle."""
     result = subprocess.run([CLI, "certs", "generate", "--out", str(folder), "--hosts", hosts],

@@ -25,7 +25,7 @@ import pytest
 from cryptography import x509
 
 from tests.cluster.harness import ControlPlane, free_port, stop_process_group, wait_for
-from tests.support import CLI, cert_manager_tool, control_plane_binaries, helm_tools, session_pod
+from tests.support import CLI, admission_failure, cert_manager_tool, control_plane_binaries, helm_tools, session_pod
 
 pytestmark = pytest.mark.cluster
 
@@ -180,12 +180,9 @@ def _exercise(plane: ControlPlane, namespace: str, port: int, tmp_path: Path) ->
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 attempts += 1
-                try:
-                    created = core.create_namespaced_pod("default", session_pod(policy={"mode": "allowlist"}), dry_run="All")
-                    if (created.metadata.labels or {}).get("sortie.io/egress-mode") != "allowlist":
-                        failures.append("admitted without mutation")
-                except Exception as exc:  # every refusal counts
-                    failures.append(str(exc)[:300])
+                failure = admission_failure(core)
+                if failure is not None:
+                    failures.append(failure)
                 if changed_at is None and changed():
                     changed_at = time.monotonic()
                 if changed_at is not None and time.monotonic() - changed_at > 5:

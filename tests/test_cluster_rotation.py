@@ -14,7 +14,7 @@ import pytest
 from cryptography import x509
 
 from tests.cluster.harness import ControlPlane, free_port, wait_for
-from tests.support import CLI, ControllerProcess, control_plane_binaries, session_pod
+from tests.support import CLI, ControllerProcess, admission_failure, control_plane_binaries, session_pod
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,12 +87,9 @@ def test_admissions_keep_succeeding_across_rotations(plane: ControlPlane, tmp_pa
         deadline = time.monotonic() + 50
         while time.monotonic() < deadline:
             attempts += 1
-            try:
-                created = core.create_namespaced_pod("default", session_pod(policy={"mode": "allowlist"}), dry_run="All")
-                if (created.metadata.labels or {}).get("sortie.io/egress-mode") != "allowlist":
-                    failures.append("admitted without mutation")
-            except Exception as exc:  # every refusal counts
-                failures.append(str(exc)[:300])
+            failure = admission_failure(core)
+            if failure is not None:
+                failures.append(failure)
             served = _serving(core)
             if served:
                 serials.add(x509.load_pem_x509_certificate(served[0]).serial_number)
