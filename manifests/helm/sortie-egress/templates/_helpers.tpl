@@ -11,9 +11,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- end }}
 
-{{/* The managed-by label: Helm's, except on objects whose managed-by the product owns
-(webhook configuration, admission policies), which keep sortie-egress. */}}
-{{- define "sortie-egress.helmManaged" -}}
+{{/* With Helm's managed-by: every object but those whose managed-by the product owns (the
+webhook configuration and the admission policies keep sortie-egress, next to the labels above). */}}
+{{- define "sortie-egress.helmLabels" -}}
+{{ include "sortie-egress.labels" . }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
