@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import signal
+import ssl
 import subprocess
 import threading
 import time
@@ -225,8 +226,6 @@ def _exercise(plane: ControlPlane, namespace: str, port: int, tmp_path: Path) ->
         print(f"cert-manager CA renewal: {attempts} admissions, {len(failures)} failed")
         assert failures == [], f"{len(failures)} of {attempts} admissions failed across the CA renewal: {failures[:3]}"
         # The webhook serves the renewed certificate (it reloads the mounted files when they change).
-        import ssl
-
         wait_for(lambda: x509.load_pem_x509_certificate(ssl.get_server_certificate(("127.0.0.1", port)).encode())
                  .serial_number == renewed.serial_number, 15, "the webhook to serve the renewed certificate")
     finally:

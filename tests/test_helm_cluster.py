@@ -109,11 +109,11 @@ class Product:
             self.webhook.wait(20)
 
 
-def _api(plane: ControlPlane) -> tuple[Any, Any, Any, Any]:
+def _api(plane: ControlPlane) -> tuple[Any, Any, Any]:
     from kubernetes import client
 
     api = plane.admin.api_client()
-    return client.CoreV1Api(api), client.NetworkingV1Api(api), client.AdmissionregistrationV1Api(api), client.RbacAuthorizationV1Api(api)
+    return client.CoreV1Api(api), client.NetworkingV1Api(api), client.AdmissionregistrationV1Api(api)
 
 
 def _read(call: Any, *args: str) -> dict[str, Any] | None:
@@ -161,7 +161,7 @@ def _leftovers(plane: ControlPlane) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("major", ["helm3", "helm4"])
 def test_install_admit_enforce_upgrade_uninstall(plane: ControlPlane, tools: Any, major: str, tmp_path: Path) -> None:
-    core, networking, admission, _ = _api(plane)
+    core, networking, admission = _api(plane)
     _create_namespaces(plane, NAMESPACE, SESSIONS)
     port = free_port()
     url = f"https://127.0.0.1:{port}"
