@@ -204,6 +204,29 @@ def test_parse_network_keeps_ipv6_canonical() -> None:
     assert str(network) == "2001:db8::/32" and note is None
 
 
+@pytest.mark.parametrize("text", ["::ffff:0:0/96", "::ffff:1.2.3.4", "::ffff:1.2.3.0/120", "0:0:0:0:0:ffff:a00:0/104"])
+def test_ipv4_mapped_networks_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="is an IPv4-mapped IPv6 network; write the IPv4 network instead"):
+        parse_network(text)
+
+
+@pytest.mark.parametrize(("text", "network"), [
+    ("::ffff:0:0/95", "::fffe:0:0/95"),  # wider than the mapped range: ordinary IPv6 (host bits cleared)
+    ("::fffe:0:0/96", "::fffe:0:0/96"),  # next to it
+    ("::1:ffff:0:0/96", "::1:ffff:0:0/96"),  # same low bits, another prefix
+    ("64:ff9b::/96", "64:ff9b::/96"),  # NAT64: IPv4 in IPv6, but real IPv6 traffic
+])
+def test_ipv6_networks_beside_the_mapped_range_are_kept(text: str, network: str) -> None:
+    assert str(parse_network(text)[0]) == network
+
+
+def test_network_built_from_the_address_keeps_family_and_prefix() -> None:
+    four, _ = parse_network("192.0.2.77/26")
+    six, _ = parse_network("2001:db8:1:2:3:4:5:6/64")
+    assert (type(four), str(four)) == (ipaddress.IPv4Network, "192.0.2.64/26")
+    assert (type(six), str(six)) == (ipaddress.IPv6Network, "2001:db8:1:2::/64")
+
+
 # --- properties -----------------------------------------------------------------
 
 def _networks() -> st.SearchStrategy[str]:

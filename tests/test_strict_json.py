@@ -47,6 +47,15 @@ def test_depth_limit_is_exact() -> None:
     assert nesting_depth_exceeds("{}" * 3 + "[" * 33 + "]" * 33, 32)
 
 
+def test_few_brackets_pass_without_a_scan_and_many_shallow_ones_still_pass() -> None:
+    assert not nesting_depth_exceeds("[" * 32 + "]" * 32, 32)  # exactly the limit's count of openers
+    shallow = "[" + "[]," * 40 + "[]]"  # 42 openers, depth 2: the scan decides
+    assert not nesting_depth_exceeds(shallow, 32)
+    assert loads_strict(shallow) == [[]] * 41
+    quoted = '["' + "{" * 40 + '"]'  # 41 openers, 40 of them quoted
+    assert not nesting_depth_exceeds(quoted, 32)
+
+
 def test_64k_of_brackets_is_checked_in_linear_time() -> None:
     worst = "[{" * 32768
     started = time.perf_counter()

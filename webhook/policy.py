@@ -27,13 +27,15 @@ from .constants import MAX_ANNOTATION_BYTES, MAX_MEMO_ANNOTATION, MAX_RULES
 from .strict_json import JSONInputError, loads_strict
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 Mode = Literal["allowlist", "denylist"]
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 MODES = ("allowlist", "denylist", "")
 
 _ADDRESS_PART = re.compile(r"[0-9A-Fa-f:.]+")
 _PREFIX_PART = re.compile(r"0|[1-9][0-9]{0,2}")
-_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+#: ::ffff:0:0/96 (IPv4-mapped addresses): the top 96 bits of such an address, as an integer.
+_IPV4_MAPPED_PREFIX = 0xFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +50,7 @@ class Rule:
 
     def canonical(self) -> dict[str, Any]:
         """Only what differs from the defaults, so equal policies print equal."""
-        out: dict[str, Any] = {"cidr": str(self.network)}
+        out: dict[str, Any] = {"cidr": network_text(self.network)}
         if self.end_port is not None:
             out["end_port"] = self.end_port
         if self.port:
@@ -114,20 +116,34 @@ def parse_network(text: str) -> tuple[IPNetwork, str | None]:
     if not _ADDRESS_PART.fullmatch(address) or (slash and not _PREFIX_PART.fullmatch(prefix)):
         raise ValueError(f"{shown} is not an IP network")
     try:
-        host = ipaddress.ip_address(address)
+        # The family from the text: ip_address() would try IPv4 first and pay for its exception.
+        host: IPAddress = ipaddress.IPv6Address(address) if ":" in address else ipaddress.IPv4Address(address)
     except ValueError:
         raise ValueError(f"{shown} is not an IP network") from None
     width = host.max_prefixlen
     if slash and int(prefix) > width:
         raise ValueError(f"{shown}: prefix length /{prefix} is out of range for IPv{host.version} (0-{width})")
-    network = ipaddress.ip_network(f"{address}/{prefix if slash else width}", strict=False)
-    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_IPV4_MAPPED) and network.prefixlen >= 96:
-        raise ValueError(f"{shown} is an IPv4-mapped IPv6 network; write the IPv4 network instead")
+    # From the integer: a network built from text would parse the address a second time.
+    length = int(prefix) if slash else width
+    network: IPNetwork
+    if host.version == 6:
+        network = ipaddress.IPv6Network((int(host), length), strict=False)
+        if length >= 96 and int(network.network_address) >> 32 == _IPV4_MAPPED_PREFIX:
+            raise ValueError(f"{shown} is an IPv4-mapped IPv6 network; write the IPv4 network instead")
+    else:
+        network = ipaddress.IPv4Network((int(host), length), strict=False)
     if not slash:
         return network, f"{shown} is an address; using {network}"
     if network.network_address != host:
         return network, f"{shown} has host bits set; using {network}"
     return network, None
+
+
+@lru_cache(maxsize=4096)
+def network_text(network: IPNetwork) -> str:
+    """A network's canonical text. ``str()`` of an IPv6 network recomputes its compressed form
+    every time (a third of a new policy's cost before this memo), and the same networks recur."""
+    return str(network)
 
 
 class _RuleInput(BaseModel):

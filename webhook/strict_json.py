@@ -58,8 +58,12 @@ def nesting_depth_exceeds(text: str, limit: int) -> bool:
     Strings are blanked (brackets inside them do not nest), then innermost
     pairs are peeled a layer at a time: each pass is one C-speed replace, and
     at most ``limit`` passes run, so the check is linear even for 64 KiB of
-    brackets. Unbalanced leftovers are the parser's to report.
+    brackets. Unbalanced leftovers are the parser's to report. Text with at
+    most ``limit`` opening brackets in all (every real policy of a few
+    rules) cannot nest deeper, and is passed by two counts.
     """
+    if text.count("[") + text.count("{") <= limit:
+        return False  # no deeper than its number of opening brackets, quoted or not: no scan needed
     brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
     for _ in range(limit):
         peeled = brackets.replace("[]", "").replace("{}", "")
