@@ -256,10 +256,10 @@ def wait_healthy(url: str, ca: str, process: subprocess.Popen[bytes]) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
-def start_servers(folder: Path) -> dict[str, tuple[subprocess.Popen[bytes], int, str]]:
+def start_servers(folder: Path, names: tuple[str, ...] = tuple(SERVERS)) -> dict[str, tuple[subprocess.Popen[bytes], int, str]]:
     servers: dict[str, tuple[subprocess.Popen[bytes], int, str]] = {}
     try:
-        _start_each(folder, servers)
+        _start_each(folder, servers, names)
     except BaseException:
         for process, _, _ in servers.values():  # no server outlives a failed start
             process.kill()
@@ -297,8 +297,8 @@ http {{
     return config
 
 
-def _start_each(folder: Path, servers: dict[str, tuple[subprocess.Popen[bytes], int, str]]) -> None:
-    for name in SERVERS:
+def _start_each(folder: Path, servers: dict[str, tuple[subprocess.Popen[bytes], int, str]], names: tuple[str, ...]) -> None:
+    for name in names:
         if name == "nginx" and shutil.which("nginx") is None:
             print("nginx is not installed (apt-get install nginx-light): the nginx reference is left out", flush=True)
             continue
