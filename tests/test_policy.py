@@ -62,7 +62,7 @@ def test_empty_mode_still_rejects_unknown_fields() -> None:
         ({"mode": "allowlist", "rules": "10.0.0.0/8"}, "rules: must be an array, got a string"),
         ({"mode": "allowlist", "rules": ["10.0.0.0/8"]}, "rules[0]: must be an object, got a string"),
         ({"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8", "ports": 443}]},
-         "rules[0].ports: unknown field (a rule has: cidr, port, end_port, protocol)"),
+         "rules[0].ports: unknown field (a rule has: cidr or fqdn, port, end_port, protocol)"),
         ({"mode": "allowlist", "rules": [{"port": 443}]}, "rules[0].cidr: is required"),
         ({"mode": "allowlist", "rules": [{"cidr": "10.0.0.300/8"}]}, 'rules[0].cidr: "10.0.0.300/8" is not an IP network'),
         ({"mode": "allowlist", "rules": [{"cidr": "example.com"}]}, 'rules[0].cidr: "example.com" is not an IP network'),
@@ -120,7 +120,7 @@ def test_every_problem_is_reported_at_once() -> None:
         'rules[1].cidr: "10.0.0.300/8" is not an IP network',
         "rules[1].port: must be an integer, got true",
         "rules[2].end_port: 80 is below port 90",
-        "rules[2].protcol: unknown field (a rule has: cidr, port, end_port, protocol)",
+        "rules[2].protcol: unknown field (a rule has: cidr or fqdn, port, end_port, protocol)",
     )
 
 
@@ -166,13 +166,14 @@ def test_bare_address_becomes_host_network(address: str, network: str) -> None:
     assert result.warnings == (f'rules[0].cidr: "{address}" is an address; using {network}',)
 
 
-def test_denylist_ports_are_dropped_with_a_warning() -> None:
+def test_denylist_ports_are_kept_in_the_policy_for_the_backends_that_deny_ports() -> None:
+    # The networkpolicy backend warns and denies the whole network (tests/test_backends.py).
     result = parse({"mode": "denylist", "rules": [{"cidr": "10.0.0.0/8", "port": 22, "protocol": "TCP"}, {"cidr": "192.0.2.0/24"}]})
-    assert result.policy.rules == (Rule(ipaddress.ip_network("10.0.0.0/8")), Rule(ipaddress.ip_network("192.0.2.0/24")))
-    assert result.warnings == (
-        "rules[0]: a denylist cannot deny single ports or protocols; all traffic to 10.0.0.0/8 is denied",
-    )
-    assert result.policy.canonical_json() == '{"mode": "denylist", "rules": [{"cidr": "10.0.0.0/8"}, {"cidr": "192.0.2.0/24"}]}'
+    assert result.policy.rules == (Rule(ipaddress.ip_network("10.0.0.0/8"), port=22, protocol="TCP"),
+                                   Rule(ipaddress.ip_network("192.0.2.0/24")))
+    assert result.warnings == ()
+    assert result.policy.canonical_json() == (
+        '{"mode": "denylist", "rules": [{"cidr": "10.0.0.0/8", "port": 22, "protocol": "TCP"}, {"cidr": "192.0.2.0/24"}]}')
 
 
 @pytest.mark.parametrize(("cidr", "family"), [("0.0.0.0/0", 4), ("::/0", 6)])

@@ -19,9 +19,9 @@ import json
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Tag, ValidationError, ValidationInfo, field_validator
 
 from .constants import MAX_ANNOTATION_BYTES, MAX_MEMO_ANNOTATION, MAX_RULES
 from .strict_json import JSONInputError, loads_strict
@@ -40,17 +40,20 @@ _IPV4_MAPPED_PREFIX = 0xFFFF
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """One normalised rule. ``protocol`` None means: TCP and UDP when a port
-    is given, all traffic when not (CONTRACT §1)."""
+    """One normalised rule: a destination named by ``network`` or, on the backends that
+    enforce names, by ``fqdn`` (exactly one is set). ``protocol`` None means: TCP and UDP
+    when a port is given, all traffic when not (CONTRACT §1)."""
 
-    network: IPNetwork
+    network: IPNetwork | None
     port: int = 0
     end_port: int | None = None
     protocol: str | None = None
+    #: A lower-case DNS name without a trailing dot; ``*.`` first matches one or more labels.
+    fqdn: str | None = None
 
     def canonical(self) -> dict[str, Any]:
         """Only what differs from the defaults, so equal policies print equal."""
-        out: dict[str, Any] = {"cidr": network_text(self.network)}
+        out: dict[str, Any] = {"cidr": network_text(self.network)} if self.network is not None else {"fqdn": self.fqdn}
         if self.end_port is not None:
             out["end_port"] = self.end_port
         if self.port:
@@ -61,13 +64,18 @@ class Rule:
 
     @property
     def opens_whole_family(self) -> bool:
-        return self.network.prefixlen == 0 and self.port == 0
+        return self.network is not None and self.network.prefixlen == 0 and self.port == 0
 
 
 @dataclass(frozen=True, slots=True)
 class EgressPolicy:
     mode: Mode
     rules: tuple[Rule, ...] = ()
+
+    @property
+    def names_hosts(self) -> bool:
+        """Whether a rule names its destination by DNS name: only some backends can enforce that."""
+        return any(rule.fqdn is not None for rule in self.rules)
 
     def canonical_json(self) -> str:
         """Sorted keys and the contract's own spacing: the annotation's fixed point."""
@@ -139,6 +147,42 @@ def parse_network(text: str) -> tuple[IPNetwork, str | None]:
     return network, None
 
 
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9_]{0,61}[a-z0-9])?")
+MAX_FQDN_LENGTH = 253
+
+
+def parse_fqdn(text: str) -> str:
+    """A DNS name or ``*.``-wildcard from rule text, lower-cased and without a trailing dot.
+
+    What ClusterNetworkPolicy's ``domainNames`` and Cilium's ``toFQDNs`` both accept, and no
+    more: at least two labels (a bare ``com`` or ``localhost`` would name nothing a policy can
+    find), letters, digits, ``-`` and ``_`` (a label begins and ends with a letter or digit, so
+    ``_sip._tcp`` names are out), labels of at most 63 characters, a ``*.`` prefix and
+    nowhere else (``*`` matches one or more whole labels), and not an IP address in disguise.
+    """
+    shown = json.dumps(text)
+    name = text[:-1] if text.endswith(".") else text
+    if not name.isascii():
+        raise ValueError(f"{shown} is not a DNS name (ASCII only; write an internationalised name in its xn-- form)")
+    name = name.lower()
+    wildcard = name.startswith("*.")
+    labels = (name[2:] if wildcard else name).split(".")
+    if len(name) > MAX_FQDN_LENGTH:
+        raise ValueError(f"{shown} is {len(name)} characters; a DNS name has at most {MAX_FQDN_LENGTH}")
+    if "*" in (name[2:] if wildcard else name):
+        raise ValueError(f'{shown}: "*" is allowed only as the first label ("*.example.com")')
+    if wildcard and len(labels) < 2 and all(_DNS_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f'{shown}: a wildcard needs two or more labels after "*." ("*.example.com"; '
+                         f'"{name}" would allow a whole top-level domain)')
+    if len(labels) < 2 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"{shown} is not a DNS name (two or more labels of letters, digits, '-' and '_' that begin "
+                         "and end with a letter or digit, each at most 63 characters, for example "
+                         "\"api.example.com\" or \"*.example.com\")")
+    if all(label.isdigit() for label in labels):
+        raise ValueError(f"{shown} is an IP address, not a name; use cidr")
+    return name
+
+
 @lru_cache(maxsize=4096)
 def network_text(network: IPNetwork) -> str:
     """A network's canonical text. ``str()`` of an IPv6 network recomputes its compressed form
@@ -146,28 +190,20 @@ def network_text(network: IPNetwork) -> str:
     return str(network)
 
 
-class _RuleInput(BaseModel):
+class _RuleFields(BaseModel):
+    """The checks every rule shares. Each kind of rule declares its fields itself, destination
+    first, so problems are reported in the order they are written."""
+
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
-    cidr: str
-    port: int = 0
-    end_port: int = None  # type: ignore[assignment]  # absent is fine, null is not an integer
-    protocol: str = ""
-
-    @field_validator("cidr")
-    @classmethod
-    def _network(cls, value: str) -> str:
-        parse_network(value)
-        return value
-
-    @field_validator("port")
+    @field_validator("port", check_fields=False)
     @classmethod
     def _port_range(cls, value: int) -> int:
         if not 0 <= value <= 65535:
             raise ValueError(f"{value} is out of range (0-65535; 0 means all ports)")
         return value
 
-    @field_validator("end_port")
+    @field_validator("end_port", check_fields=False)
     @classmethod
     def _end_port_range(cls, value: int, info: ValidationInfo) -> int:
         # A field validator (not a model one) so the range is judged even when
@@ -181,7 +217,7 @@ class _RuleInput(BaseModel):
             raise ValueError(f"{value} is below port {port}")
         return value
 
-    @field_validator("protocol")
+    @field_validator("protocol", check_fields=False)
     @classmethod
     def _known_protocol(cls, value: str) -> str:
         # ASCII only: str.upper() maps "ſctp" (long s) to "SCTP", and a name that is not
@@ -191,11 +227,50 @@ class _RuleInput(BaseModel):
         return value.upper()
 
 
+class _RuleInput(_RuleFields):
+    cidr: str
+    port: int = 0
+    end_port: int = None  # type: ignore[assignment]  # absent is fine, null is not an integer
+    protocol: str = ""
+
+    @field_validator("cidr")
+    @classmethod
+    def _network(cls, value: str) -> str:
+        parse_network(value)
+        return value
+
+
+class _FqdnRuleInput(_RuleFields):
+    fqdn: str
+    port: int = 0
+    end_port: int = None  # type: ignore[assignment]
+    protocol: str = ""
+
+    @field_validator("fqdn")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return parse_fqdn(value)
+
+
+#: Tags of the two kinds of rule; they appear in pydantic's error locations and are taken out.
+_RULE_TAGS = ("cidr-rule", "fqdn-rule")
+
+
+def _rule_kind(value: Any) -> str:
+    """A rule with ``fqdn`` and no ``cidr`` names a host; everything else is read as a network rule
+    (so a rule with neither is told that cidr is required, and one with both that it has both)."""
+    return "fqdn-rule" if isinstance(value, dict) and "fqdn" in value and "cidr" not in value else "cidr-rule"
+
+
+_AnyRule = Annotated[Union[Annotated[_RuleInput, Tag("cidr-rule")], Annotated[_FqdnRuleInput, Tag("fqdn-rule")]],
+                     Discriminator(_rule_kind)]
+
+
 class _PolicyInput(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
     mode: str
-    rules: list[_RuleInput] = []
+    rules: list[_AnyRule] = []
 
     @field_validator("mode")
     @classmethod
@@ -207,7 +282,7 @@ class _PolicyInput(BaseModel):
 
 _KNOWN_FIELDS = {
     "policy": "mode, rules",
-    "rule": "cidr, port, end_port, protocol",
+    "rule": "cidr or fqdn, port, end_port, protocol",
 }
 
 
@@ -242,12 +317,14 @@ def _json_kind(value: Any) -> str:
 
 
 def _error_message(error: Any) -> str:
-    loc = tuple(error["loc"])
+    loc = tuple(part for part in error["loc"] if part not in _RULE_TAGS)
     kind = error["type"]
     value = error.get("input")
     where = _path(loc)
     if kind == "missing":
         return f"{where}: is required"
+    if kind == "extra_forbidden" and len(loc) == 3 and loc[2] == "fqdn":  # routed as a network rule: it has a cidr
+        return f"{_path(loc[:2])}: has both cidr and fqdn; a rule names its destination by one of them"
     if kind == "extra_forbidden":
         owner = "rule" if len(loc) > 1 else "policy"
         return f"{where}: unknown field (a {owner} has: {_KNOWN_FIELDS[owner]})"
@@ -272,19 +349,18 @@ def _normalise(data: _PolicyInput) -> tuple[EgressPolicy, list[str]]:
     warnings: list[str] = []
     rules: list[Rule] = []
     for index, raw in enumerate(data.rules):
+        protocol = raw.protocol or None
+        if isinstance(raw, _FqdnRuleInput):
+            # Refused in a denylist before this (_parse_policy); canonical already (parse_fqdn).
+            rules.append(Rule(network=None, port=raw.port, end_port=raw.end_port, protocol=protocol, fqdn=raw.fqdn))
+            continue
         network, note = parse_network(raw.cidr)
         if note:
             warnings.append(f"rules[{index}].cidr: {note}")
-        protocol = raw.protocol or None
+        # A denylist keeps its ports: the backends that can deny a port do (backends.py); on
+        # NetworkPolicy the whole network is denied, with a warning from backend_warnings.
         rule = Rule(network=network, port=raw.port, end_port=raw.end_port, protocol=protocol)
-        if data.mode == "denylist":
-            if raw.port or protocol:
-                warnings.append(
-                    f"rules[{index}]: a denylist cannot deny single ports or protocols; "
-                    f"all traffic to {network} is denied"
-                )
-            rule = Rule(network=network)
-        elif rule.opens_whole_family:
+        if data.mode == "allowlist" and rule.opens_whole_family:
             warnings.append(f"rules[{index}]: {network} on all ports allows all IPv{network.version} egress")
         rules.append(rule)
     mode: Mode = "allowlist" if data.mode == "allowlist" else "denylist"
@@ -344,6 +420,12 @@ def _parse_policy(annotation: str | None) -> PolicyParse:
         return PolicyParse(errors=_errors_of(exc))
     if data.mode == "":
         return PolicyParse(warnings=tuple(warnings))
+    if data.mode == "denylist":
+        refused = tuple(f"rules[{index}].fqdn: a denylist cannot name a host by DNS name (names are enforced by "
+                        "allowing what a lookup returns, never by denying it); use cidr"
+                        for index, raw in enumerate(data.rules) if isinstance(raw, _FqdnRuleInput))
+        if refused:
+            return PolicyParse(errors=refused)
     policy, notes = _normalise(data)
     return PolicyParse(policy=policy, warnings=tuple(warnings + notes), canonical=policy.canonical_json())
 
