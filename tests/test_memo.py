@@ -23,6 +23,7 @@ from webhook.admission.memo import MAX_MEMO_ANNOTATION, memoised_mutation, mutat
 from webhook.admission.mutate import mutate_pod
 from webhook.admission.response import encode_response
 from webhook.admission.review import ReviewRequest, admission_request, decode_request
+from webhook.backends import BACKENDS
 from webhook.constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, SCHEDULING_GATE, SESSION_ID_LABEL
 from webhook.enforcement import INIT_CONTAINER_NAME, NO_TOKEN_VOLUME, EnforcementWait
 
@@ -34,6 +35,8 @@ VALID_POLICIES = [
     {"mode": "allowlist", "rules": [{"cidr": "2001:db8::/32", "port": 8000, "end_port": 8100}]},
     {"mode": "allowlist"},
     {"mode": "", "rules": [{"cidr": "10.0.0.0/8"}]},
+    {"mode": "allowlist", "rules": [{"fqdn": "API.example.com.", "port": 443}]},  # refused on networkpolicy only
+    {"mode": "denylist", "rules": [{"cidr": "10.0.0.0/8", "port": 22}]},  # a warning on networkpolicy only
 ]
 INVALID_POLICIES = ["{", '{"mode": "sometimes"}', '{"mode": "allowlist", "rules": [{"cidr": "10.0.0.1/8"}]}', "[]", ""]
 
@@ -91,13 +94,13 @@ def review_bytes(pod: dict[str, Any], uid: str, namespace: str, user: str, dry_r
         "namespace": namespace, "userInfo": {"username": user}, "object": pod, "dryRun": dry_run}}).encode()
 
 
-def disagreement(request: ReviewRequest, wait: EnforcementWait | None = None) -> str | None:
+def disagreement(request: ReviewRequest, wait: EnforcementWait | None = None, backend: str = "networkpolicy") -> str | None:
     """Why the memo's answer differs from the direct one, or None (also when the memo does not apply)."""
-    answer = memoised_mutation(request, wait)
+    answer = memoised_mutation(request, wait, backend)
     if answer is None:
         return None
     plain = admission_request(request)
-    expected = mutate_pod(plain, wait)
+    expected = mutate_pod(plain, wait, backend)
     if answer.for_uid(request.uid) != encode_response(request.uid, expected):
         return f"answer bytes differ for {plain.obj}"
     if (answer.verdict, answer.warnings) != (expected.verdict, len(expected.warnings)):
@@ -112,6 +115,18 @@ def test_the_memoised_answer_is_the_direct_answer(pod: dict, uid: str, namespace
     request = decode_request(review_bytes(pod, uid, namespace, user, dry_run))
     assert disagreement(request) is None
     assert disagreement(request, WAIT) is None  # with the enforcement wait configured, too
+    for backend in BACKENDS:  # one memo serves a process with one backend; each must agree with itself
+        assert disagreement(request, WAIT, backend) is None
+
+
+def test_the_backend_is_part_of_the_memo_key() -> None:
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": {SESSION_ID_LABEL: "s"}, "annotations": {
+        EGRESS_POLICY_ANNOTATION: json.dumps({"mode": "allowlist", "rules": [{"fqdn": "a.example.com"}]})}},
+        "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]}}
+    request = decode_request(review_bytes(pod, "u", "sessions", "alice", False))
+    verdicts = [memoised_mutation(request, None, backend).verdict  # type: ignore[union-attr]
+                for backend in ("cilium", "networkpolicy", "clusternetworkpolicy")]
+    assert verdicts == ["patched", "denied", "patched"]
 
 
 def test_pods_that_differ_only_in_what_the_answer_ignores_share_one_entry() -> None:

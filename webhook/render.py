@@ -17,7 +17,7 @@ from .constants import (
     MANAGED_BY_VALUE,
     SESSION_ID_LABEL,
 )
-from .policy import EgressPolicy, Rule, parse_network
+from .policy import EgressPolicy, Rule, network_text, parse_network
 from .session import SessionPod
 
 _DNS_PORTS = ({"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53})
@@ -102,7 +102,7 @@ def _ports(rule: Rule) -> list[dict[str, Any]] | None:
 
 
 def _allow_rule(rule: Rule) -> dict[str, Any]:
-    egress: dict[str, Any] = {"to": [{"ipBlock": {"cidr": str(rule.network)}}]}
+    egress: dict[str, Any] = {"to": [{"ipBlock": {"cidr": network_text(rule.network)}}]}  # type: ignore[arg-type]
     ports = _ports(rule)
     if ports is not None:
         egress["ports"] = ports
@@ -118,7 +118,7 @@ def _deny_rule(rules: tuple[Rule, ...]) -> dict[str, Any] | None:
     """
     peers = []
     for version in (4, 6):
-        family = [rule.network for rule in rules if rule.network.version == version]
+        family = [rule.network for rule in rules if rule.network is not None and rule.network.version == version]
         if any(network.prefixlen == 0 for network in family):
             continue
         block: dict[str, Any] = {"cidr": _WHOLE_FAMILY[version]}
@@ -183,6 +183,8 @@ def _cut_out(rules: list[dict[str, Any]], addresses: tuple[str, ...]) -> list[di
 
 
 def egress_rules(policy: EgressPolicy, dns: DnsDestination, canary: Canary | None = None) -> list[dict[str, Any]]:
+    if policy.names_hosts:  # admission refuses these on this backend; the controller fails them closed
+        raise ValueError("a NetworkPolicy cannot name hosts: FQDN rules need the clusternetworkpolicy or cilium backend")
     app_rules: list[dict[str, Any]] = []
     if policy.mode == "allowlist":
         app_rules.extend(_allow_rule(rule) for rule in policy.rules)

@@ -5,7 +5,7 @@ CREATE depends on seven things only: the policy annotation, the mode label, the
 scheduling gate names, the init container names, whether the pod has a volume list
 (ours is appended to it, or the list made), whether the session id can name a
 NetworkPolicy, and whether the pod is already bound to a node (and on the server's
-fixed enforcement-wait setting, which is part of the cache key too).
+fixed enforcement-wait and backend settings, which are part of the cache key too).
 Everything else that varies from pod to pod (uid, name, user labels,
 containers) never enters it. So the encoded answer is memoised on those
 things, and per request only the request uid is spliced in: decision and
@@ -32,6 +32,7 @@ from typing import Any
 
 import msgspec
 
+from ..backends import DEFAULT_BACKEND
 from ..constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, MAX_MEMO_ANNOTATION, SESSION_ID_LABEL
 from ..enforcement import INIT_CONTAINER_NAME, NO_TOKEN_VOLUME, EnforcementWait
 from ..session import session_id_problem
@@ -138,13 +139,14 @@ def encoded(decision: Decision) -> EncodedAnswer:
 
 
 @lru_cache(maxsize=MEMO_ENTRIES)
-def _answer_for(key: tuple[Hashable, ...], wait: EnforcementWait | None) -> EncodedAnswer:
+def _answer_for(key: tuple[Hashable, ...], wait: EnforcementWait | None, backend: str) -> EncodedAnswer:
     request = AdmissionRequest(uid=_UID_MARK, kind="Pod", operation="CREATE", namespace="memo", name=None,
                                username="", obj=_pod_from_key(key), old_obj=None, dry_run=False)
-    return encoded(mutate_pod(request, wait))
+    return encoded(mutate_pod(request, wait, backend))
 
 
-def memoised_mutation(request: ReviewRequest, wait: EnforcementWait | None = None) -> EncodedAnswer | None:
+def memoised_mutation(request: ReviewRequest, wait: EnforcementWait | None = None,
+                      backend: str = DEFAULT_BACKEND) -> EncodedAnswer | None:
     """The memoised answer to ``request``, or None when it must be decided directly."""
     key = mutation_key(request)
-    return None if key is None else _answer_for(key, wait)
+    return None if key is None else _answer_for(key, wait, backend)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..backends import DEFAULT_BACKEND, backend_problems, backend_warnings
 from ..constants import EGRESS_POLICY_ANNOTATION
 from ..enforcement import EnforcementWait
 from ..patch import enforce_patch, no_policy_patch, pointer
@@ -26,11 +27,14 @@ def is_bound(pod: Mapping[str, Any]) -> bool:
     return isinstance(spec, dict) and spec.get("nodeName") not in (None, "")
 
 
-def judge(session: SessionPod, bound: bool = False) -> tuple[PolicyParse, list[str]]:
-    """The parsed policy and every reason to refuse the pod: what admission and
-    ``sortie-egress check``/``render`` all decide by."""
+def judge(session: SessionPod, bound: bool = False,
+          backend: str = DEFAULT_BACKEND) -> tuple[PolicyParse, list[str], tuple[str, ...]]:
+    """The parsed policy, every reason to refuse the pod and every warning: what admission and
+    ``sortie-egress check``/``render`` all decide by. ``backend``: what the cluster enforces with;
+    a policy it cannot enforce exactly is refused, never weakened."""
     parsed = parse_policy(session.annotation)
-    problems = list(parsed.errors)
+    problems = list(parsed.errors) + backend_problems(parsed.policy, backend)
+    warnings = parsed.warnings + tuple(backend_warnings(parsed.policy, backend))
     if parsed.errors or parsed.policy is not None:
         # The session id only has to name a NetworkPolicy when one will be made,
         # and only a pod that will be enforced has to wait for it.
@@ -39,7 +43,7 @@ def judge(session: SessionPod, bound: bool = False) -> tuple[PolicyParse, list[s
             problems.append(naming)
         if bound:
             problems.append(BOUND_POD)
-    return parsed, problems
+    return parsed, problems, warnings
 
 
 RESTORED = (
@@ -63,11 +67,11 @@ def _reapplied(request: AdmissionRequest) -> Decision:
                                 "value": old.annotation}])
 
 
-def mutate_pod(request: AdmissionRequest, wait: EnforcementWait | None = None) -> Decision:
+def mutate_pod(request: AdmissionRequest, wait: EnforcementWait | None = None, backend: str = DEFAULT_BACKEND) -> Decision:
     """Decide a Pod CREATE (or an UPDATE re-stating its policy). Pure: a dryRun request gets the same answer.
 
     ``wait``: the init container that holds an enforced pod's containers back (enforcement.py);
-    None where the operator runs without one."""
+    None where the operator runs without one. ``backend``: the operator's --backend."""
     if request.kind != "Pod" or request.obj is None:
         return allow()
     if request.operation == "UPDATE" and not request.sub_resource:
@@ -78,11 +82,11 @@ def mutate_pod(request: AdmissionRequest, wait: EnforcementWait | None = None) -
     session = session_pod(pod, request.namespace)
     if session is None:
         return allow()
-    parsed, problems = judge(session, is_bound(pod))
+    parsed, problems, warnings = judge(session, is_bound(pod), backend)
     if problems:
         prefix = f"sortie-egress refused the session pod ({EGRESS_POLICY_ANNOTATION})"
-        return deny(problems, prefix, parsed.warnings)
+        return deny(problems, prefix, warnings)
     if parsed.policy is None:
-        return allow(parsed.warnings, no_policy_patch(pod))
+        return allow(warnings, no_policy_patch(pod))
     assert parsed.canonical is not None  # set whenever a policy is
-    return allow(parsed.warnings, enforce_patch(pod, parsed.canonical, parsed.policy.mode, wait))
+    return allow(warnings, enforce_patch(pod, parsed.canonical, parsed.policy.mode, wait))

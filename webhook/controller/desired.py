@@ -39,6 +39,7 @@ from ..constants import (
     SESSION_ID_LABEL,
 )
 from ..patch import JsonPatch, pointer
+from ..backends import DEFAULT_BACKEND, backend_problems
 from ..policy import FAIL_CLOSED_POLICY, EgressPolicy, parse_policy
 from ..render import Canary, DnsDestination, render_network_policy
 from ..session import session_id_problem, session_pod
@@ -73,11 +74,12 @@ class Enforced:
     invalid_reason: str | None = None  # set when the annotation is invalid: ``policy`` is then DNS only
 
 
-def enforced_for(pod: dict[str, Any]) -> Enforced:
+def enforced_for(pod: dict[str, Any], backend: str = DEFAULT_BACKEND) -> Enforced:
     session = session_pod(pod)
     parsed = parse_policy(None if session is None else session.annotation)
-    if not parsed.ok:
-        reason = "invalid egress policy, enforcing DNS only: " + "; ".join(parsed.errors)
+    problems = list(parsed.errors) + backend_problems(parsed.policy, backend)
+    if problems:  # invalid, or what this backend cannot enforce (admitted while the webhook was down, say)
+        reason = "invalid egress policy, enforcing DNS only: " + "; ".join(problems)
         return Enforced(FAIL_CLOSED_POLICY, FAIL_CLOSED_DIGEST, reason)
     if parsed.policy is None:
         return Enforced(None)

@@ -29,6 +29,7 @@ from ..admission.memo import EncodedAnswer, encoded, memoised_mutation
 from ..admission.mutate import mutate_pod
 from ..admission.response import Decision
 from ..admission.review import AdmissionRequest, ReviewError, ReviewRequest, admission_request, decode_request
+from ..backends import DEFAULT_BACKEND
 from ..constants import MAX_REVIEW_BYTES
 from ..enforcement import EnforcementWait
 from .metrics import WebhookMetrics
@@ -48,6 +49,8 @@ class WebhookSettings:
     ready: Callable[[], bool] = field(default=lambda: True)
     #: The init container that holds session pods back until enforcement is seen (CONTRACT §6).
     wait: EnforcementWait | None = None
+    #: What the cluster enforces with (backends.py): admission refuses what it cannot enforce exactly.
+    backend: str = DEFAULT_BACKEND
 
 
 class BodyTooLarge(Exception):
@@ -224,8 +227,9 @@ def create_app(settings: WebhookSettings | None = None) -> WebhookApp:
     async def metrics(_: Request) -> Response:
         return Response(settings.metrics.render(), media_type=settings.metrics.content_type)
 
-    mutate = AdmissionEndpoint("mutate", partial(mutate_pod, wait=settings.wait), fail_open=False, settings=settings,
-                               memo=partial(memoised_mutation, wait=settings.wait))
+    mutate = AdmissionEndpoint("mutate", partial(mutate_pod, wait=settings.wait, backend=settings.backend),
+                               fail_open=False, settings=settings,
+                               memo=partial(memoised_mutation, wait=settings.wait, backend=settings.backend))
     routes = [
         Route("/mutate", mutate, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
