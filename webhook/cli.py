@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from . import __version__
+from .backends import BACKENDS, DEFAULT_BACKEND
 from .render import DnsDestination, render_network_policy
 from .session import session_pod
 from .wait import add_arguments as add_wait_arguments
@@ -68,44 +69,57 @@ def _warn(lines: Sequence[str]) -> None:
         print(f"warning: {line}", file=sys.stderr)
 
 
-def _judge(manifest: dict[str, Any]) -> tuple[Any, Any, list[str]]:
+def _judge(manifest: dict[str, Any], backend: str) -> tuple[Any, Any, list[str], tuple[str, ...]]:
     """(session, parsed policy, problems) exactly as admission judges the pod."""
     from .admission.mutate import is_bound, judge
 
     session = session_pod(manifest)
     if session is None:
-        return None, None, []
-    parsed, problems = judge(session, is_bound(manifest))
-    return session, parsed, problems
+        return None, None, [], ()
+    parsed, problems, warnings = judge(session, is_bound(manifest), backend)
+    return session, parsed, problems, warnings
 
 
-def _report(manifest: dict[str, Any]) -> tuple[Any, Any] | int:
-    session, parsed, problems = _judge(manifest)
+def _report(manifest: dict[str, Any], backend: str) -> tuple[Any, Any] | int:
+    session, parsed, problems, warnings = _judge(manifest, backend)
     if session is None:
         print("note: the pod has no sortie.io/session-id label: not a session pod, nothing to enforce", file=sys.stderr)
         return 0
-    _warn(parsed.warnings)
+    _warn(warnings)
     if problems:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         return 1
     if parsed.policy is None:
-        print("note: the pod has no egress policy: no NetworkPolicy, the cluster default applies", file=sys.stderr)
+        print("note: the pod has no egress policy: nothing is created, the cluster default applies", file=sys.stderr)
         return 0
     return session, parsed
 
 
+def _render_for(backend: str, session: Any, policy: Any, dns: DnsDestination) -> dict[str, Any]:
+    """What the controller creates for the session on ``backend`` (before its owners and digest)."""
+    if backend == "clusternetworkpolicy":
+        from .render_cluster import render_cluster_network_policy
+
+        return render_cluster_network_policy(session, policy, dns)
+    if backend == "cilium":
+        from .render_cilium import render_cilium_network_policy
+
+        return render_cilium_network_policy(session, policy, dns)
+    return render_network_policy(session, policy, dns)
+
+
 def cmd_render(args: argparse.Namespace) -> int:
-    outcome = _report(load_manifest(args.file))
+    outcome = _report(load_manifest(args.file), args.backend)
     if isinstance(outcome, int):
         return outcome
     session, parsed = outcome
-    sys.stdout.write(_dump(render_network_policy(session, parsed.policy, args.dns), args.output))
+    sys.stdout.write(_dump(_render_for(args.backend, session, parsed.policy, args.dns), args.output))
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    outcome = _report(load_manifest(args.file))
+    outcome = _report(load_manifest(args.file), args.backend)
     return outcome if isinstance(outcome, int) else 0
 
 
@@ -169,7 +183,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         kubeconfig=getattr(args, "kubeconfig", None),
         request_timeout=args.request_timeout,
         keep_alive_seconds=args.keep_alive,
-        webhook=WebhookSettings(wait=_enforcement_wait(args)),
+        webhook=WebhookSettings(wait=_enforcement_wait(args), backend=args.backend),
     )
     logs.event("starting", component="webhook", version=__version__, host=args.host, port=args.port)
     try:
@@ -355,6 +369,14 @@ def _system_namespace_flag(parser: argparse.ArgumentParser) -> None:
                              "$POD_NAMESPACE, else the service account's namespace, else sortie-system)")
 
 
+def _backend_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=BACKENDS, default=os.environ.get("SORTIE_EGRESS_BACKEND", DEFAULT_BACKEND),
+                        help="what enforces each session's policy: networkpolicy (default; allows only), "
+                             "clusternetworkpolicy (Admin-tier ClusterNetworkPolicy: exact, not widenable, FQDN rules) "
+                             "or cilium (CiliumNetworkPolicy: egressDeny, FQDN rules); a policy the backend cannot "
+                             "enforce exactly is refused ($SORTIE_EGRESS_BACKEND)")
+
+
 def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=os.environ.get("SORTIE_HOST", "0.0.0.0"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("SORTIE_PORT", "8443")))
@@ -378,6 +400,7 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
                              "injected first (CONTRACT §6). Default: no wait")
     parser.add_argument("--enforcement-port", type=int, default=9445,
                         help="the canary's open port; the closed one is the next (the controller's --canary-port)")
+    _backend_flag(parser)
     parser.add_argument("--enforcement-image", default=os.environ.get("SORTIE_EGRESS_IMAGE"),
                         help="the image of the injected init container (default: $SORTIE_EGRESS_IMAGE)")
 
@@ -433,14 +456,16 @@ def build_parser() -> argparse.ArgumentParser:
     _system_namespace_flag(run)
     run.set_defaults(handler=cmd_run)
 
-    render = commands.add_parser("render", help="print the NetworkPolicy the controller will create for a pod")
+    render = commands.add_parser("render", help="print the policy object the controller will create for a pod")
     render.add_argument("-f", "--file", required=True, help="Pod manifest, YAML or JSON; - for stdin")
     render.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     render.add_argument("--dns", type=_dns, default=DnsDestination(), help="DNS destination: cluster, any, CIDR,..., or cluster,CIDR,... (a node-local cache too)")
+    _backend_flag(render)
     render.set_defaults(handler=cmd_render)
 
     check = commands.add_parser("check", help="validate a pod's egress policy as admission would")
     check.add_argument("-f", "--file", required=True, help="Pod manifest, YAML or JSON; - for stdin")
+    _backend_flag(check)
     check.set_defaults(handler=cmd_check)
 
     review = commands.add_parser("review", help="send a pod to a running webhook as the API server would")

@@ -1,0 +1,143 @@
+"""The cilium backend: one CiliumNetworkPolicy (``cilium.io/v2``) per session.
+
+Namespaced and owned by the session's pods like the NetworkPolicy of render.py (the garbage
+collector removes it with the last one), named like it (``sortie-egress-<session-id>``; another
+kind, so no clash). What it adds over a NetworkPolicy:
+
+- a denylist is ``egressDeny`` (Cilium evaluates denies before allows, whatever else selects
+  the pod), with ports and protocols honoured, and an allow of everything else;
+- FQDN rules are ``toFQDNs``: an exact name is ``matchName``, ``*.example.com`` (one or more
+  labels, as in ClusterNetworkPolicy) is ``matchPattern: "**.example.com"``; the DNS rule then
+  carries ``rules.dns`` so that Cilium's DNS proxy sees the lookups that open those names.
+
+As with a NetworkPolicy on Cilium, CIDR rules reach addresses outside the cluster's endpoints
+(Cilium does not apply CIDR rules to traffic between its own endpoints); pods are reached only
+through selectors (DNS, the enforcement canary). So the canary's closed port is blocked by the
+default deny whatever the app's CIDR rules say, and needs no cut-out here.
+
+An allowlist is still a set of allows: another policy that selects the pod can widen it, as on
+the networkpolicy backend (effective.py flags it). Only the clusternetworkpolicy backend orders
+its allows before a final deny.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Final
+
+from .backends import grouped_by_port_set
+from .constants import APP_ID_LABEL, EGRESS_POLICY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SESSION_ID_LABEL
+from .policy import EgressPolicy, Rule, network_text
+from .render import Canary, DnsDestination
+from .session import SessionPod
+
+CILIUM_API_VERSION: Final = "cilium.io/v2"
+_NAMESPACE_KEY: Final = "k8s:io.kubernetes.pod.namespace"
+_EVERYWHERE: Final = ("0.0.0.0/0", "::/0")
+
+
+def _selector(namespace: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"matchLabels": {_NAMESPACE_KEY: namespace, **{f"k8s:{key}": value for key, value in labels.items()}}}
+
+
+def _ports(port_set: tuple[tuple[str, int, int], ...]) -> list[dict[str, Any]] | None:
+    """A port set as Cilium ``toPorts``; None: all traffic. Port "0" is every port of its protocol."""
+    if not port_set:
+        return None
+    ports = []
+    for protocol, first, last in port_set:
+        entry: dict[str, Any] = {"port": str(first), "protocol": protocol}
+        if last > first:
+            entry["endPort"] = last
+        ports.append(entry)
+    return [{"ports": ports}]
+
+
+def _name_selector(fqdn: str) -> dict[str, str]:
+    return {"matchPattern": "**." + fqdn[2:]} if fqdn.startswith("*.") else {"matchName": fqdn}
+
+
+def _dns_rules(dns: DnsDestination, proxied: bool) -> list[dict[str, Any]]:
+    to_ports: dict[str, Any] = {"ports": [{"port": "53", "protocol": "UDP"}, {"port": "53", "protocol": "TCP"}]}
+    if proxied:
+        to_ports["rules"] = {"dns": [{"matchPattern": "*"}]}
+    if dns.kind == "any":
+        return [{"toPorts": [to_ports]}]  # no destination selector: port 53 anywhere
+    rules = []
+    if dns.kind == "cluster":
+        rules.append({"toEndpoints": [_selector("kube-system", {"k8s-app": "kube-dns"})], "toPorts": [to_ports]})
+    if dns.cidrs:
+        rules.append({"toCIDRSet": [{"cidr": cidr} for cidr in dns.cidrs], "toPorts": [to_ports]})
+    return rules
+
+
+def _cidr_set(rules: list[Rule], keep_open: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """``toCIDRSet`` entries for the rules' networks; ``keep_open`` networks inside one are excepted."""
+    entries = []
+    for text in dict.fromkeys(network_text(rule.network) for rule in rules if rule.network is not None):
+        network = ipaddress.ip_network(text)
+        holes = [hole for hole in keep_open if (inner := ipaddress.ip_network(hole)).version == network.version
+                 and inner != network and inner.subnet_of(network)]  # type: ignore[arg-type]
+        entries.append({"cidr": text, **({"except": holes} if holes else {})})
+    return entries
+
+
+def _destinations(rules: list[Rule], port_set: tuple[tuple[str, int, int], ...],
+                  keep_open: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """One rule for the networks and one for the names of a port set (Cilium keeps them apart)."""
+    ports = _ports(port_set)
+    rendered = []
+    cidrs = _cidr_set(rules, keep_open)
+    names = [_name_selector(fqdn) for fqdn in dict.fromkeys(rule.fqdn for rule in rules if rule.fqdn is not None)]
+    for key, value in (("toCIDRSet", cidrs), ("toFQDNs", names)):
+        if value:
+            rendered.append({key: value, **({"toPorts": ports} if ports is not None else {})})
+    return rendered
+
+
+def cilium_egress(policy: EgressPolicy, dns: DnsDestination,
+                  canary: Canary | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(egress, egressDeny) of a session's CiliumNetworkPolicy."""
+    egress = _dns_rules(dns, proxied=policy.names_hosts)
+    deny: list[dict[str, Any]] = []
+    if canary is not None:
+        egress.append({"toEndpoints": [_selector(canary.namespace, dict(canary.pod_labels))],
+                       "toPorts": [{"ports": [{"port": str(canary.open_port), "protocol": "TCP"}]}]})
+    for port_set, members in grouped_by_port_set(policy.rules):
+        if policy.mode == "allowlist":
+            egress.extend(_destinations(members, port_set))
+        else:
+            # The resolvers the operator named stay reachable, as on every backend: DNS always.
+            deny.extend(_destinations(members, port_set, keep_open=dns.cidrs))
+    if policy.mode == "denylist":
+        egress.append({"toCIDRSet": [{"cidr": cidr} for cidr in _EVERYWHERE]})
+    return egress, deny
+
+
+def render_cilium_network_policy(pod: SessionPod, policy: EgressPolicy, dns: DnsDestination,
+                                 canary: Canary | None = None) -> dict[str, Any]:
+    """The CiliumNetworkPolicy for ``pod``'s session, owned by it like the NetworkPolicy."""
+    labels = {SESSION_ID_LABEL: pod.session_id}
+    if pod.app_id:
+        labels[APP_ID_LABEL] = pod.app_id
+    labels[EGRESS_POLICY_LABEL] = "true"
+    labels[MANAGED_BY_LABEL] = MANAGED_BY_VALUE
+    egress, deny = cilium_egress(policy, dns, canary)
+    spec: dict[str, Any] = {"endpointSelector": {"matchLabels": {SESSION_ID_LABEL: pod.session_id}}, "egress": egress}
+    if deny:
+        spec["egressDeny"] = deny
+    return {
+        "apiVersion": CILIUM_API_VERSION,
+        "kind": "CiliumNetworkPolicy",
+        "metadata": {
+            "name": pod.policy_name,
+            "namespace": pod.namespace,
+            "labels": labels,
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": pod.name, "uid": pod.uid,
+                                 "controller": True, "blockOwnerDeletion": True}],
+        },
+        "spec": spec,
+    }
+
+
+__all__ = ["CILIUM_API_VERSION", "cilium_egress", "render_cilium_network_policy"]

@@ -1,0 +1,155 @@
+"""The clusternetworkpolicy backend: one Admin-tier ClusterNetworkPolicy per session.
+
+ClusterNetworkPolicy (``policy.networking.k8s.io``, network-policy-api) evaluates the Admin tier
+before any NetworkPolicy, rule by rule in order, and the first rule that matches decides:
+Accept (allowed, no NetworkPolicy consulted), Deny (dropped, no NetworkPolicy consulted) or Pass.
+So a session's policy is rendered *exactly* and cannot be widened by a NetworkPolicy:
+
+1. Accept DNS to the operator's resolvers (UDP and TCP 53);
+2. the enforcement canary, when the controller runs one: Accept its open port, Deny the rest of it
+   (so the start-up wait sees its closed port blocked whatever the app's rules say);
+3. allowlist: Accept each port set's destinations, then Deny everything;
+   denylist: Deny each port set's destinations (ports and protocols honoured), then Accept
+   everything.
+
+One egress rule per port set (backends.grouped_by_port_set); a rule's destinations go in peers of
+at most 25 networks or 25 domain names each. Pure: the controller creates what
+``sortie-egress render --backend clusternetworkpolicy`` prints.
+
+The object is cluster-scoped, so a pod cannot own it and the garbage collector will not remove it:
+the controller deletes it when the session's last pod is gone (no finalizer: nothing of ours can
+leave a pod or namespace stuck terminating). Its subject names the namespace and the session id,
+so it never selects another namespace's pods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Final
+
+from .backends import CNP_MAX_EGRESS_RULES, grouped_by_port_set
+from .constants import (
+    APP_ID_LABEL,
+    EGRESS_POLICY_LABEL,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    SESSION_ID_LABEL,
+)
+from .policy import EgressPolicy, Rule, network_text
+from .render import Canary, DnsDestination
+from .session import SessionPod
+
+CNP_GROUP: Final = "policy.networking.k8s.io"
+#: The versions we can write, preferred first: v1beta1 (network-policy-api v0.3.0) and v1alpha2
+#: (v0.2.0, as Cilium 1.20 serves it). Their schemas are the same.
+CNP_VERSIONS: Final = ("v1beta1", "v1alpha2")
+#: The label that says which namespace a (cluster-scoped) session policy belongs to.
+SESSION_NAMESPACE_LABEL: Final = "sortie.io/session-namespace"
+#: Admin-tier precedence: lower numbers win. The operator's own guardrails (a deny of the cloud
+#: metadata address, say) keep precedence over every session when given a lower number.
+DEFAULT_PRIORITY: Final = 500
+_PEER_ITEMS: Final = 25
+_EVERYWHERE: Final = ["0.0.0.0/0", "::/0"]
+_DNS_PROTOCOLS: Final = [{"udp": {"destinationPort": {"number": 53}}}, {"tcp": {"destinationPort": {"number": 53}}}]
+
+
+def cluster_policy_name(namespace: str, session_id: str) -> str:
+    """``sortie-egress.<namespace>.<session-id>``: unique across namespaces (a namespace name has
+    no dots) and at most 14 + 63 + 1 + 63 characters (a session id is a label value)."""
+    return f"sortie-egress.{namespace}.{session_id}"
+
+
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), _PEER_ITEMS):
+        yield items[start:start + _PEER_ITEMS]
+
+
+def _protocols(port_set: tuple[tuple[str, int, int], ...]) -> list[dict[str, Any]] | None:
+    """A port set as ClusterNetworkPolicy protocols; None: all traffic (the field left out).
+    "Every port of a protocol" is the range 1-65535 (the schema wants a port in each protocol)."""
+    if not port_set:
+        return None
+    protocols = []
+    for protocol, first, last in port_set:
+        if first == 0:
+            port: dict[str, Any] = {"range": {"start": 1, "end": 65535}}
+        elif last > first:
+            port = {"range": {"start": first, "end": last}}
+        else:
+            port = {"number": first}
+        protocols.append({protocol.lower(): {"destinationPort": port}})
+    return protocols
+
+
+def _peers(rules: list[Rule]) -> list[dict[str, Any]]:
+    networks = list(dict.fromkeys(network_text(rule.network) for rule in rules if rule.network is not None))
+    names = list(dict.fromkeys(rule.fqdn for rule in rules if rule.fqdn is not None))
+    return ([{"networks": chunk} for chunk in _chunks(networks)]
+            + [{"domainNames": chunk} for chunk in _chunks(names)])
+
+
+def _rule(name: str, action: str, to: list[dict[str, Any]], protocols: list[dict[str, Any]] | None) -> dict[str, Any]:
+    rule: dict[str, Any] = {"name": name, "action": action, "to": to}
+    if protocols is not None:
+        rule["protocols"] = protocols
+    return rule
+
+
+def _dns_peers(dns: DnsDestination) -> list[dict[str, Any]]:
+    if dns.kind == "any":
+        return [{"networks": list(_EVERYWHERE)}]
+    peers: list[dict[str, Any]] = []
+    if dns.kind == "cluster":
+        peers.append({"pods": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                               "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}})
+    peers.extend({"networks": chunk} for chunk in _chunks(list(dns.cidrs)))
+    return peers
+
+
+def _canary_rules(canary: Canary) -> list[dict[str, Any]]:
+    pods = [{"pods": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": canary.namespace}},
+                      "podSelector": {"matchLabels": dict(canary.pod_labels)}}}]
+    return [_rule("enforcement-canary-open", "Accept", pods, [{"tcp": {"destinationPort": {"number": canary.open_port}}}]),
+            _rule("enforcement-canary-rest", "Deny", pods, None)]
+
+
+def cluster_egress_rules(policy: EgressPolicy, dns: DnsDestination, canary: Canary | None = None) -> list[dict[str, Any]]:
+    """The ordered egress rules of a session's ClusterNetworkPolicy."""
+    rules = [_rule("dns", "Accept", _dns_peers(dns), [dict(protocol) for protocol in _DNS_PROTOCOLS])]
+    if canary is not None:
+        rules.extend(_canary_rules(canary))
+    action, rest = ("Accept", "Deny") if policy.mode == "allowlist" else ("Deny", "Accept")
+    for index, (port_set, members) in enumerate(grouped_by_port_set(policy.rules), start=1):
+        rules.append(_rule(f"{policy.mode}-{index}", action, _peers(members), _protocols(port_set)))
+    rules.append(_rule("everything-else", rest, [{"networks": list(_EVERYWHERE)}], None))
+    if len(rules) > CNP_MAX_EGRESS_RULES:  # admission refuses such policies (backends.backend_problems)
+        raise ValueError(f"{len(rules)} egress rules; a ClusterNetworkPolicy holds {CNP_MAX_EGRESS_RULES}")
+    return rules
+
+
+def render_cluster_network_policy(pod: SessionPod, policy: EgressPolicy, dns: DnsDestination,
+                                  canary: Canary | None = None, version: str = CNP_VERSIONS[0],
+                                  priority: int = DEFAULT_PRIORITY) -> dict[str, Any]:
+    """The ClusterNetworkPolicy for ``pod``'s session. No owner: the controller deletes it (and, as
+    for a NetworkPolicy, adds the digest of what it enforces)."""
+    labels = {SESSION_ID_LABEL: pod.session_id, SESSION_NAMESPACE_LABEL: pod.namespace}
+    if pod.app_id:
+        labels[APP_ID_LABEL] = pod.app_id
+    labels[EGRESS_POLICY_LABEL] = "true"
+    labels[MANAGED_BY_LABEL] = MANAGED_BY_VALUE
+    return {
+        "apiVersion": f"{CNP_GROUP}/{version}",
+        "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": cluster_policy_name(pod.namespace, pod.session_id), "labels": labels},
+        "spec": {
+            "tier": "Admin",
+            "priority": priority,
+            "subject": {"pods": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": pod.namespace}},
+                                 "podSelector": {"matchLabels": {SESSION_ID_LABEL: pod.session_id}}}},
+            "egress": cluster_egress_rules(policy, dns, canary),
+        },
+    }
+
+
+__all__ = ["CNP_GROUP", "CNP_VERSIONS", "DEFAULT_PRIORITY", "SESSION_NAMESPACE_LABEL", "cluster_egress_rules",
+           "cluster_policy_name", "render_cluster_network_policy"]
