@@ -174,6 +174,21 @@ def helm_tools() -> Any:
         unavailable("helm", exc)
 
 
+def policy_crds() -> Path:
+    """The backends' CRDs (ClusterNetworkPolicy, CiliumNetworkPolicy) as their projects publish them
+    (tests/cluster/fetch-policy-crds.sh, fetched or reused)."""
+    from tests.cluster.binaries import BuildFailed, run_build_script
+
+    script = Path(__file__).resolve().parent / "cluster" / "fetch-policy-crds.sh"
+    try:
+        folder = run_build_script(script)
+    except BuildFailed as exc:
+        unavailable("the backends' CRDs", f"{exc} (fetching them needs Go and the module proxy)")
+    if not list(folder.glob("*.yaml")):
+        unavailable("the backends' CRDs", f"{script} left none in {folder}")
+    return folder
+
+
 def cert_manager_tool() -> Path:
     """cert-manager's controllers and CA injector (tests/cluster/build-cert-manager.sh, built or reused)."""
     from tests.cluster.binaries import BuildFailed, run_build_script
