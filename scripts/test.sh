@@ -16,6 +16,8 @@ cd "$root"
 # controllers and CA injector (built from the Go module proxy like the control plane).
 bash "$root/tests/cluster/build-helm.sh" >/dev/null
 bash "$root/tests/cluster/build-cert-manager.sh" >/dev/null
+# The enforcement backends' CRDs (ClusterNetworkPolicy, CiliumNetworkPolicy), as their projects publish them.
+bash "$root/tests/cluster/fetch-policy-crds.sh" >/dev/null
 # Our image (tests/cluster/build-image.sh: buildah, from ./Dockerfile) is built here too.
 case "${CI:-}" in
   1|true|yes) bash "$root/tests/cluster/build-node.sh" >/dev/null
