@@ -19,6 +19,9 @@ import yaml
 
 from . import __version__
 from .backends import BACKENDS, DEFAULT_BACKEND
+
+#: What webhook and controller can run with; render and check also preview clusternetworkpolicy.
+SERVED_BACKENDS = ("networkpolicy", "cilium")
 from .render import DnsDestination, render_network_policy
 from .session import session_pod
 from .wait import add_arguments as add_wait_arguments
@@ -258,10 +261,11 @@ def cmd_controller(args: argparse.Namespace) -> int:
     options = ControllerOptions(
         namespaces=list(args.namespace), dns=args.dns, kubeconfig=args.kubeconfig, workers=args.workers,
         metrics_port=args.metrics_port or None, leader_elect=args.leader_elect, system_namespace=args.system_namespace,
-        certificates=certificates, canary_port=args.canary_port,
+        certificates=certificates, canary_port=args.canary_port, backend=args.backend,
     )
     logs.event("starting", component="controller", version=__version__, namespaces=options.namespaces or "all",
-               dns=str(args.dns), leader_elect=args.leader_elect, system_namespace=args.system_namespace)
+               dns=str(args.dns), leader_elect=args.leader_elect, system_namespace=args.system_namespace,
+               backend=args.backend)
     try:
         return run(options)
     except (OSError, TimeoutError, ValueError) as exc:
@@ -317,7 +321,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .controller.main import Controller, ControllerOptions
 
     options = ControllerOptions(namespaces=list(args.namespace), dns=args.dns, kubeconfig=args.kubeconfig,
-                                metrics_port=None, leader_elect=args.leader_elect, system_namespace=args.system_namespace)
+                                metrics_port=None, leader_elect=args.leader_elect, system_namespace=args.system_namespace,
+                                backend=args.backend)
     from . import logs
 
     logs.configure(args.log_level)
@@ -369,12 +374,15 @@ def _system_namespace_flag(parser: argparse.ArgumentParser) -> None:
                              "$POD_NAMESPACE, else the service account's namespace, else sortie-system)")
 
 
-def _backend_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=BACKENDS, default=os.environ.get("SORTIE_EGRESS_BACKEND", DEFAULT_BACKEND),
-                        help="what enforces each session's policy: networkpolicy (default; allows only), "
-                             "clusternetworkpolicy (Admin-tier ClusterNetworkPolicy: exact, not widenable, FQDN rules) "
-                             "or cilium (CiliumNetworkPolicy: egressDeny, FQDN rules); a policy the backend cannot "
-                             "enforce exactly is refused ($SORTIE_EGRESS_BACKEND)")
+def _backend_flag(parser: argparse.ArgumentParser, choices: Sequence[str] = SERVED_BACKENDS) -> None:
+    parser.add_argument("--backend", choices=choices, default=os.environ.get("SORTIE_EGRESS_BACKEND", DEFAULT_BACKEND),
+                        help="what enforces each session's policy: networkpolicy (default; allows only), cilium "
+                             "(CiliumNetworkPolicy: egressDeny, FQDN rules)"
+                             + (" or clusternetworkpolicy (Admin-tier ClusterNetworkPolicy: exact, not widenable, FQDN "
+                                "rules; rendered and checked here, not yet served by the controller)"
+                                if "clusternetworkpolicy" in choices else "")
+                             + "; a policy the backend cannot enforce exactly is refused; webhook and controller must "
+                               "agree ($SORTIE_EGRESS_BACKEND)")
 
 
 def _serve_flags(parser: argparse.ArgumentParser) -> None:
@@ -425,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--metrics-port", type=int, default=8080, help="plain-HTTP /metrics port; 0 turns it off")
     controller.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True)
     _system_namespace_flag(controller)
+    _backend_flag(controller)
     controller.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     controller.add_argument("--canary-port", type=int, default=0,
                             help="serve the enforcement canary on this port (open) and the next (closed), and make every "
@@ -460,12 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("-f", "--file", required=True, help="Pod manifest, YAML or JSON; - for stdin")
     render.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     render.add_argument("--dns", type=_dns, default=DnsDestination(), help="DNS destination: cluster, any, CIDR,..., or cluster,CIDR,... (a node-local cache too)")
-    _backend_flag(render)
+    _backend_flag(render, BACKENDS)
     render.set_defaults(handler=cmd_render)
 
     check = commands.add_parser("check", help="validate a pod's egress policy as admission would")
     check.add_argument("-f", "--file", required=True, help="Pod manifest, YAML or JSON; - for stdin")
-    _backend_flag(check)
+    _backend_flag(check, BACKENDS)
     check.set_defaults(handler=cmd_check)
 
     review = commands.add_parser("review", help="send a pod to a running webhook as the API server would")

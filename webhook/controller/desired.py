@@ -42,6 +42,7 @@ from ..patch import JsonPatch, pointer
 from ..backends import DEFAULT_BACKEND, backend_problems
 from ..policy import FAIL_CLOSED_POLICY, EgressPolicy, parse_policy
 from ..render import Canary, DnsDestination, render_network_policy
+from ..render_cilium import render_cilium_network_policy
 from ..session import session_id_problem, session_pod
 
 FINISHED_PHASES = ("Succeeded", "Failed")
@@ -110,6 +111,9 @@ class SessionPlan:
     notes: list[Note] = field(default_factory=list)
     #: The pods the policy selects that it was made for: what effective egress is judged on.
     enforced_pods: list[dict[str, Any]] = field(default_factory=list)
+    #: What other NetworkPolicies are judged against (a NetworkPolicy manifest): the policy itself on
+    #: the networkpolicy backend; None where nothing a NetworkPolicy says can widen the session.
+    reference: dict[str, Any] | None = None
 
 
 def is_active(pod: dict[str, Any]) -> bool:
@@ -139,14 +143,35 @@ def _owner(pod: dict[str, Any], controller: bool) -> dict[str, Any]:
             "controller": controller, "blockOwnerDeletion": True}
 
 
+#: The kind of object each backend enforces a session with.
+KIND_OF = {"networkpolicy": "NetworkPolicy", "cilium": "CiliumNetworkPolicy",
+           "clusternetworkpolicy": "ClusterNetworkPolicy"}
+
+#: The name the cilium backend's reference NetworkPolicy carries: no real policy has it, so a
+#: NetworkPolicy named like the session (the original Sortie makes those) is judged too.
+_REFERENCE_NAME = "(the session's egress policy)"
+
+
 def _render(owners: list[dict[str, Any]], policy: EgressPolicy, digest: str, dns: DnsDestination,
-            canary: Canary | None) -> dict[str, Any]:
+            canary: Canary | None, backend: str = DEFAULT_BACKEND) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(the object to have, the NetworkPolicy that others are judged against, if any can widen it)."""
     session = session_pod(owners[0])
     assert session is not None
-    rendered = render_network_policy(session, policy, dns, canary)
+    if backend == "cilium":
+        rendered = render_cilium_network_policy(session, policy, dns, canary)
+        reference = None
+        if policy.mode == "allowlist":
+            # Its allows are a union with every NetworkPolicy's (egressDeny is only for denylists).
+            # Names are left out of the reference: an allow to one of their addresses is flagged.
+            addresses_only = EgressPolicy(policy.mode, tuple(rule for rule in policy.rules if rule.fqdn is None))
+            reference = render_network_policy(session, addresses_only, dns, canary)
+            reference["metadata"]["name"] = _REFERENCE_NAME
+    else:
+        rendered = render_network_policy(session, policy, dns, canary)
+        reference = rendered
     rendered["metadata"]["annotations"] = {POLICY_DIGEST_ANNOTATION: digest}
     rendered["metadata"]["ownerReferences"] = [_owner(pod, index == 0) for index, pod in enumerate(owners)]
-    return rendered
+    return rendered, reference
 
 
 def _pin(existing: dict[str, Any] | None, pods: list[dict[str, Any]]) -> str | None:
@@ -160,18 +185,19 @@ def _pin(existing: dict[str, Any] | None, pods: list[dict[str, Any]]) -> str | N
     return annotations.get(POLICY_DIGEST_ANNOTATION)
 
 
-def describe_policy(policy: dict[str, Any]) -> str:
-    """A NetworkPolicy someone else made, in a line: what an Adopted Event says it replaced."""
+def describe_policy(policy: dict[str, Any], kind: str = "NetworkPolicy") -> str:
+    """A policy someone else made, in a line: what an Adopted Event says it replaced."""
     metadata = policy.get("metadata") or {}
     labels = metadata.get("labels") or {}
     shown = ", ".join(f"{key}={value}" for key, value in sorted(labels.items())) or "no labels"
-    return f"NetworkPolicy {metadata.get('name')} (uid {metadata.get('uid', '?')}, {shown})"
+    return f"{kind} {metadata.get('name')} (uid {metadata.get('uid', '?')}, {shown})"
 
 
 def plan_session(pods: list[dict[str, Any]], existing: dict[str, Any] | None, dns: DnsDestination,
-                 canary: Canary | None = None) -> SessionPlan:
+                 canary: Canary | None = None, backend: str = DEFAULT_BACKEND) -> SessionPlan:
     """CONTRACT §3 for one session: every pod of it (any state), and the policy with its name, if any.
-    ``canary``: the enforcement canary every session policy must open and cut out (render.Canary)."""
+    ``canary``: the enforcement canary every session policy must open and cut out (render.Canary).
+    ``backend``: the kind of object that enforces it (backends.py); ``existing`` is of that kind."""
     plan = SessionPlan()
     if not pods:
         plan.delete = is_managed(existing)  # an orphan: its pods are all gone
@@ -187,7 +213,7 @@ def plan_session(pods: list[dict[str, Any]], existing: dict[str, Any] | None, dn
         plan.notes = [Note(pod, "Warning", INVALID_POLICY, naming) for pod in active]
         return plan
 
-    enforced = {id(pod): enforced_for(pod) for pod in active}
+    enforced = {id(pod): enforced_for(pod, backend) for pod in active}
     for pod in active:
         reason = enforced[id(pod)].invalid_reason
         if reason:
@@ -218,7 +244,7 @@ def plan_session(pods: list[dict[str, Any]], existing: dict[str, Any] | None, dn
 
     if plan.pin_violated:
         assert pin is not None
-        plan.policy = _render(active, FAIL_CLOSED_POLICY, pin, dns, canary)
+        plan.policy, plan.reference = _render(active, FAIL_CLOSED_POLICY, pin, dns, canary, backend)
         plan.enforced_pods = active
     elif session_digest is None:
         # The session has no per-app policy: nothing of ours, and gates a creator set are lifted.
@@ -228,7 +254,7 @@ def plan_session(pods: list[dict[str, Any]], existing: dict[str, Any] | None, dn
     elif matching:
         policy = enforced[id(matching[0])].policy
         assert policy is not None
-        plan.policy = _render(matching, policy, session_digest, dns, canary)
+        plan.policy, plan.reference = _render(matching, policy, session_digest, dns, canary, backend)
         plan.release = [pod for pod in matching if has_gate(pod)]
         plan.enforced_pods = matching
     else:
@@ -237,7 +263,7 @@ def plan_session(pods: list[dict[str, Any]], existing: dict[str, Any] | None, dn
     if existing is not None and not is_managed(existing):
         plan.adopt = True
         plan.notes.append(Note((active if plan.pin_violated else matching)[0], "Normal", ADOPTED,
-                               f"replaced {describe_policy(existing)}, which sortie-egress did not manage, "
+                               f"replaced {describe_policy(existing, KIND_OF[backend])}, which sortie-egress did not manage, "
                                "with the session's egress policy"))
     return plan
 

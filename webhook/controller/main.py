@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from ..backends import DEFAULT_BACKEND
 from ..constants import POLICY_NAME_PREFIX, SESSION_ID_LABEL
 from ..kube.client import api_client
 from ..kube.informer import Informer, Store
@@ -23,6 +24,7 @@ from .metrics import ControllerMetrics
 from .projections import pod_session_key, policy_ownership_key, project_policy, project_pod
 from .queue import WorkQueue
 from .reconciler import Conflict, Reconciler, SessionKey
+from .session_objects import cilium_network_policies, cilium_served, network_policies
 
 log = logging.getLogger("sortie.controller")
 RESYNC_SECONDS = 300.0
@@ -51,6 +53,12 @@ class ControllerOptions:
     #: and session policies carry no canary rule.
     canary_port: int = 0
     canary_host: str = "0.0.0.0"
+    #: What enforces sessions (backends.py): the controller serves networkpolicy and cilium.
+    backend: str = DEFAULT_BACKEND
+
+
+class BackendUnavailable(ValueError):
+    """The cluster does not serve the kind the chosen backend writes: refuse to start."""
 
 
 class Controller:
@@ -62,6 +70,20 @@ class Controller:
         self.core = client.CoreV1Api(self.api)
         self.networking = client.NetworkingV1Api(self.api)
         self.coordination = client.CoordinationV1Api(self.api)
+        self.owned: Store | None = None  # the backend's objects, when they are not NetworkPolicies
+        if options.backend == "cilium":
+            custom = client.CustomObjectsApi(self.api)
+            if not cilium_served(custom):
+                raise BackendUnavailable(
+                    "--backend cilium writes CiliumNetworkPolicies (cilium.io/v2), which this cluster does not serve: "
+                    "install Cilium, or choose --backend networkpolicy")
+            self.objects = cilium_network_policies(custom)
+            self.owned = Store()
+        elif options.backend == "networkpolicy":
+            self.objects = network_policies(self.networking)
+        else:
+            raise BackendUnavailable(f"the controller cannot serve --backend {options.backend} yet "
+                                     "(it serves networkpolicy and cilium)")
         self.stop = threading.Event()
         self.metrics = ControllerMetrics()
         self.pods = Store(index=pod_session_key)
@@ -69,7 +91,8 @@ class Controller:
         # namespace, a handful, not the thousands of ours beside them.
         self.policies = Store(index=policy_ownership_key)
         self.queue: WorkQueue[SessionKey] = WorkQueue()
-        self.reconciler = Reconciler(self.core, self.networking, self.pods, self.policies, options.dns, self.metrics)
+        self.reconciler = Reconciler(self.core, self.objects, self.pods, self.policies, options.dns, self.metrics,
+                                     owned=self.owned, backend=options.backend)
         self.canary_pods = Store()
         if options.canary_port:
             self.reconciler.canary = canary_for(options.system_namespace, options.canary_port, [])
@@ -104,6 +127,15 @@ class Controller:
         for key in {pod_session_key(pod) for pod in self.pods.by_namespace(namespace)}:
             self.queue.add(key)
 
+    def _owned_changed(self, obj: dict[str, Any]) -> None:
+        """One of the backend's objects (not a NetworkPolicy): its session, ours or named like ours."""
+        metadata = obj.get("metadata") or {}
+        name = metadata.get("name", "")
+        if is_managed(obj) or name.startswith(POLICY_NAME_PREFIX):
+            key = Reconciler.key_for(obj)
+            if key is not None:
+                self.queue.add(key)
+
     def _canary_changed(self, _pod: dict[str, Any]) -> None:
         """A canary pod came, went or got its address: every session policy cuts out the new set."""
         canary = canary_for(self.options.system_namespace, self.options.canary_port, self.canary_pods.items())
@@ -135,6 +167,10 @@ class Controller:
             # any that selects a session pod is judged for effective egress.
             informers.append(Informer(f"policies-{suffix}", policies, project_policy, self.policies,
                                       self._policy_changed, self.stop, namespace, restarted))
+            if self.owned is not None:
+                owned = self.objects.list_all if namespace is None else self.objects.list_namespaced(namespace)
+                informers.append(Informer(f"{self.objects.kind.lower()}-{suffix}", owned, project_policy, self.owned,
+                                          self._owned_changed, self.stop, namespace, restarted))
         return informers
 
     def _watch_restarted(self, reason: str) -> None:
@@ -177,7 +213,8 @@ class Controller:
         was_leading = False
         while not self.stop.wait(1.0):
             self.metrics.queue_depth.set(self.queue.depth())
-            self.metrics.managed_policies.set(sum(1 for policy in self.policies.items() if is_managed(policy)))
+            owned = self.policies if self.owned is None else self.owned
+            self.metrics.managed_policies.set(sum(1 for policy in owned.items() if is_managed(policy)))
             self.metrics.leader.set(1 if self.leading else 0)
             leading = self.leading
             if leading and not was_leading:
@@ -189,7 +226,7 @@ class Controller:
                 self._last_resync = time.monotonic()
 
     def enqueue_all(self) -> None:
-        for obj in self.pods.items() + self.policies.items():
+        for obj in self.pods.items() + self.policies.items() + (self.owned.items() if self.owned is not None else []):
             key = Reconciler.key_for(obj)
             if key is not None:
                 self.queue.add(key)
@@ -221,7 +258,8 @@ class Controller:
         for informer in self.informers:
             if not informer.synced.wait(max(0.0, deadline - time.monotonic())):
                 raise TimeoutError(f"{informer.name} did not sync within {sync_timeout:.0f} s")
-        log.info("caches synced: %d session pods, %d NetworkPolicies", len(self.pods), len(self.policies))
+        log.info("caches synced: %d session pods, %d NetworkPolicies%s", len(self.pods), len(self.policies),
+                 "" if self.owned is None else f", {len(self.owned)} {self.objects.kind.replace('Policy', 'Policies')}")
         if self.elector is not None:
             self.elector.start()
         self.workers = [threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)

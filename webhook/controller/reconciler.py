@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..backends import DEFAULT_BACKEND
 from ..constants import MANAGED_BY_LABEL, POLICY_NAME_PREFIX, SESSION_ID_LABEL
 from ..effective import widenings
 from ..kube.informer import Store
@@ -36,6 +37,7 @@ from .desired import (
 )
 from .metrics import ControllerMetrics
 from .projections import project_policy, project_pod
+from .session_objects import SessionObjects
 
 log = logging.getLogger("sortie.controller")
 
@@ -51,12 +53,15 @@ class Conflict(Exception):
 @dataclass
 class Reconciler:
     core: Any  # kubernetes.client.CoreV1Api
-    networking: Any  # kubernetes.client.NetworkingV1Api
+    objects: SessionObjects  # the API of the kind that enforces sessions (the backend's)
     pods: Store
-    policies: Store
+    policies: Store  # every NetworkPolicy: effective egress is judged against them
     dns: DnsDestination
     metrics: ControllerMetrics
     component: str = "sortie-egress"
+    #: The backend's objects by (namespace, name); None: they are NetworkPolicies, kept in ``policies``.
+    owned: Store | None = None
+    backend: str = DEFAULT_BACKEND
     #: The enforcement canary every session policy opens and cuts out; its addresses follow the
     #: canary pods (Controller._canary_changed). None: no canary (nothing waits on one).
     canary: Canary | None = None
@@ -89,9 +94,9 @@ class Reconciler:
         """
         namespace, session_id = key
         name = POLICY_NAME_PREFIX + session_id
-        existing = self.policies.get((namespace, name))
+        existing = self._owned.get((namespace, name))
         pods = self.pods.by_index(key)
-        plan = plan_session(pods, existing, self.dns, self.canary)
+        plan = plan_session(pods, existing, self.dns, self.canary, self.backend)
         done: list[str] = []
         try:
             self._write_policy(plan, existing, done)
@@ -99,7 +104,7 @@ class Reconciler:
             self.metrics.conflicts.inc()
             if conflicts + 1 >= CONFLICTS_BEFORE_EVENT and pods:
                 self._tell(key, Note(pods[0], "Warning", CONFLICT,
-                                     f"NetworkPolicy {name} could not be written ({exc}); retrying with backoff"))
+                                     f"{self.objects.kind} {name} could not be written ({exc}); retrying with backoff"))
             raise
         # One write per pod: its missing mode label and its gate together.
         writes: dict[int, tuple[dict[str, Any], str | None, bool]] = {}
@@ -117,6 +122,10 @@ class Reconciler:
         self._judge_effective_egress(key, plan)
         return "+".join(dict.fromkeys(done)) or "noop"
 
+    @property
+    def _owned(self) -> Store:
+        return self.policies if self.owned is None else self.owned
+
     def forget(self, key: SessionKey) -> None:
         """The session has no pods left: drop what was kept about it."""
         self._told.pop(key, None)
@@ -128,11 +137,11 @@ class Reconciler:
     def _judge_effective_egress(self, key: SessionKey, plan: SessionPlan) -> None:
         """CONTRACT §4: every other policy that lets a session pod reach more than its own."""
         found: dict[str, str] = {}
-        if plan.policy is not None:
+        if plan.reference is not None:
             others = self.policies.by_index((key[0], False))  # someone else's policies in the namespace
             for pod in plan.enforced_pods:
                 labels = self._labels(pod)
-                for widening in widenings(plan.policy, others, key[0], labels):
+                for widening in widenings(plan.reference, others, key[0], labels):
                     found.setdefault(widening.policy, widening.describe())
                     self._tell(key, Note(pod, "Warning", WIDENED,
                                          f"{widening.describe()}; this pod can reach more than its egress policy allows"))
@@ -169,12 +178,12 @@ class Reconciler:
 
         namespace = policy["metadata"]["namespace"]
         try:
-            response = self.networking.create_namespaced_network_policy(namespace, policy, _preload_content=False)
+            created = self.objects.create(namespace, policy)
         except ApiException as exc:
             if exc.status == 409:
                 raise Conflict(f"{namespace}/{policy['metadata']['name']} already exists") from None
             raise
-        self.policies.put(project_policy(json.loads(response.data)))
+        self._owned.put(project_policy(created))
         self.metrics.writes.labels("create_policy").inc()
 
     def _replace_policy(self, existing: dict[str, Any], desired: dict[str, Any], adopting: bool) -> None:
@@ -187,15 +196,15 @@ class Reconciler:
             labels.update(metadata["labels"])
             body["metadata"]["labels"] = labels
         try:
-            response = self.networking.replace_namespaced_network_policy(
-                metadata["name"], metadata["namespace"], body, _preload_content=False)
+            replaced = self.objects.replace(metadata["namespace"], metadata["name"], body)
         except ApiException as exc:
             if exc.status in (404, 409):
                 raise Conflict(f"{metadata['namespace']}/{metadata['name']} changed under us") from None
             raise
-        self.policies.put(project_policy(json.loads(response.data)))
+        self._owned.put(project_policy(replaced))
         self.metrics.writes.labels("adopt_policy" if adopting else "replace_policy").inc()
-        log.info("%s NetworkPolicy %s/%s", "adopted" if adopting else "repaired", metadata["namespace"], metadata["name"])
+        log.info("%s %s %s/%s", "adopted" if adopting else "repaired", self.objects.kind, metadata["namespace"],
+                 metadata["name"])
 
     def _delete_policy(self, existing: dict[str, Any]) -> None:
         """Retire, then delete: only Kubernetes may delete a *managed* policy (webhook/tamper.py),
@@ -208,9 +217,8 @@ class Reconciler:
         retire = [{"op": "test", "path": "/metadata/uid", "value": uid},
                   {"op": "remove", "path": pointer("metadata", "labels", MANAGED_BY_LABEL)}]
         try:
-            self.networking.patch_namespaced_network_policy(name, namespace, retire, _preload_content=False)
-            self.networking.delete_namespaced_network_policy(name, namespace, _preload_content=False,
-                                                             body={"preconditions": {"uid": uid}})
+            self.objects.patch(namespace, name, retire)
+            self.objects.delete(namespace, name, uid)
         except ApiException as exc:
             if exc.status == 404:
                 pass
@@ -218,9 +226,9 @@ class Reconciler:
                 raise Conflict(f"{namespace}/{name} changed under us") from None
             else:
                 raise
-        self.policies.remove((namespace, name))
+        self._owned.remove((namespace, name))
         self.metrics.writes.labels("delete_policy").inc()
-        log.info("deleted NetworkPolicy %s/%s (no pod needs it)", namespace, name)
+        log.info("deleted %s %s/%s (no pod needs it)", self.objects.kind, namespace, name)
 
     def _patch_pod(self, pod: dict[str, Any], mode: str | None, release: bool) -> bool:
         """Add the missing mode label and/or lift our gate, in one write."""
