@@ -153,7 +153,20 @@ def pods_policy() -> dict[str, Any]:
 _MANAGED = {"matchLabels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}}
 
 
-def network_policies_policy() -> dict[str, Any]:
+#: The kinds a backend enforces sessions with: (policy name suffix, what messages call them, rules' group,
+#: versions, resource). NetworkPolicies always (the default backend, and tamper protection of
+#: any installed before); CiliumNetworkPolicies with the cilium backend's component.
+NETWORK_POLICIES = ("networkpolicies", "NetworkPolicies", "networking.k8s.io", ("v1",), "networkpolicies")
+CILIUM_NETWORK_POLICIES = ("ciliumnetworkpolicies", "CiliumNetworkPolicies", "cilium.io", ("v2",), "ciliumnetworkpolicies")
+_KindRules = tuple[str, str, str, tuple[str, ...], str]
+
+
+def _rules(kind: _KindRules, operations: list[str]) -> list[dict[str, Any]]:
+    _, _, group, versions, resource = kind
+    return [{"apiGroups": [group], "apiVersions": list(versions), "operations": operations, "resources": [resource]}]
+
+
+def network_policies_policy(kind: _KindRules = NETWORK_POLICIES) -> dict[str, Any]:
     """Managed NetworkPolicies are made and changed only by the controller (and listed operators).
 
     CREATE is covered too: a policy carrying our managed-by label is trusted as the
@@ -166,35 +179,33 @@ def network_policies_policy() -> dict[str, Any]:
         {
             "expression": "request.userInfo.username in variables.privileged",
             "messageExpression": (
-                "'sortie-egress protects session NetworkPolicies: ' + request.namespace + '/' + request.name"
+                f"'sortie-egress protects session {kind[1]}: ' + request.namespace + '/' + request.name"
                 " + ' is managed by sortie-egress and cannot be '"
                 " + (request.operation == 'CREATE' ? 'created' : 'changed') + ' by ' + request.userInfo.username"
             ),
             "reason": "Forbidden",
         },
     ]
-    rules = [{"apiGroups": ["networking.k8s.io"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
-              "resources": ["networkpolicies"]}]
-    return _policy(NETWORK_POLICIES_POLICY, rules, _MANAGED, variables, validations)
+    name = NETWORK_POLICIES_POLICY if kind is NETWORK_POLICIES else f"sortie-egress-managed-{kind[0]}"
+    return _policy(name, _rules(kind, ["CREATE", "UPDATE"]), _MANAGED, variables, validations)
 
 
-def deletion_policy() -> dict[str, Any]:
+def deletion_policy(kind: _KindRules = NETWORK_POLICIES) -> dict[str, Any]:
     """Managed NetworkPolicies are deleted by Kubernetes alone: when the session's last pod goes
     (garbage collector) or its namespace does. No parameters, so nothing can stop that."""
     validations = [
         {
             "expression": f"request.userInfo.username in {_cel_list(KUBERNETES_DELETERS)}",
             "messageExpression": (
-                "'sortie-egress protects session NetworkPolicies: ' + request.namespace + '/' + request.name"
+                f"'sortie-egress protects session {kind[1]}: ' + request.namespace + '/' + request.name"
                 " + ' is managed by sortie-egress and cannot be deleted by ' + request.userInfo.username"
                 " + '; it goes with the session\\'s last pod'"
             ),
             "reason": "Forbidden",
         },
     ]
-    rules = [{"apiGroups": ["networking.k8s.io"], "apiVersions": ["v1"], "operations": ["DELETE"],
-              "resources": ["networkpolicies"]}]
-    return _policy(DELETION_POLICY, rules, _MANAGED, [], validations, parameterised=False)
+    name = DELETION_POLICY if kind is NETWORK_POLICIES else f"sortie-egress-managed-{kind[0][:-3]}y-deletion"
+    return _policy(name, _rules(kind, ["DELETE"]), _MANAGED, [], validations, parameterised=False)
 
 
 def binding(policy_name: str, namespace: str | None, account: str = CONTROLLER_SERVICE_ACCOUNT) -> dict[str, Any]:
@@ -208,6 +219,14 @@ def binding(policy_name: str, namespace: str | None, account: str = CONTROLLER_S
         "metadata": {"name": policy_name, "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}},
         "spec": spec,
     }
+
+
+def backend_admission_policies(kind: _KindRules, namespace: str,
+                               account: str = CONTROLLER_SERVICE_ACCOUNT) -> list[dict[str, Any]]:
+    """The same protection for the objects of another backend's kind (its component ships these)."""
+    writes, deletes = network_policies_policy(kind), deletion_policy(kind)
+    return [writes, deletes, binding(writes["metadata"]["name"], namespace, account),
+            binding(deletes["metadata"]["name"], None)]
 
 
 def admission_policies(namespace: str, account: str = CONTROLLER_SERVICE_ACCOUNT) -> list[dict[str, Any]]:
