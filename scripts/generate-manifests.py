@@ -58,11 +58,17 @@ _ACCOUNT = "HELM-CONTROLLER-ACCOUNT"
 _LABELS = "HELM-LABELS"
 
 
-def chart_template() -> str:
-    documents = admission_policies(_NAMESPACE, _ACCOUNT)
+def _chart_documents(documents: list[dict[str, Any]]) -> str:
     for document in documents:
         document["metadata"]["labels"][_LABELS] = ""
-    body = "---\n".join(yaml.safe_dump(doc, sort_keys=False, width=120) for doc in documents)
+    return "---\n".join(yaml.safe_dump(doc, sort_keys=False, width=120) for doc in documents)
+
+
+def chart_template() -> str:
+    body = _chart_documents(admission_policies(_NAMESPACE, _ACCOUNT))
+    body += ('{{- if eq .Values.backend "cilium" }}\n# The cilium backend\'s CiliumNetworkPolicies, protected alike.\n---\n'
+             + _chart_documents(backend_admission_policies(CILIUM_NETWORK_POLICIES, _NAMESPACE, _ACCOUNT))
+             + "{{- end }}\n")
     body = body.replace(_NAMESPACE, "{{ .Release.Namespace }}").replace(_ACCOUNT, "{{ .Values.serviceAccount.controller.name }}")
     body = body.replace(f"    {_LABELS}: ''\n", '    {{- include "sortie-egress.labels" . | nindent 4 }}\n')
     assert _NAMESPACE not in body and _ACCOUNT not in body and _LABELS not in body, "a placeholder was left"

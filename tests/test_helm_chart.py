@@ -420,6 +420,7 @@ def _differences(kustomized: list[dict[str, Any]], charted: list[dict[str, Any]]
 @pytest.mark.parametrize(("overlay", "values"), [
     ("overlays/self-managed", ()),
     ("overlays/cert-manager", ("--set", "certificates.mode=certManager")),
+    ("examples/cilium", ("--set", "backend=cilium")),
 ])
 def test_chart_defaults_equal_the_kustomize_overlay(helm: dict[str, Path], major: str, overlay: str,
                                                     values: tuple[str, ...]) -> None:
