@@ -7,7 +7,8 @@ webhook is called, mutates and gates them), "called" pods (a session label but n
 API server calls us and we answer "allowed" with no patch, which is the cost of any webhook
 call) and plain pods (no session label: the API server never calls us) are created in turn, in
 the same run, each create timed from the client (the create call's round trip, which includes
-admission):
+admission), in a shuffled order (seeded: every kind as often, none always first after another, so
+an ordering effect on a sequential run cannot pass for a cost):
 
 1. with the controller stopped: the webhook's own cost, ``--pods`` creates one at a time, then
    ``--pods`` more from ``--parallel`` threads;
@@ -15,7 +16,11 @@ admission):
 
 It prints p50/p99 per kind and the difference at each, and the webhook calls per session start
 (the webhook's admissions counter over the session pods created: every call is a round trip
-on the API server's path; the controller's gate release must not add one).
+on the API server's path; the controller's gate release must not add one), and, for each
+measurement, where a call's time goes: the API server's own measure of each call to our webhook
+(``apiserver_admission_webhook_admission_duration_seconds``: encoding the review, the TLS round
+trip, decoding the answer and applying its patch) beside the webhook's own time per call
+(request received to answer ready); the difference is the API server's side of a call.
 
     .venv/bin/python bench/create.py [--pods 500] [--parallel 16]
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import base64
 import concurrent.futures
+import random
 import re
 import statistics
 import sys
@@ -59,6 +65,17 @@ def webhook_metrics(webhook: WebhookProcess) -> tuple[float, float]:
     return calls, seconds
 
 
+def apiserver_webhook_metrics(plane: ControlPlane) -> tuple[float, float]:
+    """(calls to mutating webhooks, seconds they took) as the API server measures them."""
+    reply = plane.kubectl("get", "--raw", "/metrics", check=True)
+    text = reply.stdout
+    def total(suffix: str) -> float:
+        return sum(float(value) for value in re.findall(
+            rf'^apiserver_admission_webhook_admission_duration_seconds_{suffix}\{{[^}}]*type="admit"[^}}]*\}} (\S+)$',
+            text, re.M))
+    return total("count"), total("sum")
+
+
 KINDS = ("session", "called", "plain")
 
 
@@ -75,8 +92,11 @@ def timed_creates(core: client.CoreV1Api, namespace: str, count: int, parallel: 
     """``count`` pods of each kind, in turn, from ``parallel`` threads: create latencies in ms."""
     latencies: dict[str, list[float]] = {kind: [] for kind in KINDS}
 
+    order = [kind for kind in KINDS for _ in range(count)]
+    random.Random(count * 31 + parallel).shuffle(order)
+
     def one(index: int) -> None:
-        kind = KINDS[index % len(KINDS)]
+        kind = order[index]
         manifest = pod(kind, f"{kind}-{index}", namespace)
         started = time.perf_counter()
         core.create_namespaced_pod(namespace, manifest, _preload_content=False)
@@ -103,6 +123,17 @@ def report(title: str, latencies: dict[str, list[float]]) -> None:
           f"p99 {p99['plain']:6.2f} ms | added p50 {p50['session'] - p50['plain']:+6.2f} "
           f"p99 {p99['session'] - p99['plain']:+6.2f} ms | a call with no patch adds p50 "
           f"{p50['called'] - p50['plain']:+6.2f} p99 {p99['called'] - p99['plain']:+6.2f} ms", flush=True)
+
+
+def phase(title: str, plane: ControlPlane, webhook: WebhookProcess, run: Any) -> None:
+    """One measurement: the create latencies, and where a webhook call's time went in it."""
+    server_before, ours_before = apiserver_webhook_metrics(plane), webhook_metrics(webhook)
+    latencies = run()
+    server_calls, server_seconds = (a - b for a, b in zip(apiserver_webhook_metrics(plane), server_before))
+    calls, seconds = (a - b for a, b in zip(webhook_metrics(webhook), ours_before))
+    report(title, latencies)
+    print(f"{'':44} a webhook call as the API server times it: {1e6 * server_seconds / max(server_calls, 1):7.0f} us "
+          f"({server_calls:.0f} calls); of which our webhook's own: {1e6 * seconds / max(calls, 1):5.0f} us", flush=True)
 
 
 def main() -> None:
@@ -134,24 +165,26 @@ def main() -> None:
                                                      .metadata.labels or {}), 30, "the webhook")
         timed_creates(core, "warm-up", 20, 1)  # connections, caches, the memo
         calls_before, seconds_before = webhook_metrics(webhook)
-        report(f"controller stopped, {args.pods}+{args.pods} sequential", timed_creates(core, "alone-seq", args.pods, 1))
-        report(f"controller stopped, {args.parallel} in parallel",
-               timed_creates(core, "alone-par", args.pods, args.parallel))
+        phase(f"controller stopped, {args.pods} of each, sequential", plane, webhook,
+              lambda: timed_creates(core, "alone-seq", args.pods, 1))
+        phase(f"controller stopped, {args.parallel} in parallel", plane, webhook,
+              lambda: timed_creates(core, "alone-par", args.pods, args.parallel))
         kubeconfig = plane.kubeconfig_for("controller", plane.credentials_for_service_account(
             "sortie-system", "sortie-egress", create=False))
         controller = ControllerProcess(kubeconfig, work / "controller.log",
                                        extra_args=("--no-leader-elect", "--namespace", "running-seq",
                                                    "--namespace", "running-par")).start()
-        report("controller running, sequential", timed_creates(core, "running-seq", args.pods, 1))
-        report(f"controller running, {args.parallel} in parallel",
-               timed_creates(core, "running-par", args.pods, args.parallel))
+        phase("controller running, sequential", plane, webhook, lambda: timed_creates(core, "running-seq", args.pods, 1))
+        phase(f"controller running, {args.parallel} in parallel", plane, webhook,
+              lambda: timed_creates(core, "running-par", args.pods, args.parallel))
         wait_for(lambda: not any(p.spec.scheduling_gates for p in core.list_namespaced_pod("running-par").items),
                  120, "every gate released")
         calls, seconds = (after - before for after, before in zip(webhook_metrics(webhook), (calls_before, seconds_before)))
+        all_calls = calls
         calls -= 4 * args.pods  # the "called" pods: one call each by construction
         print(f"webhook calls per session start: {calls / (4 * args.pods):.2f} "
               f"({calls:.0f} calls for {4 * args.pods} session pods, gates released included); "
-              f"the webhook's own time per call: {1e6 * seconds / max(calls, 1):.0f} us (request received to answer ready)")
+              f"the webhook's own time per call: {1e6 * seconds / max(all_calls, 1):.0f} us (request received to answer ready)")
     finally:
         if controller is not None:
             controller.stop()
