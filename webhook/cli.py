@@ -19,9 +19,8 @@ import yaml
 
 from . import __version__
 from .backends import BACKENDS, DEFAULT_BACKEND
+from .render_cluster import DEFAULT_PRIORITY
 
-#: What webhook and controller can run with; render and check also preview clusternetworkpolicy.
-SERVED_BACKENDS = ("networkpolicy", "cilium")
 from .render import DnsDestination, render_network_policy
 from .session import session_pod
 from .wait import add_arguments as add_wait_arguments
@@ -262,6 +261,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         namespaces=list(args.namespace), dns=args.dns, kubeconfig=args.kubeconfig, workers=args.workers,
         metrics_port=args.metrics_port or None, leader_elect=args.leader_elect, system_namespace=args.system_namespace,
         certificates=certificates, canary_port=args.canary_port, backend=args.backend,
+        cluster_policy_priority=args.cluster_policy_priority,
     )
     logs.event("starting", component="controller", version=__version__, namespaces=options.namespaces or "all",
                dns=str(args.dns), leader_elect=args.leader_elect, system_namespace=args.system_namespace,
@@ -374,15 +374,22 @@ def _system_namespace_flag(parser: argparse.ArgumentParser) -> None:
                              "$POD_NAMESPACE, else the service account's namespace, else sortie-system)")
 
 
-def _backend_flag(parser: argparse.ArgumentParser, choices: Sequence[str] = SERVED_BACKENDS) -> None:
-    parser.add_argument("--backend", choices=choices, default=os.environ.get("SORTIE_EGRESS_BACKEND", DEFAULT_BACKEND),
+def _cnp_priority(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"{value} is out of range (0-1000, as ClusterNetworkPolicy allows)")
+    return value
+
+
+def _backend_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=BACKENDS, default=os.environ.get("SORTIE_EGRESS_BACKEND", DEFAULT_BACKEND),
                         help="what enforces each session's policy: networkpolicy (default; allows only), cilium "
-                             "(CiliumNetworkPolicy: egressDeny, FQDN rules)"
-                             + (" or clusternetworkpolicy (Admin-tier ClusterNetworkPolicy: exact, not widenable, FQDN "
-                                "rules; rendered and checked here, not yet served by the controller)"
-                                if "clusternetworkpolicy" in choices else "")
-                             + "; a policy the backend cannot enforce exactly is refused; webhook and controller must "
-                               "agree ($SORTIE_EGRESS_BACKEND)")
+                             "(CiliumNetworkPolicy: egressDeny, FQDN rules) or clusternetworkpolicy (Admin-tier "
+                             "ClusterNetworkPolicy: exact, not widenable, FQDN rules); a policy the backend cannot "
+                             "enforce exactly is refused; webhook and controller must agree ($SORTIE_EGRESS_BACKEND)")
 
 
 def _serve_flags(parser: argparse.ArgumentParser) -> None:
@@ -434,6 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True)
     _system_namespace_flag(controller)
     _backend_flag(controller)
+    controller.add_argument("--cluster-policy-priority", type=_cnp_priority, default=DEFAULT_PRIORITY,
+                            help="clusternetworkpolicy backend: the Admin-tier priority of session policies, 0-1000 "
+                                 "(lower wins: give your own cluster-wide guardrails lower numbers; default "
+                                 f"{DEFAULT_PRIORITY})")
     controller.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     controller.add_argument("--canary-port", type=int, default=0,
                             help="serve the enforcement canary on this port (open) and the next (closed), and make every "
@@ -469,12 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("-f", "--file", required=True, help="Pod manifest, YAML or JSON; - for stdin")
     render.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     render.add_argument("--dns", type=_dns, default=DnsDestination(), help="DNS destination: cluster, any, CIDR,..., or cluster,CIDR,... (a node-local cache too)")
-    _backend_flag(render, BACKENDS)
+    _backend_flag(render)
     render.set_defaults(handler=cmd_render)
 
     check = commands.add_parser("check", help="validate a pod's egress policy as admission would")
     check.add_argument("-f", "--file", required=True, help="Pod manifest, YAML or JSON; - for stdin")
-    _backend_flag(check, BACKENDS)
+    _backend_flag(check)
     check.set_defaults(handler=cmd_check)
 
     review = commands.add_parser("review", help="send a pod to a running webhook as the API server would")

@@ -17,6 +17,9 @@ MANAGED_BY_VALUE: Final = "sortie-egress"
 POLICY_NAME_PREFIX: Final = "sortie-egress-"
 #: On a managed NetworkPolicy: sha256 of the canonical policy it was rendered for (the session's pin).
 POLICY_DIGEST_ANNOTATION: Final = "sortie.io/policy-digest"
+#: On a cluster-scoped session policy (no owner references possible): the uids of the pods it is
+#: for, oldest first, comma-separated. What owner references say on the namespaced kinds.
+SESSION_PODS_ANNOTATION: Final = "sortie.io/session-pods"
 
 MAX_RULES: Final = 256
 MAX_ANNOTATION_BYTES: Final = 64 * 1024

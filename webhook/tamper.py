@@ -158,7 +158,17 @@ _MANAGED = {"matchLabels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}}
 #: any installed before); CiliumNetworkPolicies with the cilium backend's component.
 NETWORK_POLICIES = ("networkpolicies", "NetworkPolicies", "networking.k8s.io", ("v1",), "networkpolicies")
 CILIUM_NETWORK_POLICIES = ("ciliumnetworkpolicies", "CiliumNetworkPolicies", "cilium.io", ("v2",), "ciliumnetworkpolicies")
+#: Cluster-scoped: nobody but the controller ever deletes a managed one (it retires it first, as
+#: it retires the others), since neither the garbage collector nor a namespace deletion reaches it.
+CLUSTER_NETWORK_POLICIES = ("clusternetworkpolicies", "ClusterNetworkPolicies", "policy.networking.k8s.io",
+                            ("v1alpha2", "v1beta1"), "clusternetworkpolicies")
 _KindRules = tuple[str, str, str, tuple[str, ...], str]
+
+
+def _where(kind: _KindRules) -> str:
+    """The object, in a message: namespace/name, or the name alone for a cluster-scoped kind (a
+    request for one has no namespace, and a message expression that fails is not shown)."""
+    return "request.name" if kind is CLUSTER_NETWORK_POLICIES else "request.namespace + '/' + request.name"
 
 
 def _rules(kind: _KindRules, operations: list[str]) -> list[dict[str, Any]]:
@@ -179,7 +189,7 @@ def network_policies_policy(kind: _KindRules = NETWORK_POLICIES) -> dict[str, An
         {
             "expression": "request.userInfo.username in variables.privileged",
             "messageExpression": (
-                f"'sortie-egress protects session {kind[1]}: ' + request.namespace + '/' + request.name"
+                f"'sortie-egress protects session {kind[1]}: ' + {_where(kind)}"
                 " + ' is managed by sortie-egress and cannot be '"
                 " + (request.operation == 'CREATE' ? 'created' : 'changed') + ' by ' + request.userInfo.username"
             ),
@@ -197,7 +207,7 @@ def deletion_policy(kind: _KindRules = NETWORK_POLICIES) -> dict[str, Any]:
         {
             "expression": f"request.userInfo.username in {_cel_list(KUBERNETES_DELETERS)}",
             "messageExpression": (
-                f"'sortie-egress protects session {kind[1]}: ' + request.namespace + '/' + request.name"
+                f"'sortie-egress protects session {kind[1]}: ' + {_where(kind)}"
                 " + ' is managed by sortie-egress and cannot be deleted by ' + request.userInfo.username"
                 " + '; it goes with the session\\'s last pod'"
             ),

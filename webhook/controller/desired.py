@@ -37,12 +37,14 @@ from ..constants import (
     POLICY_DIGEST_ANNOTATION,
     SCHEDULING_GATE,
     SESSION_ID_LABEL,
+    SESSION_PODS_ANNOTATION,
 )
 from ..patch import JsonPatch, pointer
 from ..backends import DEFAULT_BACKEND, backend_problems
 from ..policy import FAIL_CLOSED_POLICY, EgressPolicy, parse_policy
 from ..render import Canary, DnsDestination, render_network_policy
 from ..render_cilium import render_cilium_network_policy
+from ..render_cluster import CNP_VERSIONS, DEFAULT_PRIORITY, render_cluster_network_policy
 from ..session import session_id_problem, session_pod
 
 FINISHED_PHASES = ("Succeeded", "Failed")
@@ -152,11 +154,28 @@ KIND_OF = {"networkpolicy": "NetworkPolicy", "cilium": "CiliumNetworkPolicy",
 _REFERENCE_NAME = "(the session's egress policy)"
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterPolicyOptions:
+    """The clusternetworkpolicy backend's settings: the served version, the Admin-tier priority."""
+
+    version: str = CNP_VERSIONS[0]
+    priority: int = DEFAULT_PRIORITY
+
+
 def _render(owners: list[dict[str, Any]], policy: EgressPolicy, digest: str, dns: DnsDestination,
-            canary: Canary | None, backend: str = DEFAULT_BACKEND) -> tuple[dict[str, Any], dict[str, Any] | None]:
+            canary: Canary | None, backend: str = DEFAULT_BACKEND,
+            cluster: ClusterPolicyOptions = ClusterPolicyOptions()) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(the object to have, the NetworkPolicy that others are judged against, if any can widen it)."""
     session = session_pod(owners[0])
     assert session is not None
+    if backend == "clusternetworkpolicy":
+        # Admin-tier rules come before every NetworkPolicy: none can widen it. No owner references
+        # on a cluster-scoped object: the pods it is for are named in an annotation (the pin and
+        # the controller's clean-up read it).
+        rendered = render_cluster_network_policy(session, policy, dns, canary, cluster.version, cluster.priority)
+        uids = ",".join(str((pod.get("metadata") or {}).get("uid", "")) for pod in owners)
+        rendered["metadata"]["annotations"] = {POLICY_DIGEST_ANNOTATION: digest, SESSION_PODS_ANNOTATION: uids}
+        return rendered, None
     if backend == "cilium":
         rendered = render_cilium_network_policy(session, policy, dns, canary)
         reference = None
@@ -174,11 +193,20 @@ def _render(owners: list[dict[str, Any]], policy: EgressPolicy, digest: str, dns
     return rendered, reference
 
 
+def _owner_uids(metadata: dict[str, Any]) -> set[str]:
+    """The pods a session policy is for: its owner references, or (cluster-scoped) its annotation."""
+    uids = {ref.get("uid") for ref in metadata.get("ownerReferences") or []}
+    listed = (metadata.get("annotations") or {}).get(SESSION_PODS_ANNOTATION)
+    if isinstance(listed, str):
+        uids |= {uid for uid in listed.split(",") if uid}
+    return uids
+
+
 def _pin(existing: dict[str, Any] | None, pods: list[dict[str, Any]]) -> str | None:
     """The digest the session is pinned to: ours, and owned by a pod that still exists."""
     if existing is None or not is_managed(existing):
         return None
-    owners = {ref.get("uid") for ref in (existing.get("metadata") or {}).get("ownerReferences") or []}
+    owners = _owner_uids(existing.get("metadata") or {})
     if not owners & {(pod.get("metadata") or {}).get("uid") for pod in pods}:
         return None  # left from pods that are gone: the garbage collector's, not a pin
     annotations = (existing.get("metadata") or {}).get("annotations") or {}
@@ -194,7 +222,8 @@ def describe_policy(policy: dict[str, Any], kind: str = "NetworkPolicy") -> str:
 
 
 def plan_session(pods: list[dict[str, Any]], existing: dict[str, Any] | None, dns: DnsDestination,
-                 canary: Canary | None = None, backend: str = DEFAULT_BACKEND) -> SessionPlan:
+                 canary: Canary | None = None, backend: str = DEFAULT_BACKEND,
+                 cluster: ClusterPolicyOptions = ClusterPolicyOptions()) -> SessionPlan:
     """CONTRACT §3 for one session: every pod of it (any state), and the policy with its name, if any.
     ``canary``: the enforcement canary every session policy must open and cut out (render.Canary).
     ``backend``: the kind of object that enforces it (backends.py); ``existing`` is of that kind."""
@@ -244,7 +273,7 @@ def plan_session(pods: list[dict[str, Any]], existing: dict[str, Any] | None, dn
 
     if plan.pin_violated:
         assert pin is not None
-        plan.policy, plan.reference = _render(active, FAIL_CLOSED_POLICY, pin, dns, canary, backend)
+        plan.policy, plan.reference = _render(active, FAIL_CLOSED_POLICY, pin, dns, canary, backend, cluster)
         plan.enforced_pods = active
     elif session_digest is None:
         # The session has no per-app policy: nothing of ours, and gates a creator set are lifted.
@@ -254,7 +283,7 @@ def plan_session(pods: list[dict[str, Any]], existing: dict[str, Any] | None, dn
     elif matching:
         policy = enforced[id(matching[0])].policy
         assert policy is not None
-        plan.policy, plan.reference = _render(matching, policy, session_digest, dns, canary, backend)
+        plan.policy, plan.reference = _render(matching, policy, session_digest, dns, canary, backend, cluster)
         plan.release = [pod for pod in matching if has_gate(pod)]
         plan.enforced_pods = matching
     else:
@@ -292,7 +321,9 @@ def policy_matches(existing: dict[str, Any], desired: dict[str, Any]) -> bool:
     labels = have.get("labels") or {}
     if any(labels.get(key) != want["labels"].get(key) for key in _OUR_LABELS):
         return False
-    if (have.get("annotations") or {}).get(POLICY_DIGEST_ANNOTATION) != want["annotations"][POLICY_DIGEST_ANNOTATION]:
+    have_annotations, want_annotations = have.get("annotations") or {}, want["annotations"]
+    if any(have_annotations.get(key) != want_annotations.get(key)
+           for key in (POLICY_DIGEST_ANNOTATION, SESSION_PODS_ANNOTATION)):
         return False
     return _owners_of(have) == _owners_of(want)
 

@@ -24,7 +24,10 @@ from .metrics import ControllerMetrics
 from .projections import pod_session_key, policy_ownership_key, project_policy, project_pod
 from .queue import WorkQueue
 from .reconciler import Conflict, Reconciler, SessionKey
-from .session_objects import cilium_network_policies, cilium_served, network_policies
+from ..render_cluster import CNP_GROUP, DEFAULT_PRIORITY
+from .desired import ClusterPolicyOptions
+from .session_objects import (cilium_network_policies, cilium_served, cluster_network_policies, cluster_policy_domain_names,
+                              cluster_policy_version, network_policies)
 
 log = logging.getLogger("sortie.controller")
 RESYNC_SECONDS = 300.0
@@ -55,6 +58,8 @@ class ControllerOptions:
     canary_host: str = "0.0.0.0"
     #: What enforces sessions (backends.py): the controller serves networkpolicy and cilium.
     backend: str = DEFAULT_BACKEND
+    #: clusternetworkpolicy: the Admin-tier priority of session policies (lower wins).
+    cluster_policy_priority: int = DEFAULT_PRIORITY
 
 
 class BackendUnavailable(ValueError):
@@ -71,6 +76,7 @@ class Controller:
         self.networking = client.NetworkingV1Api(self.api)
         self.coordination = client.CoordinationV1Api(self.api)
         self.owned: Store | None = None  # the backend's objects, when they are not NetworkPolicies
+        self.cluster = ClusterPolicyOptions(priority=options.cluster_policy_priority)
         if options.backend == "cilium":
             custom = client.CustomObjectsApi(self.api)
             if not cilium_served(custom):
@@ -79,11 +85,28 @@ class Controller:
                     "install Cilium, or choose --backend networkpolicy")
             self.objects = cilium_network_policies(custom)
             self.owned = Store()
+        elif options.backend == "clusternetworkpolicy":
+            custom = client.CustomObjectsApi(self.api)
+            version = cluster_policy_version(custom)
+            if version is None:
+                raise BackendUnavailable(
+                    "--backend clusternetworkpolicy writes ClusterNetworkPolicies (policy.networking.k8s.io v1beta1 or "
+                    "v1alpha2), which this cluster does not serve: install network-policy-api's CRD (experimental "
+                    "channel) and a dataplane that implements it, or choose another --backend")
+            refusal = cluster_policy_domain_names(custom, version)
+            if refusal is not None:
+                raise BackendUnavailable(
+                    f"the cluster's ClusterNetworkPolicy {version} cannot hold domainNames, which FQDN rules need "
+                    f"(the standard channel's CRD?): install the experimental channel ({refusal})")
+            self.cluster = ClusterPolicyOptions(version=version, priority=options.cluster_policy_priority)
+            self.objects = cluster_network_policies(custom, version)
+            self.owned = Store()
+            log.info("clusternetworkpolicy backend: writing %s/%s at priority %d", CNP_GROUP, version,
+                     options.cluster_policy_priority)
         elif options.backend == "networkpolicy":
             self.objects = network_policies(self.networking)
         else:
-            raise BackendUnavailable(f"the controller cannot serve --backend {options.backend} yet "
-                                     "(it serves networkpolicy and cilium)")
+            raise BackendUnavailable(f"unknown --backend {options.backend}")
         self.stop = threading.Event()
         self.metrics = ControllerMetrics()
         self.pods = Store(index=pod_session_key)
@@ -92,7 +115,7 @@ class Controller:
         self.policies = Store(index=policy_ownership_key)
         self.queue: WorkQueue[SessionKey] = WorkQueue()
         self.reconciler = Reconciler(self.core, self.objects, self.pods, self.policies, options.dns, self.metrics,
-                                     owned=self.owned, backend=options.backend)
+                                     owned=self.owned, backend=options.backend, cluster=self.cluster)
         self.canary_pods = Store()
         if options.canary_port:
             self.reconciler.canary = canary_for(options.system_namespace, options.canary_port, [])
@@ -129,12 +152,9 @@ class Controller:
 
     def _owned_changed(self, obj: dict[str, Any]) -> None:
         """One of the backend's objects (not a NetworkPolicy): its session, ours or named like ours."""
-        metadata = obj.get("metadata") or {}
-        name = metadata.get("name", "")
-        if is_managed(obj) or name.startswith(POLICY_NAME_PREFIX):
-            key = Reconciler.key_for(obj)
-            if key is not None:
-                self.queue.add(key)
+        key = Reconciler.key_for(obj)
+        if key is not None:
+            self.queue.add(key)
 
     def _canary_changed(self, _pod: dict[str, Any]) -> None:
         """A canary pod came, went or got its address: every session policy cuts out the new set."""
@@ -169,7 +189,7 @@ class Controller:
                                       self._policy_changed, self.stop, namespace, restarted))
             if self.owned is not None:
                 owned = self.objects.list_all if namespace is None else self.objects.list_namespaced(namespace)
-                informers.append(Informer(f"{self.objects.kind.lower()}-{suffix}", owned, project_policy, self.owned,
+                informers.append(Informer(f"{self.objects.kind.lower()}-{suffix}", owned, self.objects.project, self.owned,
                                           self._owned_changed, self.stop, namespace, restarted))
         return informers
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ..constants import EGRESS_POLICY_ANNOTATION, POLICY_DIGEST_ANNOTATION, SESSION_ID_LABEL
+from ..constants import EGRESS_POLICY_ANNOTATION, POLICY_DIGEST_ANNOTATION, SESSION_ID_LABEL, SESSION_PODS_ANNOTATION
 from .desired import is_managed, spec_digest
 
 SessionKey = tuple[str, str]  # namespace, session id
@@ -57,7 +57,7 @@ def project_policy(policy: dict[str, Any]) -> dict[str, Any]:
                                  "deletionTimestamp"))
     if "namespace" in projected:
         projected["namespace"] = sys.intern(projected["namespace"])
-    projected["annotations"] = _only(metadata.get("annotations"), (POLICY_DIGEST_ANNOTATION,))
+    projected["annotations"] = _only(metadata.get("annotations"), (POLICY_DIGEST_ANNOTATION, SESSION_PODS_ANNOTATION))
     spec = policy.get("spec")
     projection: dict[str, Any] = {"metadata": projected, "spec_digest": spec_digest(spec)}
     if not is_managed(policy):

@@ -21,12 +21,16 @@ from typing import Any
 
 from ..backends import DEFAULT_BACKEND
 from ..constants import MANAGED_BY_LABEL, POLICY_NAME_PREFIX, SESSION_ID_LABEL
+
+#: ClusterNetworkPolicies are named ``sortie-egress.<namespace>.<session-id>`` (render_cluster.py).
+CLUSTER_POLICY_PREFIX = "sortie-egress."
 from ..effective import widenings
 from ..kube.informer import Store
 from ..patch import pointer
 from ..render import Canary, DnsDestination
 from .desired import (
     CONFLICT,
+    ClusterPolicyOptions,
     WIDENED,
     Note,
     SessionPlan,
@@ -36,7 +40,7 @@ from .desired import (
     policy_matches,
 )
 from .metrics import ControllerMetrics
-from .projections import project_policy, project_pod
+from .projections import project_pod
 from .session_objects import SessionObjects
 
 log = logging.getLogger("sortie.controller")
@@ -62,6 +66,7 @@ class Reconciler:
     #: The backend's objects by (namespace, name); None: they are NetworkPolicies, kept in ``policies``.
     owned: Store | None = None
     backend: str = DEFAULT_BACKEND
+    cluster: ClusterPolicyOptions = field(default_factory=ClusterPolicyOptions)
     #: The enforcement canary every session policy opens and cuts out; its addresses follow the
     #: canary pods (Controller._canary_changed). None: no canary (nothing waits on one).
     canary: Canary | None = None
@@ -79,9 +84,12 @@ class Reconciler:
         session_id = (metadata.get("labels") or {}).get(SESSION_ID_LABEL)
         if not isinstance(session_id, str):
             name = metadata.get("name", "")
-            if not name.startswith(POLICY_NAME_PREFIX):
+            if name.startswith(POLICY_NAME_PREFIX):
+                session_id = name[len(POLICY_NAME_PREFIX):]
+            elif name.startswith(CLUSTER_POLICY_PREFIX) and name.count(".") >= 2:  # sortie-egress.<ns>.<id>
+                session_id = name.split(".", 2)[2]
+            else:
                 return None
-            session_id = name[len(POLICY_NAME_PREFIX):]
         return metadata.get("namespace", ""), session_id
 
     # --- the loop body ------------------------------------------------------
@@ -93,10 +101,10 @@ class Reconciler:
         a few, the pod is told with an Event (the queue keeps backing off meanwhile).
         """
         namespace, session_id = key
-        name = POLICY_NAME_PREFIX + session_id
+        name = self.objects.name_for(namespace, session_id)
         existing = self._owned.get((namespace, name))
         pods = self.pods.by_index(key)
-        plan = plan_session(pods, existing, self.dns, self.canary, self.backend)
+        plan = plan_session(pods, existing, self.dns, self.canary, self.backend, self.cluster)
         done: list[str] = []
         try:
             self._write_policy(plan, existing, done)
@@ -176,14 +184,14 @@ class Reconciler:
     def _create_policy(self, policy: dict[str, Any]) -> None:
         from kubernetes.client.exceptions import ApiException
 
-        namespace = policy["metadata"]["namespace"]
+        namespace = policy["metadata"].get("namespace", "")
         try:
             created = self.objects.create(namespace, policy)
         except ApiException as exc:
             if exc.status == 409:
                 raise Conflict(f"{namespace}/{policy['metadata']['name']} already exists") from None
             raise
-        self._owned.put(project_policy(created))
+        self._owned.put(self.objects.project(created))
         self.metrics.writes.labels("create_policy").inc()
 
     def _replace_policy(self, existing: dict[str, Any], desired: dict[str, Any], adopting: bool) -> None:
@@ -195,16 +203,16 @@ class Reconciler:
             labels = dict(existing["metadata"].get("labels") or {})
             labels.update(metadata["labels"])
             body["metadata"]["labels"] = labels
+        namespace = metadata.get("namespace", "")
         try:
-            replaced = self.objects.replace(metadata["namespace"], metadata["name"], body)
+            replaced = self.objects.replace(namespace, metadata["name"], body)
         except ApiException as exc:
             if exc.status in (404, 409):
-                raise Conflict(f"{metadata['namespace']}/{metadata['name']} changed under us") from None
+                raise Conflict(f"{namespace}/{metadata['name']} changed under us") from None
             raise
-        self._owned.put(project_policy(replaced))
+        self._owned.put(self.objects.project(replaced))
         self.metrics.writes.labels("adopt_policy" if adopting else "replace_policy").inc()
-        log.info("%s %s %s/%s", "adopted" if adopting else "repaired", self.objects.kind, metadata["namespace"],
-                 metadata["name"])
+        log.info("%s %s %s/%s", "adopted" if adopting else "repaired", self.objects.kind, namespace, metadata["name"])
 
     def _delete_policy(self, existing: dict[str, Any]) -> None:
         """Retire, then delete: only Kubernetes may delete a *managed* policy (webhook/tamper.py),

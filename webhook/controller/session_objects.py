@@ -15,12 +15,16 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from ..constants import POLICY_NAME_PREFIX
 from ..render_cilium import CILIUM_API_VERSION
+from ..render_cluster import CNP_GROUP, CNP_VERSIONS, SESSION_NAMESPACE_LABEL, cluster_policy_name
+from .projections import project_policy
 
 
 @dataclass(frozen=True)
 class SessionObjects:
-    """Namespaced objects of one kind: create, replace, patch (JSON patch), delete, list."""
+    """Objects of one kind: create, replace, patch (JSON patch), delete, list, and what the
+    controller keeps of one (``project``). Cluster-scoped kinds take and ignore a namespace."""
 
     kind: str
     create_call: Callable[..., Any]
@@ -29,6 +33,9 @@ class SessionObjects:
     delete_call: Callable[..., Any]
     list_all: Callable[..., Any]
     list_namespaced: Callable[..., Callable[..., Any]]
+    #: The session's object's name in the store (namespace, session id) -> (namespace, name).
+    name_for: Callable[[str, str], str] = lambda namespace, session_id: POLICY_NAME_PREFIX + session_id
+    project: Callable[[dict[str, Any]], dict[str, Any]] = project_policy
 
     def create(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         return json.loads(self.create_call(namespace, body, _preload_content=False).data)
@@ -80,14 +87,92 @@ def cilium_network_policies(custom: Any) -> SessionObjects:
     )
 
 
-def cilium_served(custom: Any) -> bool:
-    """Whether the API server serves CiliumNetworkPolicy in ``cilium.io/v2`` (discovery)."""
+CNP_PLURAL = "clusternetworkpolicies"
+_CNP_PREFIX = "sortie-egress."
+
+
+def _session_namespace(obj: dict[str, Any]) -> str:
+    """A ClusterNetworkPolicy's session namespace: its label, or (one squatting on our name) the
+    name's middle part; none: ''. Namespace names have no dots, so the name splits unambiguously."""
+    metadata = obj.get("metadata") or {}
+    labelled = (metadata.get("labels") or {}).get(SESSION_NAMESPACE_LABEL)
+    if isinstance(labelled, str):
+        return labelled
+    name = metadata.get("name", "")
+    return name[len(_CNP_PREFIX):].partition(".")[0] if name.startswith(_CNP_PREFIX) else ""
+
+
+def project_cluster_policy(obj: dict[str, Any]) -> dict[str, Any]:
+    """As a namespaced policy is kept, filed under its session's namespace: the stores and the
+    per-namespace informers then treat it like the others."""
+    projected = project_policy(obj)
+    projected["metadata"]["namespace"] = _session_namespace(obj)
+    return projected
+
+
+def cluster_network_policies(custom: Any, version: str) -> SessionObjects:
+    """ClusterNetworkPolicies (``policy.networking.k8s.io``): the clusternetworkpolicy backend."""
+    kind = (CNP_GROUP, version, CNP_PLURAL)
+    return SessionObjects(
+        kind="ClusterNetworkPolicy",
+        create_call=lambda _namespace, body, **kw: custom.create_cluster_custom_object(*kind, body, **kw),
+        replace_call=lambda _namespace, name, body, **kw: custom.replace_cluster_custom_object(*kind, name, body, **kw),
+        patch_call=lambda _namespace, name, patch, **kw: custom.patch_cluster_custom_object(
+            *kind, name, patch, _content_type="application/json-patch+json", **kw),
+        delete_call=lambda _namespace, name, **kw: custom.delete_cluster_custom_object(*kind, name, **kw),
+        list_all=partial(custom.list_cluster_custom_object, *kind),
+        list_namespaced=lambda namespace: partial(custom.list_cluster_custom_object, *kind,
+                                                  label_selector=f"{SESSION_NAMESPACE_LABEL}={namespace}"),
+        name_for=cluster_policy_name,
+        project=project_cluster_policy,
+    )
+
+
+def cluster_policy_version(custom: Any) -> str | None:
+    """The first ClusterNetworkPolicy version we write that the cluster serves (discovery)."""
+    for version in CNP_VERSIONS:
+        if _serves(custom, CNP_GROUP, version, CNP_PLURAL):
+            return version
+    return None
+
+
+def cluster_policy_domain_names(custom: Any, version: str) -> str | None:
+    """Why the served ClusterNetworkPolicy schema cannot hold ``domainNames`` (None: it can).
+
+    Asked the way that cannot be wrong: a server-side dry run of a probe object with strict field
+    validation (the standard channel's CRD has no such field; nothing is stored).
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    probe = {"apiVersion": f"{CNP_GROUP}/{version}", "kind": "ClusterNetworkPolicy",
+             "metadata": {"name": "sortie-egress-capability-probe"},
+             "spec": {"tier": "Admin", "priority": 1000, "subject": {"namespaces": {}},
+                      "egress": [{"action": "Accept", "to": [{"domainNames": ["probe.example.com"]}]}]}}
+    try:
+        custom.create_cluster_custom_object(CNP_GROUP, version, CNP_PLURAL, probe, dry_run="All",
+                                            field_validation="Strict", _preload_content=False)
+    except ApiException as exc:
+        if exc.status in (400, 422):
+            try:
+                return str(json.loads(exc.body)["message"])[:300]
+            except (TypeError, ValueError, KeyError):
+                return str(exc.body or exc.reason or "refused").strip()[:300]
+        raise
+    return None
+
+
+def _serves(custom: Any, group: str, version: str, plural: str) -> bool:
     from kubernetes.client.exceptions import ApiException
 
     try:
-        reply = custom.get_api_resources(CILIUM_GROUP, CILIUM_VERSION, _preload_content=False)
+        reply = custom.get_api_resources(group, version, _preload_content=False)
     except ApiException as exc:
         if exc.status == 404:
             return False
         raise
-    return any(resource.get("name") == CILIUM_PLURAL for resource in json.loads(reply.data).get("resources", []))
+    return any(resource.get("name") == plural for resource in json.loads(reply.data).get("resources", []))
+
+
+def cilium_served(custom: Any) -> bool:
+    """Whether the API server serves CiliumNetworkPolicy in ``cilium.io/v2`` (discovery)."""
+    return _serves(custom, CILIUM_GROUP, CILIUM_VERSION, CILIUM_PLURAL)
