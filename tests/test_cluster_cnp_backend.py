@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.harness import ControlPlane, wait_for
+from tests.cluster.harness import ControlPlane, free_port, wait_for
 from tests.support import CLI, ControllerProcess, WebhookProcess, control_plane_binaries, generate_certs, policy_crds, session_pod
 from webhook.configuration import mutating_configuration
 from webhook.tamper import CLUSTER_NETWORK_POLICIES, admission_policies, backend_admission_policies
@@ -124,13 +124,28 @@ def cnp_cluster(plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -
         probe = session_pod(policy=POLICY, namespace="team-b")
         wait_for(lambda: (core.create_namespaced_pod("team-b", probe, dry_run="All").metadata.labels or {})
                  .get("sortie.io/egress-mode") == "denylist", 30, "the webhook to be called")
+        metrics_port = free_port()
         controller = ControllerProcess(Path(_controller_args(plane)[3]), work / "controller.log",
-                                       extra_args=("--backend", "clusternetworkpolicy", "--no-leader-elect")).start()
-        yield {"core": core, "controller": controller, "work": work}
+                                       extra_args=("--backend", "clusternetworkpolicy", "--no-leader-elect",
+                                                   "--metrics-port", str(metrics_port))).start()
+        yield {"core": core, "controller": controller, "work": work, "metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
     finally:
         if controller is not None:
             controller.stop()
         webhook.stop()
+
+
+def _audit(plane: ControlPlane, backend: str, namespace: str) -> tuple[int, dict[str, tuple[str, str]], str]:
+    """``sortie-egress audit --backend``, as the controller's identity: (exit code, rows by session, stderr)."""
+    credentials = plane.credentials_for_service_account("sortie-system", "sortie-egress", create=False)
+    kubeconfig = plane.kubeconfig_for("sortie-egress-audit", credentials)
+    result = subprocess.run([CLI, "audit", "--kubeconfig", str(kubeconfig), "--namespace", namespace, "--backend", backend],
+                            capture_output=True, text=True, timeout=60)
+    rows = {}
+    for line in result.stdout.splitlines()[1:]:
+        columns = line.split(None, 4)
+        rows[columns[2]] = (columns[3], columns[4] if len(columns) > 4 else "")
+    return result.returncode, rows, result.stderr
 
 
 def _released(core: Any, name: str) -> bool:
@@ -158,6 +173,8 @@ def test_a_session_gets_an_admin_tier_policy_and_is_released(plane: ControlPlane
     assert "ownerReferences" not in policy["metadata"] and "finalizers" not in policy["metadata"]
     wait_for(lambda: _released(core, "desk-1"), 30, "the gate to be released")
     assert json.loads(plane.kubectl("get", "networkpolicies", "-A", "-o", "json", check=True).stdout)["items"] == []
+    code, rows, stderr = _audit(plane, "clusternetworkpolicy", "team-b")
+    assert (code, rows["s-1"]) == (0, ("ok", "")) and "(backend: clusternetworkpolicy)" in stderr
 
     # A namespace admin has no say over a cluster-scoped object; someone granted edit rights on the
     # kind who is not the controller (nor listed) is refused by the admission policies.
@@ -192,12 +209,22 @@ def test_clean_up_needs_no_garbage_collector_and_nothing_waits_on_the_controller
         core.delete_namespaced_pod("desk-3", "team-b", grace_period_seconds=0)
         wait_for(lambda: not [p for p in core.list_namespaced_pod("team-b").items if p.metadata.name == "desk-3"], 30,
                  "the pod to be gone")
-        # ...and its policy waits, selecting no pod (the garbage collector does not know it).
+        # ...and its policy waits, selecting no pod (the garbage collector does not know it); audit says so.
         assert _read(plane, "sortie-egress.team-b.s-3") is not None
+        code, rows, _ = _audit(plane, "clusternetworkpolicy", "team-b")
+        assert code == 1 and rows["s-3"] == ("orphan", "ClusterNetworkPolicy sortie-egress.team-b.s-3 has no pod")
     finally:
         controller.start()
     wait_for(lambda: _read(plane, "sortie-egress.team-b.s-3") is None, 30,
              "the restarted controller to delete the orphan")
+
+
+def test_the_backend_is_in_the_controllers_metrics(cnp_cluster: dict[str, Any]) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(cnp_cluster["metrics"], timeout=10) as reply:
+        text = reply.read().decode()
+    assert 'sortie_egress_backend_info{backend="clusternetworkpolicy"} 1.0' in text.splitlines()
 
 
 def test_an_unmanaged_policy_with_the_sessions_name_is_adopted(plane: ControlPlane, cnp_cluster: dict[str, Any]) -> None:

@@ -272,6 +272,35 @@ def cmd_controller(args: argparse.Namespace) -> int:
         raise CommandError(f"controller: {exc}") from None
 
 
+def _backend_objects(api: Any, backend: str, namespaces: list[str]) -> tuple[Any, list[dict[str, Any]] | None, str | None]:
+    """(the backend's object API, its objects as the controller keeps them, the served version) for
+    audit; (None, None, None) on the networkpolicy backend, whose objects are the NetworkPolicies."""
+    import json as _json
+
+    from kubernetes import client
+
+    from .controller import session_objects
+
+    if backend == "networkpolicy":
+        return None, None, None
+    custom = client.CustomObjectsApi(api)
+    version = None
+    if backend == "cilium":
+        if not session_objects.cilium_served(custom):
+            raise CommandError("the cluster does not serve CiliumNetworkPolicy (cilium.io/v2): is --backend right?")
+        objects = session_objects.cilium_network_policies(custom)
+    else:
+        version = session_objects.cluster_policy_version(custom)
+        if version is None:
+            raise CommandError("the cluster does not serve ClusterNetworkPolicy: is --backend right?")
+        objects = session_objects.cluster_network_policies(custom, version)
+    owned: list[dict[str, Any]] = []
+    for namespace in namespaces or [None]:
+        listing = objects.list_all if namespace is None else objects.list_namespaced(namespace)
+        owned += [objects.project(obj) for obj in _json.loads(listing(_preload_content=False).data)["items"]]
+    return objects, owned, version
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     import json as _json
 
@@ -280,8 +309,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from kubernetes.config.config_exception import ConfigException
     from urllib3.exceptions import HTTPError
 
-    from .constants import SESSION_ID_LABEL
+    from .constants import POLICY_NAME_PREFIX, SESSION_ID_LABEL
     from .controller.audit import audit, format_rows
+    from .controller.desired import ClusterPolicyOptions
     from .kube.client import api_client
 
     try:
@@ -298,6 +328,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 policy_list = networking.list_namespaced_network_policy(namespace, _preload_content=False)
             pods += _json.loads(pod_list.data)["items"]
             policies += _json.loads(policy_list.data)["items"]
+        objects, owned, version = _backend_objects(api, args.backend, args.namespace)
         canary = None
         if args.canary_port:
             from .controller.canary import CANARY_SELECTOR, canary_for, project_canary_pod
@@ -309,10 +340,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot read the cluster: {exc.status} {exc.reason}") from None
     except (ConfigException, HTTPError, OSError, ValueError) as exc:  # no kubeconfig, unreachable server
         raise CommandError(f"cannot read the cluster: {exc}") from None
-    rows = audit(pods, policies, args.dns, canary)
+    rows = audit(pods, policies, args.dns, canary, args.backend, owned,
+                 ClusterPolicyOptions(version, args.cluster_policy_priority) if version else ClusterPolicyOptions(),
+                 objects.name_for if objects is not None else (lambda namespace, session_id: POLICY_NAME_PREFIX + session_id))
     sys.stdout.write(format_rows(rows))
     wrong = [row for row in rows if row.wrong]
-    print(f"{len(rows)} rows, {len(wrong)} need attention", file=sys.stderr)
+    print(f"{len(rows)} rows, {len(wrong)} need attention (backend: {args.backend})", file=sys.stderr)
     return 1 if wrong else 0
 
 
@@ -464,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG/~/.kube/config)")
     audit.add_argument("--dns", type=_dns, default=DnsDestination(), help="the controller's DNS setting")
     audit.add_argument("--canary-port", type=int, default=0, help="the controller's --canary-port (0: none)")
+    _backend_flag(audit)
+    audit.add_argument("--cluster-policy-priority", type=_cnp_priority, default=DEFAULT_PRIORITY,
+                       help="the controller's --cluster-policy-priority (clusternetworkpolicy backend)")
     _system_namespace_flag(audit)
     audit.set_defaults(handler=cmd_audit)
 

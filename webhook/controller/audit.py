@@ -1,4 +1,4 @@
-"""``sortie-egress audit``: each session pod, the state of its NetworkPolicy, and what it can really reach.
+"""``sortie-egress audit``: each session pod, the state of its policy object, and what it can really reach.
 
 The judging is pure (``audit``) and uses the controller's own plan, so "ok"
 means exactly "the controller would write nothing, and no other policy lets
@@ -11,11 +11,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from ..backends import DEFAULT_BACKEND
 from ..constants import POLICY_NAME_PREFIX, SESSION_ID_LABEL
 from ..effective import widenings
 from ..render import Canary, DnsDestination
 from .desired import (
     INVALID_POLICY,
+    KIND_OF,
+    ClusterPolicyOptions,
     POLICY_CHANGED,
     POLICY_MISMATCH,
     age_order,
@@ -49,8 +52,11 @@ def _name(obj: dict[str, Any]) -> tuple[str, str]:
 
 
 def _session_rows(namespace: str, session_id: str, pods: list[dict[str, Any]], existing: dict[str, Any] | None,
-                  others: list[dict[str, Any]], dns: DnsDestination, canary: Canary | None) -> list[AuditRow]:
-    plan = plan_session(pods, existing, dns, canary)
+                  others: list[dict[str, Any]], dns: DnsDestination, canary: Canary | None, backend: str,
+                  cluster: ClusterPolicyOptions, name: str) -> list[AuditRow]:
+    plan = plan_session(pods, existing, dns, canary, backend, cluster)
+    kind = KIND_OF[backend]
+    policy_name = name
     notes = {(id(note.pod), note.reason): note.message for note in plan.notes}
     released = {id(pod) for pod in plan.release}
     unlabelled = {id(pod) for pod, _ in plan.labels}
@@ -75,21 +81,22 @@ def _session_rows(namespace: str, session_id: str, pods: list[dict[str, Any]], e
             else:
                 row("no-policy", "cluster default applies")
         elif existing is None:
-            row("missing", f"no NetworkPolicy {POLICY_NAME_PREFIX}{session_id}")
+            row("missing", f"no {kind} {policy_name}")
         elif plan.adopt:
-            row("conflict", f"NetworkPolicy {existing['metadata'].get('name')} is not managed by sortie-egress; "
+            row("conflict", f"{kind} {existing['metadata'].get('name')} is not managed by sortie-egress; "
                             "the controller replaces it with the session's")
         elif not policy_matches(existing, plan.policy):
-            row("drifted", "NetworkPolicy differs from the session's policy")
+            row("drifted", f"{kind} differs from the session's policy")
         elif id(pod) in released or has_gate(pod) and not plan.pin_violated:
             row("gated", "policy in place, gate not released")
         elif id(pod) in unlabelled:
             row("unlabelled", "no sortie.io/egress-mode label: the baseline does not select it yet")
         else:
-            widened = widenings(plan.policy, others, namespace, pod["metadata"].get("labels") or {})
+            widened = [] if plan.reference is None else widenings(plan.reference, others, namespace,
+                                                                    pod["metadata"].get("labels") or {})
             if widened:
                 row("widened", "; ".join(w.describe() for w in widened))
-            elif enforced_for(pod).invalid_reason:
+            elif enforced_for(pod, backend).invalid_reason:
                 row("invalid", notes.get((id(pod), INVALID_POLICY), "invalid egress policy, DNS only"))
             else:
                 row("ok")
@@ -97,11 +104,16 @@ def _session_rows(namespace: str, session_id: str, pods: list[dict[str, Any]], e
 
 
 def audit(pods: list[dict[str, Any]], policies: list[dict[str, Any]], dns: DnsDestination,
-          canary: Canary | None = None) -> list[AuditRow]:
-    """Rows for every session pod and every orphaned managed policy; ``policies`` are all of them."""
-    by_name = {_name(policy): policy for policy in policies}
+          canary: Canary | None = None, backend: str = DEFAULT_BACKEND, owned: list[dict[str, Any]] | None = None,
+          cluster: ClusterPolicyOptions = ClusterPolicyOptions(),
+          name_for: Any = lambda namespace, session_id: POLICY_NAME_PREFIX + session_id) -> list[AuditRow]:
+    """Rows for every session pod and every orphaned managed policy; ``policies`` are all the
+    NetworkPolicies, ``owned`` the backend's objects when they are another kind (filed under their
+    session's namespace, as the controller keeps them), ``name_for`` the session's object's name."""
+    kind = KIND_OF[backend]
+    by_name = {_name(policy): policy for policy in (policies if owned is None else owned)}
     others_by_namespace: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for policy in policies:
+    for policy in policies:  # every NetworkPolicy: what may widen a session
         if not is_managed(policy):
             others_by_namespace[_name(policy)[0]].append(policy)
     sessions: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -111,12 +123,16 @@ def audit(pods: list[dict[str, Any]], policies: list[dict[str, Any]], dns: DnsDe
             sessions[(_name(pod)[0], session_id)].append(pod)
     rows = []
     for (namespace, session_id), members in sorted(sessions.items()):
-        existing = by_name.get((namespace, POLICY_NAME_PREFIX + session_id))
-        rows += _session_rows(namespace, session_id, members, existing, others_by_namespace[namespace], dns, canary)
+        name = name_for(namespace, session_id)
+        existing = by_name.get((namespace, name))
+        rows += _session_rows(namespace, session_id, members, existing, others_by_namespace[namespace], dns, canary,
+                              backend, cluster, name)
     for (namespace, name), policy in sorted(by_name.items()):
-        session_id = name[len(POLICY_NAME_PREFIX):] if name.startswith(POLICY_NAME_PREFIX) else name
+        labelled = ((policy.get("metadata") or {}).get("labels") or {}).get(SESSION_ID_LABEL)
+        session_id = labelled if isinstance(labelled, str) else (
+            name[len(POLICY_NAME_PREFIX):] if name.startswith(POLICY_NAME_PREFIX) else name)
         if is_managed(policy) and (namespace, session_id) not in sessions:
-            rows.append(AuditRow(namespace, "-", session_id, "orphan", f"NetworkPolicy {name} has no pod"))
+            rows.append(AuditRow(namespace, "-", session_id, "orphan", f"{kind} {name} has no pod"))
     return rows
 
 

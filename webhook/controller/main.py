@@ -109,6 +109,7 @@ class Controller:
             raise BackendUnavailable(f"unknown --backend {options.backend}")
         self.stop = threading.Event()
         self.metrics = ControllerMetrics()
+        self.metrics.backend.labels(options.backend).set(1)
         self.pods = Store(index=pod_session_key)
         # Indexed by (namespace, ours?): effective egress reads only others' policies of a
         # namespace, a handful, not the thousands of ours beside them.

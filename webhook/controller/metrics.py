@@ -33,4 +33,6 @@ class ControllerMetrics:
         self.widened_sessions = Gauge("sortie_egress_widened_sessions",
                                       "Sessions whose pods another NetworkPolicy lets reach more than their own policy.",
                                       registry=self.registry)
+        self.backend = Gauge("sortie_egress_backend_info", "1 for the backend this controller enforces sessions with.",
+                             ("backend",), registry=self.registry)
         self.leader = Gauge("sortie_egress_leader", "1 while this replica holds the leader lease.", registry=self.registry)
