@@ -98,15 +98,17 @@ def _structured(data: bytes) -> bytes:
             return None
         if kind in (4, 5):
             return provider.PickValueInList(["10.0.0.0/8", "10.0.0.1/33", "::/0", "0.0.0.0/0", "2001:db8::1", "tcp",
-                                             "UDP", "sctp", "allowlist", "denylist", "", "::ffff:1.2.3.4/128"]
+                                             "UDP", "sctp", "allowlist", "denylist", "", "::ffff:1.2.3.4/128",
+                                             "api.example.com", "*.example.com", "API.Example.COM.", "*.com", "a.*.b.com",
+                                             "10.0.0.1", "localhost"]
                                             ) if provider.ConsumeBool() else provider.ConsumeUnicodeNoSurrogates(12)
         if kind in (6, 7):
             return [value(depth + 1) for _ in range(provider.ConsumeIntInRange(0, 4))]
-        keys = ["cidr", "port", "end_port", "protocol", "mode", "rules", "rule", provider.ConsumeUnicodeNoSurrogates(4)]
+        keys = ["cidr", "fqdn", "port", "end_port", "protocol", "mode", "rules", "rule", provider.ConsumeUnicodeNoSurrogates(4)]
         return {provider.PickValueInList(keys): value(depth + 1) for _ in range(provider.ConsumeIntInRange(0, 5))}
 
     rules = [value(1) if provider.ConsumeIntInRange(0, 4) == 0 else {
-        key: value(2) for key in ("cidr", "port", "end_port", "protocol") if provider.ConsumeBool()}
+        key: value(2) for key in ("cidr", "fqdn", "port", "end_port", "protocol") if provider.ConsumeBool()}
         for _ in range(provider.ConsumeIntInRange(0, 6))]
     document: object = {"mode": value(1) if provider.ConsumeIntInRange(0, 3) == 0 else provider.PickValueInList(
         ["allowlist", "denylist", ""]), "rules": rules}
