@@ -313,3 +313,23 @@ def test_cilium_dns_any_is_port_53_to_every_destination() -> None:
     spec = render_cilium_network_policy(session, _parsed({"mode": "allowlist"}), DnsDestination.parse("any"))["spec"]
     assert spec == {"endpointSelector": {"matchLabels": {"sortie.io/session-id": "s-1"}},
                     "egress": [{"toPorts": _CILIUM_DNS["toPorts"]}]}
+
+
+# --- how the controller files cluster-scoped session policies ---------------------------------
+
+def test_cluster_policies_are_filed_under_their_sessions_namespace() -> None:
+    from webhook.controller.reconciler import Reconciler
+    from webhook.controller.session_objects import project_cluster_policy
+
+    ours = {"metadata": {"name": "sortie-egress.team-a.s-1", "uid": "u",
+                         "labels": {"sortie.io/session-id": "s-1", "sortie.io/session-namespace": "team-a",
+                                    "app.kubernetes.io/managed-by": "sortie-egress"}},
+            "spec": {"tier": "Admin"}}
+    squatter = {"metadata": {"name": "sortie-egress.team-b.s.with.dots", "uid": "v"}, "spec": {}}
+    stranger = {"metadata": {"name": "allow-dns", "uid": "w"}, "spec": {}}
+    assert project_cluster_policy(ours)["metadata"]["namespace"] == "team-a"
+    assert project_cluster_policy(squatter)["metadata"]["namespace"] == "team-b"
+    assert project_cluster_policy(stranger)["metadata"]["namespace"] == ""
+    assert Reconciler.key_for(project_cluster_policy(ours)) == ("team-a", "s-1")
+    assert Reconciler.key_for(project_cluster_policy(squatter)) == ("team-b", "s.with.dots")
+    assert Reconciler.key_for(project_cluster_policy(stranger)) is None
