@@ -213,3 +213,15 @@ def test_a_bound_session_pod_is_refused_by_check(tmp_path: Path) -> None:
     pod["spec"]["nodeName"] = "node-1"
     result = run("check", "-f", write(tmp_path, pod))
     assert result.returncode == 1 and "spec.nodeName is set" in result.stderr
+
+
+def test_a_backend_from_the_environment_is_checked_like_the_flag(tmp_path: Path) -> None:
+    manifest = write(tmp_path, session_pod(policy={"mode": "allowlist", "rules": [{"fqdn": "api.example.com"}]}))
+    env = {**os.environ, "SORTIE_EGRESS_BACKEND": "Cilium"}
+    typo = subprocess.run([CLI, "check", "-f", manifest], capture_output=True, text=True, env=env)
+    assert typo.returncode == 2 and ("argument --backend: 'Cilium' is not a backend (choose from networkpolicy, "
+                                     "clusternetworkpolicy, cilium; $SORTIE_EGRESS_BACKEND counts too)") in typo.stderr
+    env["SORTIE_EGRESS_BACKEND"] = "cilium"
+    assert subprocess.run([CLI, "check", "-f", manifest], capture_output=True, text=True, env=env).returncode == 0
+    flag = subprocess.run([CLI, "check", "-f", manifest, "--backend", "bogus"], capture_output=True, text=True)
+    assert flag.returncode == 2 and "'bogus' is not a backend" in flag.stderr

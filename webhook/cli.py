@@ -417,8 +417,18 @@ def _cnp_priority(text: str) -> int:
     return value
 
 
+def _backend(text: str) -> str:
+    """A backend name, checked also when it comes from $SORTIE_EGRESS_BACKEND (argparse checks
+    ``choices`` only on the command line, but runs ``type`` on a string default too)."""
+    if text not in BACKENDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a backend (choose from {', '.join(BACKENDS)}; "
+                                         "$SORTIE_EGRESS_BACKEND counts too)")
+    return text
+
+
 def _backend_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=BACKENDS, default=os.environ.get("SORTIE_EGRESS_BACKEND", DEFAULT_BACKEND),
+    parser.add_argument("--backend", type=_backend, default=os.environ.get("SORTIE_EGRESS_BACKEND", DEFAULT_BACKEND),
+                        metavar="{" + ",".join(BACKENDS) + "}",
                         help="what enforces each session's policy: networkpolicy (default; allows only), cilium "
                              "(CiliumNetworkPolicy: egressDeny, FQDN rules) or clusternetworkpolicy (Admin-tier "
                              "ClusterNetworkPolicy: exact, not widenable, FQDN rules); a policy the backend cannot "
