@@ -309,9 +309,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from kubernetes.config.config_exception import ConfigException
     from urllib3.exceptions import HTTPError
 
-    from .constants import POLICY_NAME_PREFIX, SESSION_ID_LABEL
+    from .constants import SESSION_ID_LABEL
     from .controller.audit import audit, format_rows
     from .controller.desired import ClusterPolicyOptions
+    from .controller.session_objects import namespaced_policy_name
     from .kube.client import api_client
 
     try:
@@ -342,7 +343,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot read the cluster: {exc}") from None
     rows = audit(pods, policies, args.dns, canary, args.backend, owned,
                  ClusterPolicyOptions(version, args.cluster_policy_priority) if version else ClusterPolicyOptions(),
-                 objects.name_for if objects is not None else (lambda namespace, session_id: POLICY_NAME_PREFIX + session_id))
+                 objects.name_for if objects is not None else namespaced_policy_name)
     sys.stdout.write(format_rows(rows))
     wrong = [row for row in rows if row.wrong]
     print(f"{len(rows)} rows, {len(wrong)} need attention (backend: {args.backend})", file=sys.stderr)

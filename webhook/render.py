@@ -197,14 +197,26 @@ def egress_rules(policy: EgressPolicy, dns: DnsDestination, canary: Canary | Non
     return [_dns_rule(dns), *_cut_out(app_rules, canary.addresses), canary.rule()]
 
 
-def render_network_policy(pod: SessionPod, policy: EgressPolicy, dns: DnsDestination,
-                          canary: Canary | None = None) -> dict[str, Any]:
-    """The NetworkPolicy for ``pod``, owned by it so the garbage collector removes it with it."""
-    labels = {SESSION_ID_LABEL: pod.session_id}
+def session_labels(pod: SessionPod, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The labels every backend's session policy carries (``extra`` after the session id)."""
+    labels = {SESSION_ID_LABEL: pod.session_id, **(extra or {})}
     if pod.app_id:
         labels[APP_ID_LABEL] = pod.app_id
     labels[EGRESS_POLICY_LABEL] = "true"
     labels[MANAGED_BY_LABEL] = MANAGED_BY_VALUE
+    return labels
+
+
+def pod_owner(pod: SessionPod) -> dict[str, Any]:
+    """The pod as the controlling owner of a namespaced session policy."""
+    return {"apiVersion": "v1", "kind": "Pod", "name": pod.name, "uid": pod.uid, "controller": True,
+            "blockOwnerDeletion": True}
+
+
+def render_network_policy(pod: SessionPod, policy: EgressPolicy, dns: DnsDestination,
+                          canary: Canary | None = None) -> dict[str, Any]:
+    """The NetworkPolicy for ``pod``, owned by it so the garbage collector removes it with it."""
+    labels = session_labels(pod)
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -212,16 +224,7 @@ def render_network_policy(pod: SessionPod, policy: EgressPolicy, dns: DnsDestina
             "name": pod.policy_name,
             "namespace": pod.namespace,
             "labels": labels,
-            "ownerReferences": [
-                {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "name": pod.name,
-                    "uid": pod.uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [pod_owner(pod)],
         },
         "spec": {
             "podSelector": {"matchLabels": {SESSION_ID_LABEL: pod.session_id}},
@@ -231,4 +234,4 @@ def render_network_policy(pod: SessionPod, policy: EgressPolicy, dns: DnsDestina
     }
 
 
-__all__ = ["Canary", "DnsDestination", "egress_rules", "render_network_policy"]
+__all__ = ["Canary", "DnsDestination", "egress_rules", "pod_owner", "render_network_policy", "session_labels"]

@@ -26,9 +26,9 @@ import ipaddress
 from typing import Any, Final
 
 from .backends import grouped_by_port_set
-from .constants import APP_ID_LABEL, EGRESS_POLICY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SESSION_ID_LABEL
+from .constants import SESSION_ID_LABEL
 from .policy import EgressPolicy, Rule, network_text
-from .render import Canary, DnsDestination
+from .render import Canary, DnsDestination, pod_owner, session_labels
 from .session import SessionPod
 
 CILIUM_API_VERSION: Final = "cilium.io/v2"
@@ -117,11 +117,7 @@ def cilium_egress(policy: EgressPolicy, dns: DnsDestination,
 def render_cilium_network_policy(pod: SessionPod, policy: EgressPolicy, dns: DnsDestination,
                                  canary: Canary | None = None) -> dict[str, Any]:
     """The CiliumNetworkPolicy for ``pod``'s session, owned by it like the NetworkPolicy."""
-    labels = {SESSION_ID_LABEL: pod.session_id}
-    if pod.app_id:
-        labels[APP_ID_LABEL] = pod.app_id
-    labels[EGRESS_POLICY_LABEL] = "true"
-    labels[MANAGED_BY_LABEL] = MANAGED_BY_VALUE
+    labels = session_labels(pod)
     egress, deny = cilium_egress(policy, dns, canary)
     spec: dict[str, Any] = {"endpointSelector": {"matchLabels": {SESSION_ID_LABEL: pod.session_id}}, "egress": egress}
     if deny:
@@ -133,8 +129,7 @@ def render_cilium_network_policy(pod: SessionPod, policy: EgressPolicy, dns: Dns
             "name": pod.policy_name,
             "namespace": pod.namespace,
             "labels": labels,
-            "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": pod.name, "uid": pod.uid,
-                                 "controller": True, "blockOwnerDeletion": True}],
+            "ownerReferences": [pod_owner(pod)],
         },
         "spec": spec,
     }

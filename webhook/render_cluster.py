@@ -28,15 +28,9 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 from .backends import CNP_MAX_EGRESS_RULES, grouped_by_port_set
-from .constants import (
-    APP_ID_LABEL,
-    EGRESS_POLICY_LABEL,
-    MANAGED_BY_LABEL,
-    MANAGED_BY_VALUE,
-    SESSION_ID_LABEL,
-)
+from .constants import SESSION_ID_LABEL
 from .policy import EgressPolicy, Rule, network_text
-from .render import Canary, DnsDestination
+from .render import Canary, DnsDestination, session_labels
 from .session import SessionPod
 
 CNP_GROUP: Final = "policy.networking.k8s.io"
@@ -53,10 +47,14 @@ _EVERYWHERE: Final = ["0.0.0.0/0", "::/0"]
 _DNS_PROTOCOLS: Final = [{"udp": {"destinationPort": {"number": 53}}}, {"tcp": {"destinationPort": {"number": 53}}}]
 
 
+#: ClusterNetworkPolicies are named ``sortie-egress.<namespace>.<session-id>``.
+CLUSTER_POLICY_PREFIX: Final = "sortie-egress."
+
+
 def cluster_policy_name(namespace: str, session_id: str) -> str:
     """``sortie-egress.<namespace>.<session-id>``: unique across namespaces (a namespace name has
     no dots) and at most 14 + 63 + 1 + 63 characters (a session id is a label value)."""
-    return f"sortie-egress.{namespace}.{session_id}"
+    return f"{CLUSTER_POLICY_PREFIX}{namespace}.{session_id}"
 
 
 def _chunks(items: list[str]) -> Iterator[list[str]]:
@@ -132,11 +130,7 @@ def render_cluster_network_policy(pod: SessionPod, policy: EgressPolicy, dns: Dn
                                   priority: int = DEFAULT_PRIORITY) -> dict[str, Any]:
     """The ClusterNetworkPolicy for ``pod``'s session. No owner: the controller deletes it (and, as
     for a NetworkPolicy, adds the digest of what it enforces)."""
-    labels = {SESSION_ID_LABEL: pod.session_id, SESSION_NAMESPACE_LABEL: pod.namespace}
-    if pod.app_id:
-        labels[APP_ID_LABEL] = pod.app_id
-    labels[EGRESS_POLICY_LABEL] = "true"
-    labels[MANAGED_BY_LABEL] = MANAGED_BY_VALUE
+    labels = session_labels(pod, {SESSION_NAMESPACE_LABEL: pod.namespace})
     return {
         "apiVersion": f"{CNP_GROUP}/{version}",
         "kind": "ClusterNetworkPolicy",

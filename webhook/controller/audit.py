@@ -8,6 +8,7 @@ this pod reach more than its own".
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from .desired import (
     plan_session,
     policy_matches,
 )
+from .session_objects import namespaced_policy_name
 
 WRONG = ("missing", "drifted", "gated", "unlabelled", "invalid", "orphan", "conflict", "mismatch", "changed", "widened")
 
@@ -106,7 +108,7 @@ def _session_rows(namespace: str, session_id: str, pods: list[dict[str, Any]], e
 def audit(pods: list[dict[str, Any]], policies: list[dict[str, Any]], dns: DnsDestination,
           canary: Canary | None = None, backend: str = DEFAULT_BACKEND, owned: list[dict[str, Any]] | None = None,
           cluster: ClusterPolicyOptions = ClusterPolicyOptions(),
-          name_for: Any = lambda namespace, session_id: POLICY_NAME_PREFIX + session_id) -> list[AuditRow]:
+          name_for: Callable[[str, str], str] = namespaced_policy_name) -> list[AuditRow]:
     """Rows for every session pod and every orphaned managed policy; ``policies`` are all the
     NetworkPolicies, ``owned`` the backend's objects when they are another kind (filed under their
     session's namespace, as the controller keeps them), ``name_for`` the session's object's name."""

@@ -21,9 +21,7 @@ from typing import Any
 
 from ..backends import DEFAULT_BACKEND
 from ..constants import MANAGED_BY_LABEL, POLICY_NAME_PREFIX, SESSION_ID_LABEL
-
-#: ClusterNetworkPolicies are named ``sortie-egress.<namespace>.<session-id>`` (render_cluster.py).
-CLUSTER_POLICY_PREFIX = "sortie-egress."
+from ..render_cluster import CLUSTER_POLICY_PREFIX
 from ..effective import widenings
 from ..kube.informer import Store
 from ..patch import pointer

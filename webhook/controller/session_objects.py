@@ -17,8 +17,13 @@ from typing import Any
 
 from ..constants import POLICY_NAME_PREFIX
 from ..render_cilium import CILIUM_API_VERSION
-from ..render_cluster import CNP_GROUP, CNP_VERSIONS, SESSION_NAMESPACE_LABEL, cluster_policy_name
+from ..render_cluster import CLUSTER_POLICY_PREFIX, CNP_GROUP, CNP_VERSIONS, SESSION_NAMESPACE_LABEL, cluster_policy_name
 from .projections import project_policy
+
+
+def namespaced_policy_name(_namespace: str, session_id: str) -> str:
+    """``sortie-egress-<session-id>``: a namespaced session policy's name (NetworkPolicy, CiliumNetworkPolicy)."""
+    return POLICY_NAME_PREFIX + session_id
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,7 @@ class SessionObjects:
     list_all: Callable[..., Any]
     list_namespaced: Callable[..., Callable[..., Any]]
     #: The session's object's name in the store (namespace, session id) -> (namespace, name).
-    name_for: Callable[[str, str], str] = lambda namespace, session_id: POLICY_NAME_PREFIX + session_id
+    name_for: Callable[[str, str], str] = namespaced_policy_name
     project: Callable[[dict[str, Any]], dict[str, Any]] = project_policy
 
     def create(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +93,6 @@ def cilium_network_policies(custom: Any) -> SessionObjects:
 
 
 CNP_PLURAL = "clusternetworkpolicies"
-_CNP_PREFIX = "sortie-egress."
 
 
 def _session_namespace(obj: dict[str, Any]) -> str:
@@ -99,7 +103,7 @@ def _session_namespace(obj: dict[str, Any]) -> str:
     if isinstance(labelled, str):
         return labelled
     name = metadata.get("name", "")
-    return name[len(_CNP_PREFIX):].partition(".")[0] if name.startswith(_CNP_PREFIX) else ""
+    return name[len(CLUSTER_POLICY_PREFIX):].partition(".")[0] if name.startswith(CLUSTER_POLICY_PREFIX) else ""
 
 
 def project_cluster_policy(obj: dict[str, Any]) -> dict[str, Any]:
