@@ -174,6 +174,19 @@ def helm_tools() -> Any:
         unavailable("helm", exc)
 
 
+def backend_audit(plane: Any, backend: str, namespace: str) -> tuple[int, dict[str, tuple[str, str]], str]:
+    """``sortie-egress audit --backend``, as the controller's identity: (exit code, rows by session, stderr)."""
+    credentials = plane.credentials_for_service_account("sortie-system", "sortie-egress", create=False)
+    kubeconfig = plane.kubeconfig_for("sortie-egress-audit", credentials)
+    result = subprocess.run([CLI, "audit", "--kubeconfig", str(kubeconfig), "--namespace", namespace, "--backend", backend],
+                            capture_output=True, text=True, timeout=60)
+    rows = {}
+    for line in result.stdout.splitlines()[1:]:
+        columns = line.split(None, 4)
+        rows[columns[2]] = (columns[3], columns[4] if len(columns) > 4 else "")
+    return result.returncode, rows, result.stderr
+
+
 def policy_crds() -> Path:
     """The backends' CRDs (ClusterNetworkPolicy, CiliumNetworkPolicy) as their projects publish them
     (tests/cluster/fetch-policy-crds.sh, fetched or reused)."""

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from tests.cluster.harness import ControlPlane, wait_for
-from tests.support import (CLI, ControllerProcess, WebhookProcess, control_plane_binaries, generate_certs, policy_crds,
-                           session_pod)
+from tests.support import (CLI, ControllerProcess, WebhookProcess, backend_audit, control_plane_binaries, generate_certs,
+                           policy_crds, session_pod)
 from webhook.configuration import mutating_configuration
 from webhook.tamper import CILIUM_NETWORK_POLICIES, admission_policies, backend_admission_policies
 
@@ -67,19 +67,6 @@ def _read(custom: Any, namespace: str, name: str) -> dict[str, Any] | None:
         if exc.status == 404:
             return None
         raise
-
-
-def _audit(plane: ControlPlane, backend: str, namespace: str) -> tuple[int, dict[str, tuple[str, str]], str]:
-    """``sortie-egress audit --backend``, as the controller's identity: (exit code, rows by session, stderr)."""
-    credentials = plane.credentials_for_service_account("sortie-system", "sortie-egress", create=False)
-    kubeconfig = plane.kubeconfig_for("sortie-egress-audit", credentials)
-    result = subprocess.run([CLI, "audit", "--kubeconfig", str(kubeconfig), "--namespace", namespace, "--backend", backend],
-                            capture_output=True, text=True, timeout=60)
-    rows = {}
-    for line in result.stdout.splitlines()[1:]:
-        columns = line.split(None, 4)
-        rows[columns[2]] = (columns[3], columns[4] if len(columns) > 4 else "")
-    return result.returncode, rows, result.stderr
 
 
 def _controller_kubeconfig(plane: ControlPlane) -> Path:
@@ -160,7 +147,7 @@ def test_a_session_gets_its_cilium_policy_owned_by_its_pod_and_is_released(plane
     wait_for(released, 30, "the gate to be released")
     networking = json.loads(plane.kubectl("get", "networkpolicies", "-n", "team-a", "-o", "json", check=True).stdout)
     assert networking["items"] == []  # the cilium backend writes no NetworkPolicy
-    code, rows, stderr = _audit(plane, "cilium", "team-a")
+    code, rows, stderr = backend_audit(plane, "cilium", "team-a")
     assert (code, rows["s-1"]) == (0, ("ok", "")) and "(backend: cilium)" in stderr
 
     # A namespace admin who is not the controller can neither widen nor delete it.

@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from tests.cluster.harness import ControlPlane, free_port, wait_for
-from tests.support import CLI, ControllerProcess, WebhookProcess, control_plane_binaries, generate_certs, policy_crds, session_pod
+from tests.support import (CLI, ControllerProcess, WebhookProcess, backend_audit, control_plane_binaries, generate_certs,
+                           policy_crds, session_pod)
 from webhook.configuration import mutating_configuration
 from webhook.tamper import CLUSTER_NETWORK_POLICIES, admission_policies, backend_admission_policies
 
@@ -135,19 +136,6 @@ def cnp_cluster(plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -
         webhook.stop()
 
 
-def _audit(plane: ControlPlane, backend: str, namespace: str) -> tuple[int, dict[str, tuple[str, str]], str]:
-    """``sortie-egress audit --backend``, as the controller's identity: (exit code, rows by session, stderr)."""
-    credentials = plane.credentials_for_service_account("sortie-system", "sortie-egress", create=False)
-    kubeconfig = plane.kubeconfig_for("sortie-egress-audit", credentials)
-    result = subprocess.run([CLI, "audit", "--kubeconfig", str(kubeconfig), "--namespace", namespace, "--backend", backend],
-                            capture_output=True, text=True, timeout=60)
-    rows = {}
-    for line in result.stdout.splitlines()[1:]:
-        columns = line.split(None, 4)
-        rows[columns[2]] = (columns[3], columns[4] if len(columns) > 4 else "")
-    return result.returncode, rows, result.stderr
-
-
 def _released(core: Any, name: str) -> bool:
     gates = core.read_namespaced_pod(name, "team-b").spec.scheduling_gates or []
     return not any(gate.name == "sortie.io/egress-policy" for gate in gates)
@@ -173,7 +161,7 @@ def test_a_session_gets_an_admin_tier_policy_and_is_released(plane: ControlPlane
     assert "ownerReferences" not in policy["metadata"] and "finalizers" not in policy["metadata"]
     wait_for(lambda: _released(core, "desk-1"), 30, "the gate to be released")
     assert json.loads(plane.kubectl("get", "networkpolicies", "-A", "-o", "json", check=True).stdout)["items"] == []
-    code, rows, stderr = _audit(plane, "clusternetworkpolicy", "team-b")
+    code, rows, stderr = backend_audit(plane, "clusternetworkpolicy", "team-b")
     assert (code, rows["s-1"]) == (0, ("ok", "")) and "(backend: clusternetworkpolicy)" in stderr
 
     # A namespace admin has no say over a cluster-scoped object; someone granted edit rights on the
@@ -211,7 +199,7 @@ def test_clean_up_needs_no_garbage_collector_and_nothing_waits_on_the_controller
                  "the pod to be gone")
         # ...and its policy waits, selecting no pod (the garbage collector does not know it); audit says so.
         assert _read(plane, "sortie-egress.team-b.s-3") is not None
-        code, rows, _ = _audit(plane, "clusternetworkpolicy", "team-b")
+        code, rows, _ = backend_audit(plane, "clusternetworkpolicy", "team-b")
         assert code == 1 and rows["s-3"] == ("orphan", "ClusterNetworkPolicy sortie-egress.team-b.s-3 has no pod")
     finally:
         controller.start()
