@@ -311,8 +311,72 @@ def test_cilium_dns_any_is_port_53_to_every_destination() -> None:
     session = session_pod(_pod({"mode": "allowlist"}))
     assert session is not None
     spec = render_cilium_network_policy(session, _parsed({"mode": "allowlist"}), DnsDestination.parse("any"))["spec"]
+    all_but_53 = [{"ports": [{"port": "1", "endPort": 52, "protocol": "TCP"}, {"port": "54", "endPort": 65535, "protocol": "TCP"},
+                             {"port": "1", "endPort": 52, "protocol": "UDP"}, {"port": "54", "endPort": 65535, "protocol": "UDP"},
+                             {"port": "0", "protocol": "SCTP"}]}]
     assert spec == {"endpointSelector": {"matchLabels": {"sortie.io/session-id": "s-1"}},
-                    "egress": [{"toPorts": _CILIUM_DNS["toPorts"]}]}
+                    "egress": [{"toPorts": _CILIUM_DNS["toPorts"]}],
+                    # An empty allowlist: outside the cluster, everything but port 53 is denied.
+                    "egressDeny": [{"toCIDRSet": [{"cidr": "0.0.0.0/0"}], "toPorts": all_but_53},
+                                   {"toCIDRSet": [{"cidr": "::/0"}], "toPorts": all_but_53}]}
+
+
+def test_cilium_allowlist_of_networks_denies_everything_else_outside_the_cluster() -> None:
+    """No other policy can widen it: what the allows leave closed is denied, region by region."""
+    policy = _parsed({"mode": "allowlist", "rules": [
+        {"cidr": "10.0.0.0/8", "port": 443, "protocol": "TCP"}, {"cidr": "10.1.0.0/16", "port": 8000, "end_port": 8080},
+        {"cidr": "192.0.2.7/32"}]})
+    session = session_pod(_pod({"mode": "allowlist"}))
+    assert session is not None
+    spec = render_cilium_network_policy(session, policy, DnsDestination.parse("cluster,169.254.20.10"))["spec"]
+    assert spec["egress"] == [
+        _CILIUM_DNS,
+        {"toCIDRSet": [{"cidr": "169.254.20.10/32"}], "toPorts": _CILIUM_DNS["toPorts"]},
+        {"toCIDRSet": [{"cidr": "10.0.0.0/8"}], "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]},
+        {"toCIDRSet": [{"cidr": "10.1.0.0/16"}], "toPorts": [{"ports": [{"port": "8000", "endPort": 8080, "protocol": "TCP"},
+                                                                       {"port": "8000", "endPort": 8080, "protocol": "UDP"}]}]},
+        {"toCIDRSet": [{"cidr": "192.0.2.7/32"}]},
+    ]
+    assert spec["egressDeny"] == [
+        # Everywhere else: everything (the named resolver's own region keeps port 53 below).
+        {"toCIDRSet": [{"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "169.254.20.10/32", "192.0.2.7/32"]}]},
+        # 10/8 but 10.1/16: TCP 443 only.
+        {"toCIDRSet": [{"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}],
+         "toPorts": [{"ports": [{"port": "1", "endPort": 442, "protocol": "TCP"}, {"port": "444", "endPort": 65535, "protocol": "TCP"},
+                                {"port": "0", "protocol": "UDP"}, {"port": "0", "protocol": "SCTP"}]}]},
+        # 10.1/16 inherits 10/8's TCP 443 and adds 8000-8080 TCP and UDP.
+        {"toCIDRSet": [{"cidr": "10.1.0.0/16"}],
+         "toPorts": [{"ports": [{"port": "1", "endPort": 442, "protocol": "TCP"}, {"port": "444", "endPort": 7999, "protocol": "TCP"},
+                                {"port": "8081", "endPort": 65535, "protocol": "TCP"}, {"port": "1", "endPort": 7999, "protocol": "UDP"},
+                                {"port": "8081", "endPort": 65535, "protocol": "UDP"}, {"port": "0", "protocol": "SCTP"}]}]},
+        {"toCIDRSet": [{"cidr": "169.254.20.10/32"}],
+         "toPorts": [{"ports": [{"port": "1", "endPort": 52, "protocol": "TCP"}, {"port": "54", "endPort": 65535, "protocol": "TCP"},
+                                {"port": "1", "endPort": 52, "protocol": "UDP"}, {"port": "54", "endPort": 65535, "protocol": "UDP"},
+                                {"port": "0", "protocol": "SCTP"}]}]},
+        # 192.0.2.7 is open to all traffic: nothing to deny there. IPv6: nothing allowed.
+        {"toCIDRSet": [{"cidr": "::/0"}]},
+    ]
+
+
+def test_cilium_allowlist_that_names_hosts_has_no_deny() -> None:
+    """A deny of the rest would also close what the names resolve to: left to the allows (and reported)."""
+    policy = _parsed({"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8"}, {"fqdn": "api.example.com", "port": 443}]})
+    session = session_pod(_pod({"mode": "allowlist"}))
+    assert session is not None
+    assert "egressDeny" not in render_cilium_network_policy(session, policy, DnsDestination())["spec"]
+
+
+def test_cilium_deny_ports_are_chunked_by_forty() -> None:
+    rules = [{"cidr": "10.0.0.0/8", "port": port, "protocol": "TCP"} for port in range(100, 4100, 100)]  # 40 holes -> 41 ranges
+    session = session_pod(_pod({"mode": "allowlist"}))
+    assert session is not None
+    deny = render_cilium_network_policy(session, _parsed({"mode": "allowlist", "rules": rules}), DnsDestination())["spec"]["egressDeny"]
+    ten = [rule for rule in deny if rule["toCIDRSet"][0]["cidr"] == "10.0.0.0/8"]
+    assert [len(entry["ports"]) for entry in ten[0]["toPorts"]] == [40, 3]  # 41 TCP ranges, UDP, SCTP
+    assert ten[0]["toPorts"][0]["ports"][:2] == [{"port": "1", "endPort": 99, "protocol": "TCP"},
+                                                 {"port": "101", "endPort": 199, "protocol": "TCP"}]
+    assert ten[0]["toPorts"][1]["ports"] == [{"port": "4001", "endPort": 65535, "protocol": "TCP"},
+                                             {"port": "0", "protocol": "UDP"}, {"port": "0", "protocol": "SCTP"}]
 
 
 # --- how the controller files cluster-scoped session policies ---------------------------------

@@ -15,9 +15,12 @@ As with a NetworkPolicy on Cilium, CIDR rules reach addresses outside the cluste
 through selectors (DNS, the enforcement canary). So the canary's closed port is blocked by the
 default deny whatever the app's CIDR rules say, and needs no cut-out here.
 
-An allowlist is still a set of allows: another policy that selects the pod can widen it, as on
-the networkpolicy backend (effective.py flags it). Only the clusternetworkpolicy backend orders
-its allows before a final deny.
+An allowlist that names only networks is its allows plus ``egressDeny`` of everything else
+outside the cluster (complement.py), so another policy that selects the pod cannot widen it
+there. Left to the allows, so widenable (and judged by effective.py as on the networkpolicy
+backend): an allowlist that names hosts (a deny of "all but what these names resolve to" has no
+form: the deny would win over the names' addresses too), traffic to the cluster's own endpoints,
+and traffic without ports (ICMP) to a network the app allows some ports of.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Final
 
-from .backends import grouped_by_port_set
+from .backends import grouped_by_port_set, port_set
+from .complement import PortSet, denied_regions
 from .constants import SESSION_ID_LABEL
 from .policy import EgressPolicy, Rule, network_text
 from .render import Canary, DnsDestination, pod_owner, session_labels
@@ -34,6 +38,9 @@ from .session import SessionPod
 CILIUM_API_VERSION: Final = "cilium.io/v2"
 _NAMESPACE_KEY: Final = "k8s:io.kubernetes.pod.namespace"
 _EVERYWHERE: Final = ("0.0.0.0/0", "::/0")
+_DNS_PORTS: Final = (("UDP", 53, 53), ("TCP", 53, 53))
+#: Cilium's limit of ports in one ``toPorts`` entry.
+_PORTS_PER_ENTRY: Final = 40
 
 
 def _selector(namespace: str, labels: dict[str, str]) -> dict[str, Any]:
@@ -95,6 +102,35 @@ def _destinations(rules: list[Rule], port_set: tuple[tuple[str, int, int], ...],
     return rendered
 
 
+def _deny_ports(ports: tuple[tuple[str, int, int], ...]) -> list[dict[str, Any]]:
+    entries = []
+    for protocol, first, last in ports:
+        entry: dict[str, Any] = {"port": "0" if (first, last) == (1, 65535) else str(first), "protocol": protocol}
+        if last > first and (first, last) != (1, 65535):
+            entry["endPort"] = last
+        entries.append(entry)
+    return [{"ports": entries[start:start + _PORTS_PER_ENTRY]} for start in range(0, len(entries), _PORTS_PER_ENTRY)]
+
+
+def allowlist_complement(policy: EgressPolicy, dns: DnsDestination) -> list[dict[str, Any]]:
+    """``egressDeny`` rules for everything outside the cluster that an address-only allowlist
+    (and the DNS rule) does not allow, so that no other policy can widen it. Endpoints of the
+    cluster are reached only through selectors (DNS, the canary) and are not CIDR-matched by
+    Cilium, so they are neither denied here nor opened by the app's CIDR rules."""
+    allowed: list[tuple[Any, PortSet]] = [(rule.network, port_set(rule)) for rule in policy.rules
+                                          if rule.network is not None]
+    resolvers = _EVERYWHERE if dns.kind == "any" else dns.cidrs
+    allowed.extend((ipaddress.ip_network(cidr), _DNS_PORTS) for cidr in resolvers)
+    deny = []
+    for region in denied_regions(allowed):
+        rule: dict[str, Any] = {"toCIDRSet": [{"cidr": region.network,
+                                               **({"except": list(region.excepted)} if region.excepted else {})}]}
+        if region.ports is not None:
+            rule["toPorts"] = _deny_ports(region.ports)
+        deny.append(rule)
+    return deny
+
+
 def cilium_egress(policy: EgressPolicy, dns: DnsDestination,
                   canary: Canary | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(egress, egressDeny) of a session's CiliumNetworkPolicy."""
@@ -111,6 +147,8 @@ def cilium_egress(policy: EgressPolicy, dns: DnsDestination,
             deny.extend(_destinations(members, port_set, keep_open=dns.cidrs))
     if policy.mode == "denylist":
         egress.append({"toCIDRSet": [{"cidr": cidr} for cidr in _EVERYWHERE]})
+    elif not policy.names_hosts:
+        deny = allowlist_complement(policy, dns)
     return egress, deny
 
 

@@ -179,8 +179,9 @@ def _render(owners: list[dict[str, Any]], policy: EgressPolicy, digest: str, dns
     if backend == "cilium":
         rendered = render_cilium_network_policy(session, policy, dns, canary)
         reference = None
-        if policy.mode == "allowlist":
-            # Its allows are a union with every NetworkPolicy's (egressDeny is only for denylists).
+        if policy.mode == "allowlist" and policy.names_hosts:
+            # Its allows are a union with every NetworkPolicy's (an address-only allowlist denies
+            # the rest outside the cluster with egressDeny; one that names hosts cannot).
             # Names are left out of the reference: an allow to one of their addresses is flagged.
             addresses_only = EgressPolicy(policy.mode, tuple(rule for rule in policy.rules if rule.fqdn is None))
             reference = render_network_policy(session, addresses_only, dns, canary)
