@@ -197,20 +197,32 @@ def test_cluster_policy_for_an_allowlist_with_networks_names_and_ports() -> None
                      "labels": {"sortie.io/session-id": "s-1", "sortie.io/session-namespace": "team-a",
                                 "sortie.io/app-id": "firefox", "sortie.io/egress-policy": "true",
                                 "app.kubernetes.io/managed-by": "sortie-egress"}},
+        # The rules that name hosts come before the DNS rule (Cilium's DNS proxy must see the lookups).
         "spec": {"tier": "Admin", "priority": 500, "subject": _SUBJECT, "egress": [
-            _CLUSTER_DNS_RULE,
             {"name": "allowlist-1", "action": "Accept",
              "to": [{"networks": ["10.20.0.0/16"]}, {"domainNames": ["api.example.com"]}],
              "protocols": [{"tcp": {"destinationPort": {"number": 443}}}]},
+            {"name": "allowlist-3", "action": "Accept", "to": [{"domainNames": ["*.cdn.example.net"]}],
+             "protocols": [{"udp": {"destinationPort": {"range": {"start": 1, "end": 65535}}}}]},
+            _CLUSTER_DNS_RULE,
             {"name": "allowlist-2", "action": "Accept", "to": [{"networks": ["2001:db8::/32"]}],
              "protocols": [{"tcp": {"destinationPort": {"range": {"start": 8000, "end": 8100}}}},
                            {"udp": {"destinationPort": {"range": {"start": 8000, "end": 8100}}}}]},
-            {"name": "allowlist-3", "action": "Accept", "to": [{"domainNames": ["*.cdn.example.net"]}],
-             "protocols": [{"udp": {"destinationPort": {"range": {"start": 1, "end": 65535}}}}]},
             {"name": "allowlist-4", "action": "Accept", "to": [{"networks": ["192.0.2.0/24"]}]},
             {"name": "everything-else", "action": "Deny", "to": [{"networks": ["0.0.0.0/0", "::/0"]}]},
         ]},
     }
+
+
+def test_cluster_policy_that_names_hosts_keeps_the_canary_first() -> None:
+    """No name can open the canary's closed port: its rules come before the naming ones."""
+    policy = _parsed({"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8"}, {"fqdn": "api.example.com", "port": 443}]})
+    session = session_pod(_pod({"mode": "allowlist"}))
+    assert session is not None
+    canary = Canary(namespace="sortie-system", pod_labels=(("app", "canary"),), open_port=9445)
+    egress = render_cluster_network_policy(session, policy, DnsDestination(), canary)["spec"]["egress"]
+    assert [rule["name"] for rule in egress] == ["enforcement-canary-open", "enforcement-canary-rest", "allowlist-2", "dns",
+                                                 "allowlist-1", "everything-else"]
 
 
 def test_cluster_policy_for_a_denylist_honours_ports_and_accepts_the_rest() -> None:
@@ -301,6 +313,10 @@ def test_cilium_policy_for_a_denylist_denies_with_ports_and_keeps_the_named_reso
         {"toCIDRSet": [{"cidr": "0.0.0.0/0"}, {"cidr": "::/0"}]},
     ]
     assert spec["egressDeny"] == [
+        # The canary but its open port: its closed port is blocked by this policy, whatever others allow.
+        {"toEndpoints": [{"matchLabels": {"k8s:io.kubernetes.pod.namespace": "sortie-system", "k8s:app": "canary"}}],
+         "toPorts": [{"ports": [{"port": "1", "endPort": 9444, "protocol": "TCP"}, {"port": "9446", "endPort": 65535, "protocol": "TCP"},
+                                {"port": "0", "protocol": "UDP"}, {"port": "0", "protocol": "SCTP"}]}]},
         {"toCIDRSet": [{"cidr": "10.0.0.0/8"}], "toPorts": [{"ports": [{"port": "22", "protocol": "TCP"}]}]},
         {"toCIDRSet": [{"cidr": "169.254.0.0/16", "except": ["169.254.20.10/32"]}]},
         {"toCIDRSet": [{"cidr": "::/0"}], "toPorts": [{"ports": [{"port": "0", "protocol": "UDP"}]}]},
@@ -328,16 +344,22 @@ def test_cilium_allowlist_of_networks_denies_everything_else_outside_the_cluster
         {"cidr": "192.0.2.7/32"}]})
     session = session_pod(_pod({"mode": "allowlist"}))
     assert session is not None
-    spec = render_cilium_network_policy(session, policy, DnsDestination.parse("cluster,169.254.20.10"))["spec"]
+    canary = Canary(namespace="sortie-system", pod_labels=(("app", "canary"),), open_port=1)
+    spec = render_cilium_network_policy(session, policy, DnsDestination.parse("cluster,169.254.20.10"), canary)["spec"]
+    canary_pods = [{"matchLabels": {"k8s:io.kubernetes.pod.namespace": "sortie-system", "k8s:app": "canary"}}]
     assert spec["egress"] == [
         _CILIUM_DNS,
         {"toCIDRSet": [{"cidr": "169.254.20.10/32"}], "toPorts": _CILIUM_DNS["toPorts"]},
+        {"toEndpoints": canary_pods, "toPorts": [{"ports": [{"port": "1", "protocol": "TCP"}]}]},
         {"toCIDRSet": [{"cidr": "10.0.0.0/8"}], "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]},
         {"toCIDRSet": [{"cidr": "10.1.0.0/16"}], "toPorts": [{"ports": [{"port": "8000", "endPort": 8080, "protocol": "TCP"},
                                                                        {"port": "8000", "endPort": 8080, "protocol": "UDP"}]}]},
         {"toCIDRSet": [{"cidr": "192.0.2.7/32"}]},
     ]
     assert spec["egressDeny"] == [
+        # The canary but its open port (port 1: the TCP range below it is empty).
+        {"toEndpoints": canary_pods, "toPorts": [{"ports": [{"port": "2", "endPort": 65535, "protocol": "TCP"},
+                                                            {"port": "0", "protocol": "UDP"}, {"port": "0", "protocol": "SCTP"}]}]},
         # Everywhere else: everything (the named resolver's own region keeps port 53 below).
         {"toCIDRSet": [{"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "169.254.20.10/32", "192.0.2.7/32"]}]},
         # 10/8 but 10.1/16: TCP 443 only.

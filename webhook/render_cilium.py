@@ -12,8 +12,9 @@ kind, so no clash). What it adds over a NetworkPolicy:
 
 As with a NetworkPolicy on Cilium, CIDR rules reach addresses outside the cluster's endpoints
 (Cilium does not apply CIDR rules to traffic between its own endpoints); pods are reached only
-through selectors (DNS, the enforcement canary). So the canary's closed port is blocked by the
-default deny whatever the app's CIDR rules say, and needs no cut-out here.
+through selectors (DNS, the enforcement canary). The canary's open port is allowed and the rest
+of it denied (``egressDeny``), so its closed port is blocked by this policy whatever any other
+policy allows: the injected wait then proves this policy enforced, as on clusternetworkpolicy.
 
 An allowlist that names only networks is its allows plus ``egressDeny`` of everything else
 outside the cluster (complement.py), so another policy that selects the pod cannot widen it
@@ -137,18 +138,26 @@ def cilium_egress(policy: EgressPolicy, dns: DnsDestination,
     egress = _dns_rules(dns, proxied=policy.names_hosts)
     deny: list[dict[str, Any]] = []
     if canary is not None:
-        egress.append({"toEndpoints": [_selector(canary.namespace, dict(canary.pod_labels))],
+        canary_pods = [_selector(canary.namespace, dict(canary.pod_labels))]
+        egress.append({"toEndpoints": canary_pods,
                        "toPorts": [{"ports": [{"port": str(canary.open_port), "protocol": "TCP"}]}]})
-    for port_set, members in grouped_by_port_set(policy.rules):
+        # The rest of the canary denied by this policy itself: its closed port blocked proves
+        # that this policy is enforced, whatever another policy allows (without the deny, an
+        # allow-all NetworkPolicy beside the session would hold it at its wait for ever).
+        rest = tuple((protocol, first, last) for protocol, first, last in (
+            ("TCP", 1, canary.open_port - 1), ("TCP", canary.open_port + 1, 65535), ("UDP", 1, 65535), ("SCTP", 1, 65535))
+            if first <= last)
+        deny.append({"toEndpoints": canary_pods, "toPorts": _deny_ports(rest)})
+    for ports, members in grouped_by_port_set(policy.rules):
         if policy.mode == "allowlist":
-            egress.extend(_destinations(members, port_set))
+            egress.extend(_destinations(members, ports))
         else:
             # The resolvers the operator named stay reachable, as on every backend: DNS always.
-            deny.extend(_destinations(members, port_set, keep_open=dns.cidrs))
+            deny.extend(_destinations(members, ports, keep_open=dns.cidrs))
     if policy.mode == "denylist":
         egress.append({"toCIDRSet": [{"cidr": cidr} for cidr in _EVERYWHERE]})
     elif not policy.names_hosts:
-        deny = allowlist_complement(policy, dns)
+        deny.extend(allowlist_complement(policy, dns))
     return egress, deny
 
 

@@ -12,6 +12,10 @@ So a session's policy is rendered *exactly* and cannot be widened by a NetworkPo
    denylist: Deny each port set's destinations (ports and protocols honoured), then Accept
    everything.
 
+When the policy names hosts, the canary's rules come first, then the port sets that name hosts,
+then DNS and the rest: Cilium sends a pod's lookups through its DNS proxy (which opens a name's
+addresses) only by a rule it adds at the naming rule's place, so DNS must not be accepted before.
+
 One egress rule per port set (backends.grouped_by_port_set); a rule's destinations go in peers of
 at most 25 networks or 25 domain names each. Pure: the controller creates what
 ``sortie-egress render --backend clusternetworkpolicy`` prints.
@@ -113,12 +117,22 @@ def _canary_rules(canary: Canary) -> list[dict[str, Any]]:
 
 def cluster_egress_rules(policy: EgressPolicy, dns: DnsDestination, canary: Canary | None = None) -> list[dict[str, Any]]:
     """The ordered egress rules of a session's ClusterNetworkPolicy."""
-    rules = [_rule("dns", "Accept", _dns_peers(dns), [dict(protocol) for protocol in _DNS_PROTOCOLS])]
-    if canary is not None:
-        rules.extend(_canary_rules(canary))
+    dns_rule = _rule("dns", "Accept", _dns_peers(dns), [dict(protocol) for protocol in _DNS_PROTOCOLS])
+    canary_rules = _canary_rules(canary) if canary is not None else []
     action, rest = ("Accept", "Deny") if policy.mode == "allowlist" else ("Deny", "Accept")
+    naming, addressing = [], []
     for index, (port_set, members) in enumerate(grouped_by_port_set(policy.rules), start=1):
-        rules.append(_rule(f"{policy.mode}-{index}", action, _peers(members), _protocols(port_set)))
+        rule = _rule(f"{policy.mode}-{index}", action, _peers(members), _protocols(port_set))
+        (naming if any(member.fqdn is not None for member in members) else addressing).append(rule)
+    if naming:
+        # Rules that name hosts come before the DNS rule: Cilium enforces domainNames by sending the
+        # pod's lookups through its DNS proxy with a rule it adds at the naming rule's place, and a
+        # plain DNS Accept before it would take the lookups past the proxy (the names' addresses
+        # would then never open). Accept before Accept changes nothing on other dataplanes; the
+        # canary's rules stay first, so no name can open its closed port.
+        rules = [*canary_rules, *naming, dns_rule, *addressing]
+    else:
+        rules = [dns_rule, *canary_rules, *addressing]
     rules.append(_rule("everything-else", rest, [{"networks": list(_EVERYWHERE)}], None))
     if len(rules) > CNP_MAX_EGRESS_RULES:  # admission refuses such policies (backends.backend_problems)
         raise ValueError(f"{len(rules)} egress rules; a ClusterNetworkPolicy holds {CNP_MAX_EGRESS_RULES}")
