@@ -19,10 +19,13 @@ bash "$root/tests/cluster/build-cert-manager.sh" >/dev/null
 # The enforcement backends' CRDs (ClusterNetworkPolicy, CiliumNetworkPolicy), as their projects publish them.
 bash "$root/tests/cluster/fetch-policy-crds.sh" >/dev/null
 # Our image (tests/cluster/build-image.sh: buildah, from ./Dockerfile) is built here too.
+# Cilium (agent, CNI plugin, operator: the second node dataplane) is built here too.
 case "${CI:-}" in
   1|true|yes) bash "$root/tests/cluster/build-node.sh" >/dev/null
+              bash "$root/tests/cluster/build-cilium.sh" >/dev/null
               bash "$root/tests/cluster/build-image.sh" >/dev/null ;;
-  *) { bash "$root/tests/cluster/build-node.sh" >/dev/null && bash "$root/tests/cluster/build-image.sh" >/dev/null; } ||
-       echo "[test] node parts or our image unavailable: the node tests will skip (see tests/cluster/)" >&2 ;;
+  *) { bash "$root/tests/cluster/build-node.sh" >/dev/null && bash "$root/tests/cluster/build-cilium.sh" >/dev/null &&
+       bash "$root/tests/cluster/build-image.sh" >/dev/null; } ||
+       echo "[test] node parts, Cilium or our image unavailable: the node tests will skip (see tests/cluster/)" >&2 ;;
 esac
 exec "$root/.venv/bin/python" -m pytest "$@"

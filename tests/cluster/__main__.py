@@ -1,8 +1,8 @@
 """``python -m tests.cluster build|up|down|env``: the test cluster, for people.
 
 ``up`` starts the control plane in the background and records it in .cluster/state.json;
-``up --node`` (as root) adds the real node (containerd, kubelet, kube-proxy, kube-router,
-CoreDNS, the probe targets) and installs the product from our image with ``kubectl apply -k``;
+``up --node`` (as root) adds the real node (containerd, kubelet, kube-proxy, kube-router or with
+``--dataplane cilium`` Cilium, CoreDNS, the probe targets) and installs the product from our image with ``kubectl apply -k``;
 ``env`` prints the KUBECONFIG export; ``down`` stops exactly what ``up`` started and, after
 ``--node``, undoes every change to the host (tests/cluster/host.py).
 """
@@ -25,7 +25,7 @@ STATE_DIR = Path(os.environ.get("SORTIE_CLUSTER_DIR", ".cluster"))
 STATE = STATE_DIR / "state.json"
 
 
-def _start_node(workdir: Path) -> tuple[ControlPlane, float]:
+def _start_node(workdir: Path, dataplane: str) -> tuple[ControlPlane, float]:
     """The node cluster and the product on it (nodecluster.start_installed), left running; the
     host is undone if anything fails."""
     from .host import HostLedger
@@ -38,14 +38,14 @@ def _start_node(workdir: Path) -> tuple[ControlPlane, float]:
     print("building (or reusing) the node parts and our image, starting the node, installing the product "
           "with kubectl apply -k ...", file=sys.stderr)
     try:
-        product = start_installed(workdir)
+        product = start_installed(workdir, dataplane=dataplane)
     except BaseException:
         ledger.undo()
         raise
     return product.plane, product.install_seconds
 
 
-def _up(node: bool) -> int:
+def _up(node: bool, dataplane: str = "kube-router") -> int:
     if STATE.exists():
         print(f"already up (see {STATE}); run `python -m tests.cluster down` first", file=sys.stderr)
         return 1
@@ -55,7 +55,7 @@ def _up(node: bool) -> int:
             from .nodecluster import NodeUnavailable
 
             try:
-                plane, seconds = _start_node((STATE_DIR / "root").resolve())
+                plane, seconds = _start_node((STATE_DIR / "root").resolve(), dataplane)
             except NodeUnavailable as exc:
                 print(exc, file=sys.stderr)
                 return 2
@@ -143,9 +143,11 @@ def main() -> int:
     parser.add_argument("action", choices=["build", "up", "down", "env"])
     parser.add_argument("--node", action="store_true",
                         help="up: with a real node and the product installed from our image (root; Linux)")
+    parser.add_argument("--dataplane", choices=["kube-router", "cilium"], default="kube-router",
+                        help="up --node: the node's NetworkPolicy dataplane (cilium: built by build-cilium.sh)")
     args = parser.parse_args()
     if args.action == "up":
-        return _up(args.node)
+        return _up(args.node, args.dataplane)
     return {"build": _build, "down": _down, "env": _env}[args.action]()
 
 

@@ -37,6 +37,8 @@ log = logging.getLogger("sortie.tests.host")
 #: neither private nor routed on the internet). A blackhole route keeps any of it from
 #: ever leaving through the machine's own interfaces, whatever else is up or down.
 TEST_RANGE = "198.18.0.0/15"
+#: Links a dataplane names this way (Cilium's); routes on them are the dataplane's.
+DATAPLANE_LINK_PREFIXES = ("cilium_", "lxc")
 
 
 def run(*argv: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -79,6 +81,16 @@ class HostLedger:
         """Network namespaces that appear from now on (the CNI's pod sandboxes) are deleted at undo."""
         self._record("network-namespaces", before=netns_names())
 
+    def ip_rules(self) -> None:
+        """IPv4 policy-routing rules as they are now (Cilium moves ``lookup local`` and adds its
+        proxy's): at undo, rules that appeared are deleted and rules that went are put back."""
+        self._record("ip-rules", before=[rule_args(rule) for rule in ip_json("rule")])
+
+    def routes(self) -> None:
+        """Routes in every table as they are now: at undo, routes that appeared since on links
+        that still exist (Cilium's proxy tables route via ``lo``) are deleted."""
+        self._record("routes", before=[route_args(route) for route in ip_json("route", "show", "table", "all")])
+
     def sysctl(self, key: str, value: str) -> None:
         path = Path("/proc/sys") / key.replace(".", "/")
         old = path.read_text().strip()
@@ -93,6 +105,11 @@ class HostLedger:
     def adopt_link(self, name: str) -> None:
         """A link something else will create (the CNI bridge): deleted at undo all the same."""
         self._record("link", name=name)
+
+    def links_named(self, prefix: str) -> None:
+        """Links whose name begins with ``prefix`` that appear from now on (Cilium's ``lxc*``) are
+        deleted at undo."""
+        self._record("links-named", prefix=prefix, before=link_names(prefix))
 
     def netns(self, name: str) -> None:
         self._record("netns", name=name)
@@ -177,9 +194,35 @@ class HostLedger:
     def _undo_sysctl(self, entry: dict[str, Any]) -> None:
         (Path("/proc/sys") / entry["key"].replace(".", "/")).write_text(entry["old"])
 
+    def _undo_ip_rules(self, entry: dict[str, Any]) -> None:
+        before = [list(rule) for rule in entry["before"]]
+        now = [rule_args(rule) for rule in ip_json("rule")]
+        for rule in now:
+            if rule not in before:
+                run("ip", "rule", "del", *rule)
+        for rule in before:
+            if rule not in now:
+                run("ip", "rule", "add", *rule)
+
+    def _undo_routes(self, entry: dict[str, Any]) -> None:
+        before = [list(route) for route in entry["before"]]
+        for route in ip_json("route", "show", "table", "all"):
+            args = route_args(route)
+            # Only what a dataplane makes: its own tables, or its own links (never a route of the
+            # machine's interfaces that changed meanwhile for reasons of its own).
+            ours = (str(route.get("table", "main")) not in ("main", "local", "default")
+                    or str(route.get("dev", "")).startswith(DATAPLANE_LINK_PREFIXES))
+            if ours and args not in before:
+                run("ip", "route", "del", *args, check=False)
+
     def _undo_link(self, entry: dict[str, Any]) -> None:
         if run("ip", "link", "show", entry["name"], check=False).returncode == 0:
             run("ip", "link", "delete", entry["name"])
+
+    def _undo_links_named(self, entry: dict[str, Any]) -> None:
+        for name in link_names(entry["prefix"]):
+            if name not in entry["before"]:
+                run("ip", "link", "delete", name, check=False)
 
     def _undo_netns(self, entry: dict[str, Any]) -> None:
         if entry["name"] in netns_names():
@@ -232,6 +275,47 @@ def delete_netns(name: str) -> None:
             break
         run("umount", "-l", path, check=False)
     raise RuntimeError(f"ip netns delete {name} failed: {result.stderr.strip()}")
+
+
+def link_names(prefix: str) -> list[str]:
+    return [link["ifname"] for link in json.loads(run("ip", "-j", "link", "show").stdout or "[]")
+            if link["ifname"].startswith(prefix)]
+
+
+def ip_json(*argv: str) -> list[dict[str, Any]]:
+    """``ip -4 -j ARGV``, parsed."""
+    return json.loads(run("ip", "-4", "-j", *argv).stdout or "[]")
+
+
+def rule_args(rule: dict[str, Any]) -> list[str]:
+    """The ``ip rule add/del`` arguments that make ``rule`` (one entry of ``ip -j rule``)."""
+    args = ["pref", str(rule["priority"])]
+    if rule.get("src", "all") != "all":
+        args += ["from", f"{rule['src']}/{rule.get('srclen', 32)}"]
+    if "dst" in rule:
+        args += ["to", f"{rule['dst']}/{rule.get('dstlen', 32)}"]
+    if "fwmark" in rule:
+        args += ["fwmark", f"{rule['fwmark']}/{rule['fwmask']}" if "fwmask" in rule else rule["fwmark"]]
+    for key in ("iif", "oif"):
+        if key in rule:
+            args += [key, rule[key]]
+    if rule.get("action", "lookup") not in ("lookup", "to_tbl"):
+        args += [rule["action"]]
+    elif "table" in rule:
+        args += ["lookup", str(rule["table"])]
+    return args
+
+
+def route_args(route: dict[str, Any]) -> list[str]:
+    """The ``ip route del`` arguments that name ``route`` (one entry of ``ip -j route show table all``)."""
+    args = [route.get("type", "unicast"), route["dst"], "table", str(route.get("table", "main"))]
+    for key in ("dev", "proto", "scope"):
+        value = route.get("protocol" if key == "proto" else key)
+        if value is not None:
+            args += [key, str(value)]
+    if "gateway" in route:
+        args += ["via", route["gateway"]]
+    return args
 
 
 def netns_names() -> list[str]:

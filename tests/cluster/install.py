@@ -23,13 +23,17 @@ DEPLOYMENTS = ("sortie-egress-webhook", "sortie-egress-controller")
 MUTATING_CONFIGURATION = "sortie-egress"
 
 
-def write_overlay(folder: Path, image: str) -> Path:
-    """An operator's overlay of ``manifests/`` that sets only the image."""
+def write_overlay(folder: Path, image: str, backend: str = "networkpolicy") -> Path:
+    """An operator's overlay of ``manifests/`` (or, for another backend, of the shipped example
+    that installs it, ``manifests/examples/<backend>``) that sets only the image."""
     name, tag = image.rsplit(":", 1)
+    base = MANIFESTS if backend == "networkpolicy" else MANIFESTS / "examples" / backend
+    if not base.is_dir():
+        raise ValueError(f"no shipped install for the {backend} backend ({base})")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [os.path.relpath(MANIFESTS, folder)],
+        "resources": [os.path.relpath(base, folder)],
         "images": [{"name": SHIPPED_IMAGE, "newName": name, "newTag": tag}],
     }))
     return folder
@@ -68,6 +72,30 @@ def install(plane: ControlPlane, overlay: Path, timeout: float = 180) -> float:
     except TimeoutError as exc:
         raise RuntimeError(f"{exc}\n{diagnose(plane)}") from None
     return time.monotonic() - started
+
+
+def switch_backend(plane: ControlPlane, folder: Path, image: str, backend: str) -> Path:
+    """What an operator does to change backends: ``kubectl apply -k`` of the backend's install,
+    then wait until both Deployments have rolled out (no pod of the old settings left)."""
+    overlay = write_overlay(folder, image, backend)
+    result = plane.kubectl("apply", "-k", str(overlay), timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"kubectl apply -k {overlay} failed: {result.stderr}")
+    for deployment in DEPLOYMENTS:
+        result = plane.kubectl("-n", SYSTEM_NAMESPACE, "rollout", "status", f"deployment/{deployment}", "--timeout=180s",
+                               timeout=200)
+        if result.returncode != 0:
+            raise RuntimeError(f"{deployment} did not roll out with the {backend} backend: {result.stderr}\n{diagnose(plane)}")
+
+    def only_new_pods() -> bool:
+        pods = json.loads(plane.kubectl("-n", SYSTEM_NAMESPACE, "get", "pods", "-o", "json").stdout)["items"]
+        ours = [p for p in pods if p["metadata"]["name"].startswith(tuple(f"{d}-" for d in DEPLOYMENTS))]
+        envs = [{e["name"]: e.get("value") for e in c.get("env", [])} for p in ours for c in p["spec"]["containers"]]
+        wanted = None if backend == "networkpolicy" else backend
+        return all(env.get("SORTIE_EGRESS_BACKEND") == wanted for env in envs)
+
+    wait_for(only_new_pods, 120, f"only pods with the {backend} backend in {SYSTEM_NAMESPACE}")
+    return overlay
 
 
 def diagnose(plane: ControlPlane) -> str:

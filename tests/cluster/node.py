@@ -15,14 +15,19 @@ import json
 import os
 import shutil
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from . import cilium
 from .harness import SERVICE_CIDR, Component, ControlPlane, free_port, wait_for
 from .host import TEST_RANGE, HostLedger, run
 from .images import File, Image, write_archive
+from .targets import TARGET_DNS
 
 NODE_NAME = "sortie-node-1"
 NODE_LINK = "sortie-node0"
@@ -42,6 +47,12 @@ KUBE_PROXY_SYSCTLS = ("net.ipv4.conf.all.route_localnet", "net.netfilter.nf_conn
                       "net.netfilter.nf_conntrack_tcp_be_liberal", "net.netfilter.nf_conntrack_tcp_timeout_established",
                       "net.netfilter.nf_conntrack_tcp_timeout_close_wait")
 HERE = Path(__file__).resolve().parent
+#: The NetworkPolicy dataplanes the node can run: kube-router (iptables/ipset, beside the bridge
+#: CNI) or Cilium (eBPF, its own CNI).
+DATAPLANES = ("kube-router", "cilium")
+#: nftables table that keeps pods' traffic inside the test range whatever their routes say
+#: (Cilium gives pods a default route; the bridge CNI's routes already do this).
+GUARD_TABLE = "sortie_node_guard"
 
 
 @dataclass
@@ -57,6 +68,15 @@ class TestNode:
     archives: tuple[Path, ...] = ()
     plane: ControlPlane | None = None
     components: list[Component] = field(default_factory=list)
+    dataplane: str = "kube-router"
+    #: build-cilium.sh's folder, for the cilium dataplane.
+    cilium_parts: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.dataplane not in DATAPLANES:
+            raise ValueError(f"dataplane {self.dataplane!r}: expected one of {', '.join(DATAPLANES)}")
+        if self.dataplane == "cilium" and self.cilium_parts is None:
+            raise ValueError("the cilium dataplane needs build-cilium.sh's folder (cilium_parts)")
 
     @property
     def socket(self) -> Path:
@@ -67,10 +87,10 @@ class TestNode:
         env["PATH"] = f"{self.parts}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
         return env
 
-    def _start(self, name: str, argv: list[str], port: int = 0) -> Component:
+    def _start(self, name: str, argv: list[str], port: int = 0, env: dict[str, str] | None = None) -> Component:
         component = Component(name, argv, self.root / "logs" / f"{name}.log", port)
         self.components.append(component)
-        component.start(self._env())
+        component.start(env or self._env())
         return component
 
     # --- host network --------------------------------------------------------------
@@ -87,7 +107,28 @@ class TestNode:
         # port-less bridge and nowhere else. (Not a blackhole: the host's own connections to a
         # ClusterIP, the API server's to our webhook, are routed before kube-proxy's rewrite.)
         self.ledger.route(SERVICE_CIDR, "dev", NODE_LINK)
-        self.ledger.adopt_link(BRIDGE)  # the CNI bridge plugin creates it; it goes at undo all the same
+        if self.dataplane == "cilium":
+            self._cilium_host_changes()
+        else:
+            self.ledger.adopt_link(BRIDGE)  # the CNI bridge plugin creates it; it goes at undo all the same
+
+    def _cilium_host_changes(self) -> None:
+        """What the Cilium agent will change, recorded before it can (cilium.py says what and why)."""
+        self.ledger.ip_rules()
+        self.ledger.routes()
+        self.ledger.host_paths(cilium.CILIUM_HOST_PATHS)
+        for key in cilium.CILIUM_SYSCTLS:
+            path = Path("/proc/sys") / key.replace(".", "/")
+            if path.exists():
+                self.ledger.sysctl(key, path.read_text().strip())
+        for name in cilium.CILIUM_LINKS:
+            self.ledger.adopt_link(name)
+        self.ledger.links_named("lxc")
+        # Pods get a default route from Cilium: forwarded traffic from the pod network may only go
+        # to the test range and the Service range (after kube-proxy's rewrite), never elsewhere.
+        run("nft", "-f", "-", input=(
+            f"table inet {GUARD_TABLE} {{\n chain forward {{\n  type filter hook forward priority -10; policy accept;\n"
+            f"  ip saddr {POD_SUBNET} ip daddr != {{ {TEST_RANGE}, {SERVICE_CIDR} }} drop\n }}\n}}\n"))
 
     # --- containerd -------------------------------------------------------------------
 
@@ -131,6 +172,12 @@ state = "{base / 'state'}"
         bin_dir, conf_dir = self.root / "cni" / "bin", self.root / "cni" / "net.d"
         bin_dir.mkdir(parents=True)
         conf_dir.mkdir(parents=True)
+        if self.dataplane == "cilium":
+            assert self.cilium_parts is not None
+            shutil.copy2(self.parts / "loopback", bin_dir / "loopback")
+            shutil.copy2(self.cilium_parts / "cilium-cni", bin_dir / "cilium-cni")
+            (conf_dir / "05-cilium.conflist").write_text(json.dumps(cilium.cni_config()))
+            return
         for plugin in ("bridge", "host-local", "loopback", "portmap"):
             shutil.copy2(self.parts / plugin, bin_dir / plugin)
         (conf_dir / "10-sortie.conflist").write_text(json.dumps({
@@ -230,7 +277,7 @@ state = "{base / 'state'}"
         the `cluster` DNS rule meets real lookups. No upstream: a name outside the cluster fails here."""
         assert self.plane is not None
         manifest = (HERE / "coredns.yaml").read_text().replace("COREDNS_IMAGE", COREDNS_IMAGE).replace(
-            "CLUSTER_DNS", CLUSTER_DNS)
+            "CLUSTER_DNS", CLUSTER_DNS).replace("TARGET_DNS", TARGET_DNS)
         result = self.plane.kubectl("apply", "-f", "-", input=manifest)
         if result.returncode != 0:
             raise RuntimeError(f"CoreDNS could not be installed: {result.stderr}")
@@ -248,6 +295,39 @@ state = "{base / 'state'}"
                                     "--run-firewall=true", "--run-router=false", "--run-service-proxy=false",
                                     f"--hostname-override={NODE_NAME}", f"--health-port={health}", "--metrics-port=0",
                                     "--v=1"], health)
+
+    def _cilium(self) -> None:
+        """Operator, then agent (Kubernetes IPAM: the Node gets its podCIDR first); ready when the
+        agent's health endpoint says so, which it does once its datapath is compiled and loaded."""
+        assert self.plane is not None and self.cilium_parts is not None
+        patch = json.dumps({"spec": {"podCIDR": POD_SUBNET, "podCIDRs": [POD_SUBNET]}})
+        result = self.plane.kubectl("patch", "node", NODE_NAME, "--type=merge", "-p", patch)
+        if result.returncode != 0:
+            raise RuntimeError(f"could not give {NODE_NAME} its podCIDR: {result.stderr}")
+        # ClusterNetworkPolicy as Cilium 1.20 implements it (v1alpha2, network-policy-api v0.2.0's
+        # experimental channel, for domainNames): nobody installs it for you.
+        crds = subprocess.run(["bash", str(HERE / "fetch-policy-crds.sh")], capture_output=True, text=True, check=True)
+        crd = Path(crds.stdout.strip().splitlines()[-1]) / cilium.CLUSTER_NETWORK_POLICY_CRD
+        result = self.plane.kubectl("apply", "--server-side", "-f", str(crd))
+        if result.returncode != 0:
+            raise RuntimeError(f"could not install {crd.name}: {result.stderr}")
+        kubeconfig = self._kubeconfig("cilium")
+        env = cilium.environment(self._env(), NODE_NAME)
+        self._start("cilium-operator", cilium.operator_argv(self.cilium_parts, kubeconfig, free_port()), env=env)
+        health = free_port()
+        agent = self._start("cilium-agent", cilium.agent_argv(self.cilium_parts, self.root, kubeconfig, NODE_LINK,
+                                                              TEST_RANGE, health), health, env=env)
+        deadline = time.monotonic() + 180
+        while not _answers_ok(f"http://127.0.0.1:{health}/healthz"):
+            # Not wait_for: it retries a failing condition until its time-out, and a component that
+            # exited (the operator exits when it cannot start) must fail the start at once.
+            for component in self.components:
+                if not component.alive():
+                    raise RuntimeError(f"{component.name} exited; log {component.log_path}:\n{component.log_tail(40)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the Cilium agent was not healthy after 180 s; log {agent.log_path}:\n"
+                                   f"{agent.log_tail(40)}")
+            time.sleep(0.2)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -272,7 +352,10 @@ state = "{base / 'state'}"
         self._kubelet()
         wait_for(lambda: self._node_ready(), 60, f"Node {NODE_NAME} Ready")
         self._kube_proxy()
-        self._kube_router()
+        if self.dataplane == "cilium":
+            self._cilium()
+        else:
+            self._kube_router()
         self._coredns()
         wait_for(self.coredns_ready, 90, "CoreDNS Ready")
         return self
@@ -292,3 +375,13 @@ state = "{base / 'state'}"
         """Stop kube-router, the kubelet and containerd; then kill whatever containers remain."""
         for component in reversed(self.components):
             component.stop()
+
+
+def _answers_ok(url: str) -> bool:
+    """GET ``url`` on loopback (no proxy): 200 or not."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=2) as response:
+            return response.status == 200
+    except (OSError, urllib.error.URLError):
+        return False

@@ -49,6 +49,16 @@ def node_parts() -> Path:
     return Path(_script_output("build-node.sh")[-1])
 
 
+def cilium_parts() -> Path:
+    """Cilium's agent, CNI plugin, operator and BPF sources, built (or reused) by build-cilium.sh;
+    the agent compiles its datapath with clang at run time."""
+    from .cilium import CLANG_DIR
+
+    if not (CLANG_DIR / "clang").exists():
+        raise NodeUnavailable(f"the Cilium node needs clang in {CLANG_DIR} (scripts/node-host-packages.sh: clang-19)")
+    return Path(_script_output("build-cilium.sh")[-1])
+
+
 def product_image() -> tuple[Path, str]:
     """Our image built from ./Dockerfile by build-image.sh: (OCI archive, image name)."""
     archive, name = _script_output("build-image.sh")[-2:]
@@ -60,17 +70,18 @@ class NodeCluster:
     plane: ControlPlane
     node: TestNode
     ledger: HostLedger
-    listener: subprocess.Popen[bytes]
+    targets: list[subprocess.Popen[bytes]]
 
     @classmethod
-    def start(cls, parts: Path, plane_root: Path, archives: tuple[Path, ...] = ()) -> NodeCluster:
+    def start(cls, parts: Path, plane_root: Path, archives: tuple[Path, ...] = (), dataplane: str = "kube-router",
+              cilium: Path | None = None) -> NodeCluster:
         """Start everything; on failure, stop what started (the caller undoes the ledger)."""
         ledger = HostLedger(LEDGER)
-        node = TestNode(parts, NODE_ROOT, ledger, archives=archives).prepare()
+        node = TestNode(parts, NODE_ROOT, ledger, archives=archives, dataplane=dataplane, cilium_parts=cilium).prepare()
         # The targets' namespace before any pod's: `ip netns add` bind-mounts /run/netns onto itself
         # (recursively) the first time, and would copy the sandboxes' namespace mounts already there,
         # which `ip netns delete` then cannot remove at undo.
-        listener = start_targets(ledger, NODE_ROOT)
+        targets = start_targets(ledger, NODE_ROOT, parts / "coredns")
         plane = ControlPlane(find_binaries(build=True), root=plane_root, fake_node=False, address=NODE_IP)
         try:
             plane.start()
@@ -78,15 +89,20 @@ class NodeCluster:
         except BaseException:
             node.stop()
             plane.stop()
-            listener.kill()
+            _stop(targets)
             raise
-        return cls(plane, node, ledger, listener)
+        return cls(plane, node, ledger, targets)
 
     def stop(self) -> None:
         self.node.stop()
         self.plane.stop()
-        self.listener.kill()
-        self.listener.wait()
+        _stop(self.targets)
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.kill()
+        process.wait()
 
 
 @dataclass
@@ -103,14 +119,16 @@ class Installed:
         return self.cluster.plane
 
 
-def start_installed(workdir: Path, before_install: Callable[[NodeCluster], None] | None = None) -> Installed:
+def start_installed(workdir: Path, before_install: Callable[[NodeCluster], None] | None = None,
+                    dataplane: str = "kube-router") -> Installed:
     """The node cluster (with the probe targets) in ``workdir``, then ``kubectl apply -k`` of our
     manifests with our image; on failure, stop what started (the caller undoes the ledger).
 
     ``before_install`` runs on the bare cluster first (pods that exist before the product does)."""
     parts = node_parts()
+    cilium = cilium_parts() if dataplane == "cilium" else None
     archive, image = product_image()
-    cluster = NodeCluster.start(parts, workdir / "plane", (archive,))
+    cluster = NodeCluster.start(parts, workdir / "plane", (archive,), dataplane, cilium)
     try:
         if before_install is not None:
             before_install(cluster)
@@ -122,11 +140,11 @@ def start_installed(workdir: Path, before_install: Callable[[NodeCluster], None]
 
 
 @contextmanager
-def installed_cluster(workdir: Path, before_install: Callable[[NodeCluster], None] | None = None
-                      ) -> Iterator[Installed]:
+def installed_cluster(workdir: Path, before_install: Callable[[NodeCluster], None] | None = None,
+                      dataplane: str = "kube-router") -> Iterator[Installed]:
     """``start_installed``; afterwards (also on failure or Ctrl-C) the host as it was."""
     with recorded(HostLedger(LEDGER)):
-        product = start_installed(workdir, before_install)
+        product = start_installed(workdir, before_install, dataplane)
         try:
             yield product
         finally:
