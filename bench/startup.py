@@ -11,13 +11,15 @@ step, from the create call:
 
 - gate released: the pod is first seen without the scheduling gate
 - address: the pod is first seen with an IP
-- rules present: the pod's address is first seen in kube-router's iptables rules
+- rules present: the pod's address is first seen in kube-router's iptables rules (kube-router
+  only: Cilium's are BPF maps, and its CNI returns only once the endpoint's policy is computed)
 - Running: the pod is first seen Running (for a session pod: after the injected init
   container saw its policy enforced)
 - attempts, how many got through, and the last that did, in ms after the container started:
   for a session pod, any at all breaks §6.
 
-Run as root on a machine with the node parts: ``.venv/bin/python bench/startup.py``.
+Run as root on a machine with the node parts: ``.venv/bin/python bench/startup.py``
+(``--dataplane cilium`` for the Cilium node, ``--backend`` for the exact backends on it).
 """
 
 from __future__ import annotations
@@ -39,14 +41,15 @@ from tests.cluster.harness import ControlPlane, wait_for  # noqa: E402
 from tests.cluster.node import PROBE_IMAGE  # noqa: E402
 from tests.cluster.nodecluster import installed_cluster  # noqa: E402
 from tests.cluster.targets import TARGET_A  # noqa: E402
-from tests import test_node_egress as node_test  # noqa: E402
+from tests.cluster.install import switch_backend  # noqa: E402
+from tests.node_matrix import BACKENDS, pod_manifest  # noqa: E402
 
 DENIED = f"{TARGET_A}:80"
 POLICY = {"mode": "allowlist", "rules": [{"cidr": f"{TARGET_A}/32", "port": 443, "protocol": "TCP"}]}
 
 
 def _pod(name: str, policy: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
-    pod = node_test._pod("default", name, policy)
+    pod = pod_manifest("default", name, policy)
     pod["spec"]["containers"][0]["command"] = ["/probe", "watch", "tcp", DENIED, str(seconds)]
     pod["spec"]["containers"][0]["image"] = PROBE_IMAGE
     return pod
@@ -55,8 +58,9 @@ def _pod(name: str, policy: dict[str, Any] | None, seconds: float) -> dict[str, 
 class Timeline:
     """First time (seconds after its create call) each pod was seen in each state."""
 
-    def __init__(self, plane: ControlPlane) -> None:
+    def __init__(self, plane: ControlPlane, iptables: bool = True) -> None:
         self.plane = plane
+        self.iptables = iptables
         self.created: dict[str, float] = {}
         self.seen: dict[str, dict[str, float]] = {}
         self.addresses: dict[str, str] = {}
@@ -87,7 +91,7 @@ class Timeline:
                     break
 
     def poll_dataplane(self) -> None:
-        while not self.stop.is_set():
+        while not self.stop.is_set() and self.iptables:
             rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
             for name, address in list(self.addresses.items()):
                 if f"{address}/32" in rules or f" {address} " in rules:
@@ -95,9 +99,9 @@ class Timeline:
             time.sleep(0.02)
 
 
-def measure(plane: ControlPlane, pods: int, seconds: float) -> dict[str, list[dict[str, Any]]]:
+def measure(plane: ControlPlane, pods: int, seconds: float, iptables: bool = True) -> dict[str, list[dict[str, Any]]]:
     kinds = {"session": POLICY, "plain": None}
-    timeline = Timeline(plane)
+    timeline = Timeline(plane, iptables)
     threads = [threading.Thread(target=timeline.watch_pods, daemon=True),
                threading.Thread(target=timeline.poll_dataplane, daemon=True)]
     for thread in threads:
@@ -133,12 +137,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=int, default=10, help="session pods, and as many plain ones")
     parser.add_argument("--seconds", type=float, default=3.0, help="how long each container probes")
+    parser.add_argument("--dataplane", choices=["kube-router", "cilium"], default="kube-router")
+    parser.add_argument("--backend", choices=BACKENDS, default="networkpolicy",
+                        help="the product's backend (cilium and clusternetworkpolicy need --dataplane cilium)")
     args = parser.parse_args()
+    if args.backend != "networkpolicy" and args.dataplane != "cilium":
+        parser.error(f"the {args.backend} backend needs --dataplane cilium (kube-router enforces NetworkPolicy only)")
     import tempfile
 
-    with installed_cluster(Path(tempfile.mkdtemp(prefix="sortie-bench-startup-"))) as product:
+    workdir = Path(tempfile.mkdtemp(prefix="sortie-bench-startup-"))
+    with installed_cluster(workdir, dataplane=args.dataplane) as product:
+        if args.backend != "networkpolicy":
+            switch_backend(product.plane, workdir / "backend-overlay", product.image, args.backend)
         wait_for(lambda: product.plane.kubectl("get", "serviceaccount", "default").returncode == 0, 30, "default SA")
-        results = measure(product.plane, args.pods, args.seconds)
+        results = measure(product.plane, args.pods, args.seconds, iptables=args.dataplane == "kube-router")
+    print(f"dataplane {args.dataplane}, backend {args.backend}")
     steps = ("released", "address", "rules", "running")
     print(f"{'kind':<8} {'pods':>4} {'attempts':>9} {'got through':>12} {'last through':>13} "
           + "".join(f"{'create->' + step:>18}" for step in steps) + "   (medians; max in brackets)")

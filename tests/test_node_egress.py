@@ -13,9 +13,7 @@ every row has something its pod can reach (DNS at least) or nothing it may, so
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,124 +21,29 @@ import pytest
 from tests.cluster.harness import ControlPlane, wait_for
 from tests.cluster.host import run
 from tests.cluster.install import MUTATING_CONFIGURATION, SYSTEM_NAMESPACE, diagnose, uninstall
-from tests.cluster.nodecluster import Installed, NodeCluster, NodeUnavailable, installed_cluster
-from tests.cluster.node import PROBE_IMAGE
-from tests.cluster.targets import PORTS, TARGET_A, TARGET_B, UDP_PORT
+from tests.cluster.nodecluster import Installed, NodeUnavailable, installed_cluster
+from tests.cluster.targets import TARGET_A
+from tests.node_matrix import (ALLOW_443, COLUMNS, EVERYTHING, SESSION, TABLE, apply, pod_manifest, prepare_round,
+                               run_matrix, running_ip, start_rows)
 from tests.support import IN_CI, control_plane_binaries
 
 pytestmark = pytest.mark.cluster
 
-CELLS = [("tcp", target, port) for target in (TARGET_A, TARGET_B) for port in PORTS] + [
-    ("udp", target, UDP_PORT) for target in (TARGET_A, TARGET_B)]
-DNS = ("dns", "kubernetes.default.svc.cluster.local", 53)  # a lookup through cluster DNS (CoreDNS pods)
-COLUMNS = CELLS + [DNS]
-EVERYTHING = set(COLUMNS)
-WEB = {("tcp", target, port) for target in (TARGET_A, TARGET_B) for port in (80, 443)}
-OUTSIDE_DNS = {("udp", TARGET_A, UDP_PORT), ("udp", TARGET_B, UDP_PORT)}
-
-INVALID_ANNOTATION = '{"mode": "allowlist", "rule": []}'  # `rule`: a typo the webhook would refuse
-ALLOW_443 = {"mode": "allowlist", "rules": [{"cidr": f"{TARGET_A}/32", "port": 443, "protocol": "TCP"}]}
-SESSION = {"app.kubernetes.io/component": "session"}  # what Sortie's chart selects
-
-# What Sortie's own Helm chart installs next to its sessions (CONTRACT §4).
-SORTIE_CHART_DEFAULT = {
-    "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-    "metadata": {"name": "sortie-session-isolation", "namespace": "sortie-chart"},
-    "spec": {"podSelector": {"matchLabels": SESSION}, "policyTypes": ["Egress"],
-             "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
-                         "ports": [{"protocol": "TCP", "port": 80}, {"protocol": "TCP", "port": 443}]}]},
-}
-
-# (namespace, pod, egress annotation, extra labels, what it may reach: written out by hand).
-# Every other cell must be blocked.
-TABLE: list[tuple[str, str, dict[str, Any] | str | None, dict[str, str], set[tuple[str, str, int]]]] = [
-    # No other policy in the namespace: the session's own policy is all there is.
-    ("default", "plain", None, {}, EVERYTHING),
-    ("default", "allow-443", ALLOW_443, {}, {("tcp", TARGET_A, 443), DNS}),
-    ("default", "allow-range", {"mode": "allowlist", "rules": [{"cidr": f"{TARGET_B}/32", "port": 443, "end_port": 8443}]},
-     {}, {("tcp", TARGET_B, 443), ("tcp", TARGET_B, 8443), DNS}),
-    ("default", "allow-udp", {"mode": "allowlist", "rules": [{"cidr": f"{TARGET_A}/32", "port": 53, "protocol": "UDP"}]},
-     {}, {("udp", TARGET_A, 53), DNS}),
-    ("default", "allow-no-port", {"mode": "allowlist", "rules": [{"cidr": "198.18.1.0/24"}]}, {}, EVERYTHING),
-    ("default", "deny-a", {"mode": "denylist", "rules": [{"cidr": f"{TARGET_A}/32"}]}, {},
-     {cell for cell in COLUMNS if cell[1] != TARGET_A}),
-    ("default", "empty-allowlist", {"mode": "allowlist", "rules": []}, {}, {DNS}),
-    # Created before the product was installed, with an annotation admission would refuse:
-    # the controller backfills it with a DNS-only policy (CONTRACT §3).
-    ("default", "fail-closed", INVALID_ANNOTATION, {}, {DNS}),
-    # Our baseline (manifests/components/baseline): plain pods keep DNS and HTTP/HTTPS anywhere
-    # (port 53 anywhere too: the cluster default has no `to`), session pods get DNS only from it.
-    ("baseline", "baseline-plain", None, {}, WEB | OUTSIDE_DNS | {DNS}),
-    ("baseline", "baseline-allow-443", ALLOW_443, {}, {("tcp", TARGET_A, 443), DNS}),
-    # Sortie's chart default: it widens every session it selects to TCP 80/443 anywhere, and it
-    # allows no DNS, so its own sessions cannot look anything up. The controller flags it.
-    ("sortie-chart", "chart-plain", None, {}, EVERYTHING),
-    ("sortie-chart", "chart-session", None, SESSION, WEB),
-    ("sortie-chart", "chart-allow-443", ALLOW_443, SESSION, WEB | {DNS}),
-]
-
-
-def _pod(namespace: str, name: str, policy: dict[str, Any] | str | None,
-         labels: dict[str, str] | None = None) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels or {})}
-    if policy is not None:
-        metadata["labels"]["sortie.io/session-id"] = name
-        metadata["annotations"] = {"sortie.io/egress-policy": policy if isinstance(policy, str) else json.dumps(policy)}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
-            "spec": {"containers": [{"name": "probe", "image": PROBE_IMAGE, "imagePullPolicy": "Never",
-                                     "command": ["/bin/busybox", "sleep", "3600"]}],
-                     "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 1}}
-
-
-def _apply(plane: ControlPlane, manifest: dict[str, Any]) -> None:
-    result = plane.kubectl("apply", "-f", "-", input=json.dumps(manifest))
-    assert result.returncode == 0, result.stderr
-
-
-def _before_install(cluster: NodeCluster) -> None:
-    """What exists before the product: the namespaces, their policies, and a pod admission would refuse."""
-    plane = cluster.plane
-    for namespace in ("baseline", "sortie-chart"):
-        _apply(plane, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    overlay = cluster.node.root / "baseline-overlay"
-    overlay.mkdir()
-    components = Path(__file__).resolve().parents[1] / "manifests" / "components" / "baseline"
-    (overlay / "kustomization.yaml").write_text(json.dumps({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": "baseline",
-        "components": [os.path.relpath(components, overlay)]}))
-    result = plane.kubectl("apply", "-k", str(overlay))
-    assert result.returncode == 0, result.stderr
-    _apply(plane, SORTIE_CHART_DEFAULT)
-    wait_for(lambda: plane.kubectl("get", "serviceaccount", "default").returncode == 0, 30, "the default ServiceAccount")
-    _apply(plane, _pod("default", "fail-closed", INVALID_ANNOTATION))
+# The table (tests/node_matrix.py) in its untagged round: namespaces default, baseline,
+# sortie-chart and widening; this dataplane runs the networkpolicy backend only.
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     control_plane_binaries()  # a failure in CI, a skip elsewhere, when the control plane cannot be had
+    scratch = tmp_path_factory.mktemp("node")
     try:
-        with installed_cluster(tmp_path_factory.mktemp("node"), _before_install) as product:
+        with installed_cluster(scratch, lambda cluster: prepare_round(cluster.plane, "", scratch, True)) as product:
             yield product
     except NodeUnavailable as exc:
         if IN_CI:
             pytest.fail(str(exc), pytrace=False)
         pytest.skip(str(exc))
-
-
-def _probe(plane: ControlPlane, namespace: str, pod: str, cell: tuple[str, str, int]) -> bool:
-    """From the pod: a TCP connection made, a UDP datagram echoed back, or a name resolved."""
-    protocol, address, port = cell
-    command = (["/bin/busybox", "nslookup", address] if protocol == "dns"
-               else ["/probe", protocol, f"{address}:{port}"])
-    result = plane.kubectl("-n", namespace, "exec", pod, "--", *command, timeout=40)
-    if protocol != "dns" and result.returncode not in (0, 1):
-        raise AssertionError(f"probe {protocol} {address}:{port} in {pod} could not run: {result.stderr}")
-    return result.returncode == 0
-
-
-def _running_ip(plane: ControlPlane, namespace: str, name: str) -> str | None:
-    pod = json.loads(plane.kubectl("-n", namespace, "get", "pod", name, "-o", "json").stdout)
-    return pod["status"].get("podIP") if pod["status"].get("phase") == "Running" else None
 
 
 def _in_dataplane(pod_ip: str) -> bool:
@@ -171,30 +74,14 @@ def test_the_product_runs_from_our_image_as_shipped(installed: Installed) -> Non
 
 def test_what_each_pod_can_reach_on_packets(installed: Installed) -> None:
     plane = installed.plane
-    for namespace, name, policy, labels, _ in TABLE:
-        if name != "fail-closed":
-            _apply(plane, _pod(namespace, name, policy, labels))
-    ips = {name: wait_for(lambda namespace=namespace, name=name: _running_ip(plane, namespace, name), 90,
-                          f"pod {name} running")
-           for namespace, name, *_ in TABLE}
-    for namespace, name, _, _, allowed in TABLE:
-        if allowed != EVERYTHING:  # selected by some policy: wait until the dataplane has it
-            wait_for(lambda ip=ips[name]: _in_dataplane(ip), 30, f"kube-router to enforce {name}")
+    ips = start_rows(plane, TABLE, "", "networkpolicy")
+    for row in TABLE:
+        if row.pod in ips and (row.expected("networkpolicy") != EVERYTHING or row.namespace == "widening"):
+            # selected by some policy: wait until the dataplane has it
+            wait_for(lambda ip=ips[row.pod]: _in_dataplane(ip), 30, f"kube-router to enforce {row.pod}")
     wait_for(lambda: plane.kubectl("get", "networkpolicy", "sortie-egress-fail-closed").returncode == 0, 30,
              "the fail-closed pod's policy")
-
-    header = f"{'namespace':<13}{'pod':<19}" + "".join(
-        ("dns" if proto == "dns" else f"{proto}/{t.rsplit('.', 1)[1]}:{p}").rjust(11) for proto, t, p in COLUMNS)
-    lines, differences = [header], []
-    for namespace, name, _, _, allowed in TABLE:
-        cells = ""
-        for cell in COLUMNS:
-            expected, observed = cell in allowed, _probe(plane, namespace, name, cell)
-            cells += f"{('ok' if observed else '--') + ('' if observed == expected else '!'):>11}"
-            if observed != expected:
-                differences.append(f"{namespace}/{name} -> {cell[0]} {cell[1]}:{cell[2]}: expected "
-                                   f"{'open' if expected else 'blocked'}, observed {'open' if observed else 'blocked'}")
-        lines.append(f"{namespace:<13}{name:<19}{cells}")
+    lines, differences = run_matrix(plane, TABLE, "", "networkpolicy")
     print(f"{len(TABLE)} pods x {len(COLUMNS)} destinations = {len(TABLE) * len(COLUMNS)} cells")
     print("\n".join(lines))  # ok = reached, -- = blocked, ! = differs from the expectation
     assert differences == [], "\n".join(differences)
@@ -202,7 +89,7 @@ def test_what_each_pod_can_reach_on_packets(installed: Installed) -> None:
 
 def test_the_widening_chart_default_is_reported(installed: Installed) -> None:
     plane = installed.plane
-    _apply(plane, _pod("sortie-chart", "chart-widened", ALLOW_443, SESSION))
+    apply(plane, pod_manifest("sortie-chart", "chart-widened", ALLOW_443, SESSION))
 
     def warning() -> str | None:
         events = json.loads(plane.kubectl("-n", "sortie-chart", "get", "events", "-o", "json",
@@ -216,8 +103,8 @@ def test_the_widening_chart_default_is_reported(installed: Installed) -> None:
 
 def test_deleting_a_session_pod_removes_its_policy_and_its_rules(installed: Installed) -> None:
     plane = installed.plane
-    _apply(plane, _pod("default", "short-lived", ALLOW_443))
-    ip = wait_for(lambda: _running_ip(plane, "default", "short-lived"), 90, "pod short-lived running")
+    apply(plane, pod_manifest("default", "short-lived", ALLOW_443))
+    ip = wait_for(lambda: running_ip(plane, "default", "short-lived"), 90, "pod short-lived running")
     wait_for(lambda: _in_dataplane(ip), 30, "kube-router to enforce short-lived")
     assert plane.kubectl("delete", "pod", "short-lived", "--wait=true").returncode == 0
     wait_for(lambda: plane.kubectl("get", "networkpolicy", "sortie-egress-short-lived").returncode != 0, 60,
@@ -227,7 +114,7 @@ def test_deleting_a_session_pod_removes_its_policy_and_its_rules(installed: Inst
 
 def _watching(name: str, policy: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
     """A pod whose only container tries TCP TARGET_A:80 from its first instant, for ``seconds``."""
-    pod = _pod("default", name, policy)
+    pod = pod_manifest("default", name, policy)
     pod["spec"]["containers"][0]["command"] = ["/probe", "watch", "tcp", f"{TARGET_A}:80", str(seconds)]
     return pod
 
@@ -246,9 +133,9 @@ def test_no_denied_connection_gets_through_from_a_containers_first_instant(insta
     seconds = 2.0
     sessions, plains = [f"startup-session-{i}" for i in range(4)], [f"startup-plain-{i}" for i in range(2)]
     for name in sessions:
-        _apply(plane, _watching(name, ALLOW_443, seconds))
+        apply(plane, _watching(name, ALLOW_443, seconds))
     for name in plains:
-        _apply(plane, _watching(name, None, seconds))
+        apply(plane, _watching(name, None, seconds))
     results = {name: _watch_result(plane, name, seconds) for name in sessions + plains}
     print({name: (r["attempts"], r["open"]) for name, r in results.items()})
     assert all(results[name]["open"] > 0 and 0 <= results[name]["first_open_ms"] < 1000 for name in plains), results
@@ -269,5 +156,5 @@ def test_uninstall_leaves_nothing_that_blocks_pods(installed: Installed) -> None
     assert {kind: [n for n in names if "sortie" in n] for kind, names in leftovers.items()} == {
         kind: [] for kind in leftovers}
     # A session pod is created and runs: nothing of ours holds it or refuses it any more.
-    _apply(plane, _pod("default", "after-uninstall", ALLOW_443))
-    wait_for(lambda: _running_ip(plane, "default", "after-uninstall"), 90, "a session pod after uninstall")
+    apply(plane, pod_manifest("default", "after-uninstall", ALLOW_443))
+    wait_for(lambda: running_ip(plane, "default", "after-uninstall"), 90, "a session pod after uninstall")

@@ -1,0 +1,235 @@
+"""The reachability matrix on packets, shared by the node tests of both dataplanes (kube-router,
+Cilium) and every backend: the pods of a table, what each may reach written out by hand, and
+the probes (TCP connections and UDP echoes to the targets, a name through cluster DNS).
+
+Namespaces are logical names (``default``, ``baseline``, ``sortie-chart``, ``widening``) with a
+per-round tag, so that rounds of several backends on one cluster never share a namespace, and
+so never each other's policies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.cluster.harness import ControlPlane, wait_for
+from tests.cluster.node import PROBE_IMAGE
+from tests.cluster.targets import PORTS, TARGET_A, TARGET_B, UDP_PORT
+
+CELLS = [("tcp", target, port) for target in (TARGET_A, TARGET_B) for port in PORTS] + [
+    ("udp", target, UDP_PORT) for target in (TARGET_A, TARGET_B)]
+DNS = ("dns", "kubernetes.default.svc.cluster.local", 53)  # a lookup through cluster DNS (CoreDNS pods)
+COLUMNS = CELLS + [DNS]
+Cell = tuple[str, str, int]
+EVERYTHING = set(COLUMNS)
+WEB = {("tcp", target, port) for target in (TARGET_A, TARGET_B) for port in (80, 443)}
+OUTSIDE_DNS = {("udp", TARGET_A, UDP_PORT), ("udp", TARGET_B, UDP_PORT)}
+BACKENDS = ("networkpolicy", "cilium", "clusternetworkpolicy")
+EXACT_BACKENDS = ("cilium", "clusternetworkpolicy")
+
+INVALID_ANNOTATION = '{"mode": "allowlist", "rule": []}'  # `rule`: a typo the webhook would refuse
+ALLOW_443 = {"mode": "allowlist", "rules": [{"cidr": f"{TARGET_A}/32", "port": 443, "protocol": "TCP"}]}
+DENY_A_443 = {"mode": "denylist", "rules": [{"cidr": f"{TARGET_A}/32", "port": 443, "protocol": "TCP"}]}
+SESSION = {"app.kubernetes.io/component": "session"}  # what Sortie's chart selects
+
+# What Sortie's own Helm chart installs next to its sessions (CONTRACT §4).
+SORTIE_CHART_DEFAULT = {
+    "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+    "metadata": {"name": "sortie-session-isolation"},
+    "spec": {"podSelector": {"matchLabels": SESSION}, "policyTypes": ["Egress"],
+             "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+                         "ports": [{"protocol": "TCP", "port": 80}, {"protocol": "TCP", "port": 443}]}]},
+}
+# A namespace admin's "let everything out" beside the sessions: every pod, every destination.
+ALLOW_ALL = {
+    "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "allow-all-egress"},
+    "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]},
+}
+
+
+#: A row's expectation when the session is held at its injected wait and never runs: the canary's
+#: closed port stays reachable because another policy widens the session (fail closed, CONTRACT §6).
+HELD = None
+
+
+@dataclass(frozen=True)
+class Row:
+    """A pod and what it may reach: ``reach`` for every backend unless ``per_backend`` says
+    otherwise. Every other cell must be blocked."""
+
+    namespace: str  # logical: see ns()
+    pod: str
+    policy: dict[str, Any] | str | None
+    labels: dict[str, str]
+    reach: set[Cell] | None
+    per_backend: dict[str, set[Cell] | None] = field(default_factory=dict)
+    #: Created before the product is installed (only where a round has that moment).
+    before_install: bool = False
+
+    def expected(self, backend: str) -> set[Cell] | None:
+        return self.per_backend.get(backend, self.reach)
+
+
+def _everything_but(cells: set[Cell]) -> set[Cell]:
+    return EVERYTHING - cells
+
+
+TABLE: list[Row] = [
+    # No other policy in the namespace: the session's own policy is all there is.
+    Row("default", "plain", None, {}, EVERYTHING),
+    Row("default", "allow-443", ALLOW_443, {}, {("tcp", TARGET_A, 443), DNS}),
+    Row("default", "allow-range", {"mode": "allowlist", "rules": [{"cidr": f"{TARGET_B}/32", "port": 443, "end_port": 8443}]},
+        {}, {("tcp", TARGET_B, 443), ("tcp", TARGET_B, 8443), DNS}),
+    Row("default", "allow-udp", {"mode": "allowlist", "rules": [{"cidr": f"{TARGET_A}/32", "port": 53, "protocol": "UDP"}]},
+        {}, {("udp", TARGET_A, 53), DNS}),
+    Row("default", "allow-no-port", {"mode": "allowlist", "rules": [{"cidr": "198.18.1.0/24"}]}, {}, EVERYTHING),
+    Row("default", "deny-a", {"mode": "denylist", "rules": [{"cidr": f"{TARGET_A}/32"}]}, {},
+        {cell for cell in COLUMNS if cell[1] != TARGET_A}),
+    # A denylist with a port: a NetworkPolicy can only deny the whole network (with a warning);
+    # the exact backends deny that one port and nothing else.
+    Row("default", "deny-a-443", DENY_A_443, {}, {cell for cell in COLUMNS if cell[1] != TARGET_A},
+        {backend: _everything_but({("tcp", TARGET_A, 443)}) for backend in EXACT_BACKENDS}),
+    Row("default", "empty-allowlist", {"mode": "allowlist", "rules": []}, {}, {DNS}),
+    # Created before the product was installed, with an annotation admission would refuse:
+    # the controller backfills it with a DNS-only policy (CONTRACT §3).
+    Row("default", "fail-closed", INVALID_ANNOTATION, {}, {DNS}, before_install=True),
+    # Our baseline (manifests/components/baseline): plain pods keep DNS and HTTP/HTTPS anywhere
+    # (port 53 anywhere too: the cluster default has no `to`), session pods get DNS only from it.
+    Row("baseline", "baseline-plain", None, {}, WEB | OUTSIDE_DNS | {DNS}),
+    Row("baseline", "baseline-allow-443", ALLOW_443, {}, {("tcp", TARGET_A, 443), DNS}),
+    # Sortie's chart default: it widens every session it selects to TCP 80/443 anywhere, and it
+    # allows no DNS, so its own sessions cannot look anything up. On networkpolicy the controller
+    # flags it; the exact backends keep the session's own policy whatever it says.
+    Row("sortie-chart", "chart-plain", None, {}, EVERYTHING),
+    Row("sortie-chart", "chart-session", None, SESSION, WEB),
+    Row("sortie-chart", "chart-allow-443", ALLOW_443, SESSION, WEB | {DNS},
+        {backend: {("tcp", TARGET_A, 443), DNS} for backend in EXACT_BACKENDS}),
+    # A namespace admin's allow-all NetworkPolicy beside the sessions: on networkpolicy it widens
+    # the session to everything, the canary's closed port included, so the injected wait never
+    # sees its policy enforced and holds the session (reported as widened); on the exact
+    # backends the session's own policy stands, the canary's closed port included.
+    Row("widening", "widened-allow-443", ALLOW_443, {}, HELD,
+        {backend: {("tcp", TARGET_A, 443), DNS} for backend in EXACT_BACKENDS}),
+    Row("widening", "widened-deny-a-443", DENY_A_443, {}, HELD,
+        {backend: _everything_but({("tcp", TARGET_A, 443)}) for backend in EXACT_BACKENDS}),
+    # Beside it, a pod of no session: the allow-all policy's own effect, so "held" above is
+    # never just "the namespace is broken".
+    Row("widening", "widening-plain", None, {}, EVERYTHING),
+]
+
+
+def ns(logical: str, tag: str) -> str:
+    """A round's namespace: the logical name itself for the untagged round."""
+    if not tag:
+        return logical
+    return f"{logical}-{tag}"
+
+
+def pod_manifest(namespace: str, name: str, policy: dict[str, Any] | str | None,
+                 labels: dict[str, str] | None = None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels or {})}
+    if policy is not None:
+        metadata["labels"]["sortie.io/session-id"] = name
+        metadata["annotations"] = {"sortie.io/egress-policy": policy if isinstance(policy, str) else json.dumps(policy)}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
+            "spec": {"containers": [{"name": "probe", "image": PROBE_IMAGE, "imagePullPolicy": "Never",
+                                     "command": ["/bin/busybox", "sleep", "3600"]}],
+                     "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 1}}
+
+
+def apply(plane: ControlPlane, manifest: dict[str, Any]) -> None:
+    result = plane.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    assert result.returncode == 0, result.stderr
+
+
+def prepare_round(plane: ControlPlane, tag: str, scratch: Path, with_fail_closed: bool) -> None:
+    """A round's namespaces and the policies in them before any of its session pods; the
+    fail-closed pod too, when the product is not installed yet."""
+    for logical in ("default", "baseline", "sortie-chart", "widening"):
+        if ns(logical, tag) != "default":
+            apply(plane, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns(logical, tag)}})
+    overlay = scratch / f"baseline-overlay-{tag or 'plain'}"
+    overlay.mkdir(parents=True, exist_ok=True)
+    components = Path(__file__).resolve().parents[1] / "manifests" / "components" / "baseline"
+    (overlay / "kustomization.yaml").write_text(json.dumps({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": ns("baseline", tag),
+        "components": [os.path.relpath(components, overlay)]}))
+    result = plane.kubectl("apply", "-k", str(overlay))
+    assert result.returncode == 0, result.stderr
+    apply(plane, {**SORTIE_CHART_DEFAULT, "metadata": {**SORTIE_CHART_DEFAULT["metadata"], "namespace": ns("sortie-chart", tag)}})
+    apply(plane, {**ALLOW_ALL, "metadata": {**ALLOW_ALL["metadata"], "namespace": ns("widening", tag)}})
+    for logical in ("default", "baseline", "sortie-chart", "widening"):
+        wait_for(lambda name=ns(logical, tag): plane.kubectl("-n", name, "get", "serviceaccount", "default").returncode == 0,
+                 30, f"the default ServiceAccount of {ns(logical, tag)}")
+    if with_fail_closed:
+        for row in TABLE:
+            if row.before_install:
+                apply(plane, pod_manifest(ns(row.namespace, tag), row.pod, row.policy, row.labels))
+
+
+def running_ip(plane: ControlPlane, namespace: str, name: str) -> str | None:
+    pod = json.loads(plane.kubectl("-n", namespace, "get", "pod", name, "-o", "json").stdout)
+    return pod["status"].get("podIP") if pod["status"].get("phase") == "Running" else None
+
+
+def probe(plane: ControlPlane, namespace: str, pod: str, cell: Cell) -> bool:
+    """From the pod: a TCP connection made, a UDP datagram echoed back, or a name resolved."""
+    protocol, address, port = cell
+    command = (["/bin/busybox", "nslookup", address] if protocol == "dns"
+               else ["/probe", protocol, f"{address}:{port}"])
+    result = plane.kubectl("-n", namespace, "exec", pod, "--", *command, timeout=40)
+    if protocol != "dns" and result.returncode not in (0, 1):
+        raise AssertionError(f"probe {protocol} {address}:{port} in {pod} could not run: {result.stderr}")
+    return result.returncode == 0
+
+
+def start_rows(plane: ControlPlane, rows: list[Row], tag: str, backend: str) -> dict[str, str]:
+    """Create the rows' pods (but those made before install) and wait until all that should run
+    do: pod -> IP. Those expected HELD are then checked to be held at their wait, not running."""
+    for row in rows:
+        if not row.before_install:
+            apply(plane, pod_manifest(ns(row.namespace, tag), row.pod, row.policy, row.labels))
+    ips = {row.pod: wait_for(lambda namespace=ns(row.namespace, tag), name=row.pod: running_ip(plane, namespace, name),
+                             120, f"pod {row.pod} running") for row in rows if row.expected(backend) is not HELD}
+    for row in rows:
+        if row.expected(backend) is HELD:
+            wait_for(lambda row=row: held_at_wait(plane, ns(row.namespace, tag), row.pod), 60, f"{row.pod} held at its wait")
+    return ips
+
+
+def held_at_wait(plane: ControlPlane, namespace: str, name: str) -> bool:
+    """The session pod is not running and its injected wait has seen the canary's closed port open."""
+    pod = json.loads(plane.kubectl("-n", namespace, "get", "pod", name, "-o", "json").stdout)
+    if pod["status"].get("phase") == "Running":
+        raise AssertionError(f"{namespace}/{name} runs: it should be held at its wait")
+    log = plane.kubectl("-n", namespace, "logs", name, "-c", "sortie-egress-wait").stdout
+    return "still reachable" in log
+
+
+def run_matrix(plane: ControlPlane, rows: list[Row], tag: str, backend: str) -> tuple[list[str], list[str]]:
+    """Probe every cell of every row (8 at a time): (the printed table, the differences)."""
+    running = [row for row in rows if row.expected(backend) is not HELD]
+    cells = [(row, cell) for row in running for cell in COLUMNS]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        observed = list(pool.map(lambda item: probe(plane, ns(item[0].namespace, tag), item[0].pod, item[1]), cells))
+    results = {(row.pod, cell): seen for (row, cell), seen in zip(cells, observed)}
+    header = f"{'namespace':<22}{'pod':<20}" + "".join(
+        ("dns" if proto == "dns" else f"{proto}/{t.rsplit('.', 1)[1]}:{p}").rjust(11) for proto, t, p in COLUMNS)
+    lines, differences = [f"backend {backend}", header], []
+    for row in rows:
+        allowed, text = row.expected(backend), ""
+        if allowed is HELD:
+            lines.append(f"{ns(row.namespace, tag):<22}{row.pod:<20}  held at its wait (never ran), as expected")
+            continue
+        for cell in COLUMNS:
+            expected, seen = cell in allowed, results[(row.pod, cell)]
+            text += f"{('ok' if seen else '--') + ('' if seen == expected else '!'):>11}"
+            if seen != expected:
+                differences.append(f"{backend}: {ns(row.namespace, tag)}/{row.pod} -> {cell[0]} {cell[1]}:{cell[2]}: "
+                                   f"expected {'open' if expected else 'blocked'}, observed {'open' if seen else 'blocked'}")
+        lines.append(f"{ns(row.namespace, tag):<22}{row.pod:<20}{text}")
+    return lines, differences
