@@ -128,6 +128,23 @@ def measure(plane: ControlPlane, pods: int, seconds: float, iptables: bool = Tru
     return results
 
 
+def _remove_wait(plane: ControlPlane) -> None:
+    """The webhook without ``--enforcement-canary`` (and its port), rolled out."""
+    deployment = json.loads(plane.kubectl("-n", "sortie-system", "get", "deployment", "sortie-egress-webhook",
+                                          "-o", "json").stdout)
+    argv = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    for flag in ("--enforcement-canary", "--enforcement-port"):
+        index = argv.index(flag)
+        del argv[index:index + 2]
+    patch = [{"op": "replace", "path": "/spec/template/spec/containers/0/args", "value": argv}]
+    result = plane.kubectl("-n", "sortie-system", "patch", "deployment", "sortie-egress-webhook", "--type=json",
+                           "-p", json.dumps(patch))
+    assert result.returncode == 0, result.stderr
+    result = plane.kubectl("-n", "sortie-system", "rollout", "status", "deployment/sortie-egress-webhook",
+                           "--timeout=180s", timeout=200)
+    assert result.returncode == 0, result.stderr
+
+
 def _median(values: list[float | None]) -> str:
     present = [value for value in values if value is not None]
     return f"{statistics.median(present):.2f} ({max(present):.2f}) s" if present else "-"
@@ -140,6 +157,9 @@ def main() -> int:
     parser.add_argument("--dataplane", choices=["kube-router", "cilium"], default="kube-router")
     parser.add_argument("--backend", choices=BACKENDS, default="networkpolicy",
                         help="the product's backend (cilium and clusternetworkpolicy need --dataplane cilium)")
+    parser.add_argument("--without-wait", action="store_true",
+                        help="remove --enforcement-canary from the webhook (docs/operations.md): no wait is injected, "
+                             "so what is measured is the dataplane's own start-up behaviour")
     args = parser.parse_args()
     if args.backend != "networkpolicy" and args.dataplane != "cilium":
         parser.error(f"the {args.backend} backend needs --dataplane cilium (kube-router enforces NetworkPolicy only)")
@@ -149,9 +169,12 @@ def main() -> int:
     with installed_cluster(workdir, dataplane=args.dataplane) as product:
         if args.backend != "networkpolicy":
             switch_backend(product.plane, workdir / "backend-overlay", product.image, args.backend)
+        if args.without_wait:
+            _remove_wait(product.plane)
         wait_for(lambda: product.plane.kubectl("get", "serviceaccount", "default").returncode == 0, 30, "default SA")
         results = measure(product.plane, args.pods, args.seconds, iptables=args.dataplane == "kube-router")
-    print(f"dataplane {args.dataplane}, backend {args.backend}")
+    print(f"dataplane {args.dataplane}, backend {args.backend}, "
+          f"{'no wait injected' if args.without_wait else 'the wait injected (as shipped)'}")
     steps = ("released", "address", "rules", "running")
     print(f"{'kind':<8} {'pods':>4} {'attempts':>9} {'got through':>12} {'last through':>13} "
           + "".join(f"{'create->' + step:>18}" for step in steps) + "   (medians; max in brackets)")

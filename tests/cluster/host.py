@@ -197,12 +197,14 @@ class HostLedger:
     def _undo_ip_rules(self, entry: dict[str, Any]) -> None:
         before = [list(rule) for rule in entry["before"]]
         now = [rule_args(rule) for rule in ip_json("rule")]
-        for rule in now:
-            if rule not in before:
-                run("ip", "rule", "del", *rule)
+        # Put back before taking away: between the two, `lookup local` would be missing, and with it
+        # every local address (loopback included) for whatever runs meanwhile.
         for rule in before:
             if rule not in now:
                 run("ip", "rule", "add", *rule)
+        for rule in now:
+            if rule not in before:
+                run("ip", "rule", "del", *rule)
 
     def _undo_routes(self, entry: dict[str, Any]) -> None:
         before = [list(route) for route in entry["before"]]
