@@ -87,16 +87,24 @@ class NodeCluster:
             plane.start()
             node.start(plane)
         except BaseException:
-            node.stop()
-            plane.stop()
-            _stop(targets)
+            _stop_all(node, plane, targets)
             raise
         return cls(plane, node, ledger, targets)
 
     def stop(self) -> None:
-        self.node.stop()
-        self.plane.stop()
-        _stop(self.targets)
+        _stop_all(self.node, self.plane, self.targets)
+
+
+def _stop_all(node: TestNode, plane: ControlPlane, targets: list[subprocess.Popen[bytes]]) -> None:
+    """Each part stopped even if stopping another fails or is interrupted: the control plane is not
+    in the host ledger (it lives in the test's folder), so nothing else would stop it."""
+    try:
+        node.stop()
+    finally:
+        try:
+            plane.stop()
+        finally:
+            _stop(targets)
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
