@@ -19,6 +19,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Final
 
+from .effective import merge_intervals
 from .policy import IPNetwork, network_text
 
 #: Port protocols a deny can name; "every port" of one is its range 1..65535.
@@ -49,17 +50,7 @@ def _allowed_ranges(port_sets: list[PortSet]) -> dict[str, list[tuple[int, int]]
             return None
         for protocol, first, last in port_set:
             ranges[protocol].append((1, _LAST_PORT) if first == 0 else (first, last))
-    return {protocol: _merged(found) for protocol, found in ranges.items()}
-
-
-def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for first, last in sorted(ranges):
-        if merged and first <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
-        else:
-            merged.append((first, last))
-    return merged
+    return {protocol: merge_intervals(found) for protocol, found in ranges.items()}
 
 
 def _denied_ports(port_sets: list[PortSet]) -> tuple[tuple[str, int, int], ...] | None | bool:

@@ -85,7 +85,9 @@ def _interval(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Interva
     return int(network.network_address), int(network.broadcast_address)
 
 
-def _merge(intervals: Iterable[Interval]) -> list[Interval]:
+def merge_intervals(intervals: Iterable[Interval]) -> list[Interval]:
+    """Inclusive (low, high) intervals, sorted, with overlapping and adjacent ones joined (addresses
+    here, port ranges in complement.py)."""
     merged: list[Interval] = []
     for low, high in sorted(intervals):
         if merged and low <= merged[-1][1] + 1:
@@ -111,7 +113,7 @@ def _subtract(intervals: list[Interval], removed: list[Interval]) -> list[Interv
                     next_pieces.append((cut_high + 1, piece_high))
             pieces = next_pieces
         result.extend(pieces)
-    return _merge(result)
+    return merge_intervals(result)
 
 
 def _covers(outer: list[Interval], inner: list[Interval]) -> bool:
@@ -129,7 +131,7 @@ class Addresses:
     def of_block(cls, block: Mapping[str, Any]) -> Addresses:
         network = ipaddress.ip_network(str(block.get("cidr")), strict=False)
         excepted = [_interval(ipaddress.ip_network(str(text), strict=False)) for text in block.get("except") or []]
-        kept = tuple(_subtract([_interval(network)], _merge(excepted)))
+        kept = tuple(_subtract([_interval(network)], merge_intervals(excepted)))
         return cls(v4=kept) if network.version == 4 else cls(v6=kept)
 
     def family(self, version: int) -> list[Interval]:
@@ -255,7 +257,7 @@ def _peer_covered(peer: Peer, segment: Traffic, own: list[_Allowance]) -> bool:
     for version in (4, 6):
         wanted = peer.addresses.family(version)
         if wanted:
-            have = _merge(i for other in own_peers if other.addresses is not None for i in other.addresses.family(version))
+            have = merge_intervals(i for other in own_peers if other.addresses is not None for i in other.addresses.family(version))
             if not _covers(have, wanted):
                 return False
     return True
