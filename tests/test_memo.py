@@ -85,6 +85,14 @@ def pods(draw: st.DrawFn) -> dict[str, Any]:
     node = draw(st.sampled_from([MISSING, None, "", "node-1"]))
     if node is not MISSING:
         spec["nodeName"] = node
+    host_network = draw(st.sampled_from([MISSING, False, True]))
+    if host_network is not MISSING:
+        spec["hostNetwork"] = host_network
+    context = draw(st.sampled_from([MISSING, {}, {"privileged": False}, {"privileged": True},
+                                    {"capabilities": {"add": ["NET_RAW"]}}, {"capabilities": {"add": ["SYS_TIME"]}},
+                                    {"capabilities": {"drop": ["ALL"]}}, {"runAsNonRoot": True}]))
+    if context is not MISSING:
+        spec["containers"][0]["securityContext"] = context
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
 
 
@@ -149,6 +157,11 @@ def test_pods_that_differ_only_in_what_the_answer_ignores_share_one_entry() -> N
     {"metadata": {"labels": {SESSION_ID_LABEL: "s"}}, "spec": {"schedulingGates": [{"name": {"x": 1}}]}},
     {"metadata": {"labels": {SESSION_ID_LABEL: "s"},
                   "annotations": {EGRESS_POLICY_ANNOTATION: json.dumps({"mode": "allowlist", "pad": "x" * MAX_MEMO_ANNOTATION})}}},
+    {"metadata": {"labels": {SESSION_ID_LABEL: "s"}}, "spec": {"hostNetwork": False}},  # judged (pod_shape.py)
+    {"metadata": {"labels": {SESSION_ID_LABEL: "s"}}, "spec": {"containers": [
+        {"name": "app", "securityContext": {"capabilities": {"drop": ["ALL"]}}}]}},
+    {"metadata": {"labels": {SESSION_ID_LABEL: "s"}}, "spec": {"ephemeralContainers": [
+        {"name": "debug", "securityContext": {"privileged": False}}]}},
 ])
 def test_what_the_memo_does_not_cover_is_decided_directly(pod: dict) -> None:
     assert mutation_key(decode_request(review_bytes(pod, "u", "n", "a", False))) is None

@@ -73,12 +73,13 @@ def _warn(lines: Sequence[str]) -> None:
 
 def _judge(manifest: dict[str, Any], backend: str) -> tuple[Any, Any, list[str], tuple[str, ...]]:
     """(session, parsed policy, problems) exactly as admission judges the pod."""
-    from .admission.mutate import is_bound, judge
+    from .admission.mutate import judge
+    from .pod_shape import pod_shape_problems
 
     session = session_pod(manifest)
     if session is None:
         return None, None, [], ()
-    parsed, problems, warnings = judge(session, is_bound(manifest), backend)
+    parsed, problems, warnings = judge(session, pod_shape_problems(manifest), backend)
     return session, parsed, problems, warnings
 
 

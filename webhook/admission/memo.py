@@ -19,8 +19,9 @@ answers differ, and the property test in tests/test_memo.py fails.
 
 Pods the memo does not cover (not a Pod CREATE, not a session pod, a session
 id that cannot name a NetworkPolicy, an annotation over ``MAX_MEMO_ANNOTATION``
-characters, fields that are not strings, or an init container or volume already named
-like ours, whose whole spec matters) take the direct path.
+characters, fields that are not strings, an init container or volume already named
+like ours, whose whole spec matters, or a pod that sets ``hostNetwork``, ``privileged``
+or capabilities, which webhook/pod_shape.py judges) take the direct path.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from ..enforcement import INIT_CONTAINER_NAME, NO_TOKEN_VOLUME, EnforcementWait
 from ..session import session_id_problem
 from .mutate import mutate_pod
 from .response import Decision, encode_response
-from .review import AdmissionRequest, ReviewRequest
+from .review import AdmissionRequest, ReviewRequest, SpecView
 
 #: 1024 answers of at most a few times MAX_MEMO_ANNOTATION each: a few MiB at most.
 MEMO_ENTRIES = 1024
@@ -64,6 +65,20 @@ class EncodedAnswer:
 
 def _plain(value: Any) -> bool:
     return value is None or type(value) is str
+
+
+def _may_escape(spec: SpecView) -> bool:
+    """Host network, or a container with ``privileged`` or added capabilities: the answer then
+    depends on them (webhook/pod_shape.py), so such a pod is decided directly. Sessions seldom
+    are; the key stays as small as the common pod needs."""
+    if spec.hostNetwork is not None:
+        return True
+    for containers in (spec.initContainers, spec.containers, spec.ephemeralContainers):
+        for container in containers or ():
+            context = container.securityContext
+            if context is not None and (context.privileged is not None or context.capabilities is not None):
+                return True
+    return False
 
 
 def mutation_key(request: ReviewRequest) -> tuple[Hashable, ...] | None:
@@ -107,6 +122,8 @@ def mutation_key(request: ReviewRequest) -> tuple[Hashable, ...] | None:
         inits = init_names
     raw_volumes = None if spec is None else spec.volumes
     if raw_volumes is not None and any(volume.name == NO_TOKEN_VOLUME for volume in raw_volumes):
+        return None
+    if spec is not None and _may_escape(spec):
         return None
     return (annotation, EGRESS_POLICY_ANNOTATION in annotations, mode, EGRESS_MODE_LABEL in labels, gates, bound,
             inits, raw_volumes is not None)

@@ -2,36 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from ..backends import DEFAULT_BACKEND, backend_problems, backend_warnings
 from ..constants import EGRESS_POLICY_ANNOTATION
 from ..enforcement import EnforcementWait
 from ..patch import enforce_patch, no_policy_patch, pointer
+from ..pod_shape import pod_shape_problems
 from ..policy import PolicyParse, parse_policy
 from ..session import SessionPod, session_id_problem, session_pod
 from .response import Decision, allow, deny
 from .review import AdmissionRequest
 
 
-BOUND_POD = (
-    "spec.nodeName is set: a pod bound to a node when it is created runs at once, before its "
-    "NetworkPolicy can exist, and cannot be held by the scheduling gate; leave spec.nodeName unset "
-    "(use a nodeSelector or node affinity to choose the node)"
-)
-
-
-def is_bound(pod: Mapping[str, Any]) -> bool:
-    spec = pod.get("spec")
-    return isinstance(spec, dict) and spec.get("nodeName") not in (None, "")
-
-
-def judge(session: SessionPod, bound: bool = False,
+def judge(session: SessionPod, shape_problems: list[str] | tuple[str, ...] = (),
           backend: str = DEFAULT_BACKEND) -> tuple[PolicyParse, list[str], tuple[str, ...]]:
     """The parsed policy, every reason to refuse the pod and every warning: what admission and
-    ``sortie-egress check``/``render`` all decide by. ``backend``: what the cluster enforces with;
-    a policy it cannot enforce exactly is refused, never weakened."""
+    ``sortie-egress check``/``render`` all decide by. ``shape_problems``: why the pod itself could
+    not be held by a policy (``pod_shape_problems``: bound, host network, raw sockets), which
+    refuse it only when it has one. ``backend``: what the cluster enforces with; a policy it
+    cannot enforce exactly is refused, never weakened."""
     parsed = parse_policy(session.annotation)
     problems = list(parsed.errors) + backend_problems(parsed.policy, backend)
     warnings = parsed.warnings + tuple(backend_warnings(parsed.policy, backend))
@@ -41,8 +29,7 @@ def judge(session: SessionPod, bound: bool = False,
         naming = session_id_problem(session.session_id)
         if naming:
             problems.append(naming)
-        if bound:
-            problems.append(BOUND_POD)
+        problems.extend(shape_problems)
     return parsed, problems, warnings
 
 
@@ -82,7 +69,7 @@ def mutate_pod(request: AdmissionRequest, wait: EnforcementWait | None = None, b
     session = session_pod(pod, request.namespace)
     if session is None:
         return allow()
-    parsed, problems, warnings = judge(session, is_bound(pod), backend)
+    parsed, problems, warnings = judge(session, pod_shape_problems(pod), backend)
     if problems:
         prefix = f"sortie-egress refused the session pod ({EGRESS_POLICY_ANNOTATION})"
         return deny(problems, prefix, warnings)

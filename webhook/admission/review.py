@@ -2,7 +2,8 @@
 
 The envelope is decoded straight into typed structs (msgspec) that name only
 the fields a decision reads: the pod's metadata labels, annotations and names,
-and its scheduling gates. The rest of a 4-5 KB pod (containers, volumes, env)
+its scheduling gates, and what lets a pod escape a policy (host network,
+privileged containers, added capabilities). The rest of a 4-5 KB pod (containers, volumes, env)
 is skipped by the parser without ever becoming Python objects, which makes
 decoding about four times cheaper than a full JSON parse; admission sits on
 the API server's hot path, so that is time every session start pays.
@@ -31,16 +32,36 @@ class MetadataView(msgspec.Struct, omit_defaults=True):
 
 
 class NamedView(msgspec.Struct, omit_defaults=True):
-    """A scheduling gate or a container: only its name is read."""
+    """A scheduling gate or a volume: only its name is read."""
 
     name: Any = None
 
 
+class CapabilitiesView(msgspec.Struct, omit_defaults=True):
+    add: Any = None
+
+
+class SecurityContextView(msgspec.Struct, omit_defaults=True):
+    privileged: Any = None
+    capabilities: CapabilitiesView | None = None
+
+
+class ContainerView(msgspec.Struct, omit_defaults=True):
+    """A container: its name, and the parts of its security context that escape a policy
+    (webhook/pod_shape.py); image, env, mounts and the rest are skipped unread."""
+
+    name: Any = None
+    securityContext: SecurityContextView | None = None
+
+
 class SpecView(msgspec.Struct, omit_defaults=True):
     schedulingGates: list[NamedView] | None = None
-    initContainers: list[NamedView] | None = None
+    initContainers: list[ContainerView] | None = None
+    containers: list[ContainerView] | None = None
+    ephemeralContainers: list[ContainerView] | None = None
     volumes: list[NamedView] | None = None
     nodeName: Any = None
+    hostNetwork: Any = None
 
 
 class ObjectView(msgspec.Struct, omit_defaults=True):
