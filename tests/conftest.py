@@ -79,6 +79,18 @@ def registered_webhook(control_plane: ControlPlane, webhook_process: WebhookProc
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def describe_install(plane: ControlPlane, backend: str | None = None, wait: bool = False) -> None:
+    """Say on the admission policies' parameter what this install runs, as the backend components
+    and the chart do: its backend (the kind a policy author must be able to create) and whether
+    the webhook injects the start-up wait (most tests' webhook does not)."""
+    annotations = [f"sortie.io/enforcement-wait={'required' if wait else 'off'}"]
+    if backend is not None:
+        annotations.append(f"sortie.io/backend={backend}")
+    annotated = plane.kubectl("annotate", "--overwrite", "serviceaccount", "sortie-egress", "-n", "sortie-system",
+                              *annotations)
+    assert annotated.returncode == 0, annotated.stderr
+
+
 def install_admission_policies(plane: ControlPlane, privileged_users: tuple[str, ...] = ()) -> None:
     """Apply tamper protection as the manifests ship it (with the controller's ServiceAccount, its
     parameter), list ``privileged_users``, and wait until the API server enforces it."""
@@ -92,6 +104,7 @@ def install_admission_policies(plane: ControlPlane, privileged_users: tuple[str,
     annotated = plane.kubectl("annotate", "--overwrite", "serviceaccount", "sortie-egress", "-n", "sortie-system",
                               f"sortie.io/privileged-users={','.join(privileged_users)}")
     assert annotated.returncode == 0, annotated.stderr
+    describe_install(plane)
     applied = plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
                             input=yaml.safe_dump_all(admission_policies("sortie-system")))
     assert applied.returncode == 0, applied.stderr

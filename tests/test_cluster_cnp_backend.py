@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import describe_install
 from tests.cluster.harness import ControlPlane, free_port, wait_for
 from tests.support import (CLI, ControllerProcess, WebhookProcess, backend_audit, control_plane_binaries, generate_certs,
                            policy_crds, session_pod)
@@ -109,6 +110,7 @@ def cnp_cluster(plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -
     policies = admission_policies("sortie-system") + backend_admission_policies(CLUSTER_NETWORK_POLICIES, "sortie-system")
     applied = plane.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(policies))
     assert applied.returncode == 0, applied.stderr
+    describe_install(plane, "clusternetworkpolicy")
     work = tmp_path_factory.mktemp("cnp-backend-processes")
     generate_certs(work / "certs")
     webhook = WebhookProcess(work / "certs", work / "webhook.log", extra_args=("--backend", "clusternetworkpolicy")).start()

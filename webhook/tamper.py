@@ -41,6 +41,8 @@ from .constants import (
     SCHEDULING_GATE,
     SESSION_ID_LABEL,
 )
+from .enforcement import INIT_CONTAINER_NAME
+from .pod_shape import NETWORK_CAPABILITIES
 
 API_VERSION = "admissionregistration.k8s.io/v1"
 PODS_POLICY = "sortie-egress-session-pods"
@@ -62,7 +64,7 @@ def cel_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _cel_list(items: tuple[str, ...]) -> str:
+def _cel_list(items: tuple[str, ...] | list[str]) -> str:
     return "[" + ", ".join(cel_string(item) for item in items) + "]"
 
 
@@ -103,15 +105,37 @@ def _unchanged(variable: str, key: str) -> str:
 
 
 def pods_policy() -> dict[str, Any]:
-    """A session pod's egress identity is fixed at admission; only the controller releases it."""
+    """A session pod's egress identity is fixed at admission; only the controller releases it.
+
+    Every way a pod changes is matched, the object and each subresource (``pods/status`` can
+    rewrite labels, ``pods/ephemeralcontainers`` adds a container to the pod's network): a
+    protection a subresource walks around is none. The start-up machinery is fixed too: the
+    injected wait (webhook/enforcement.py; the only part of an init container an update can
+    change is its image), its status (only a node reports it: a forged "terminated, exit 0"
+    would open the door to ephemeral containers), and no ephemeral container joins a pod before
+    its wait has seen the policy enforced (or, where no wait runs, before the gate is lifted).
+    """
     mode_key, gate = cel_string(EGRESS_MODE_LABEL), cel_string(SCHEDULING_GATE)
+    wait = cel_string(INIT_CONTAINER_NAME)
     has_gate = "{}.spec.?schedulingGates.orValue([]).exists(gate, gate.name == " + gate + ")"
+    capabilities = _cel_list(tuple(NETWORK_CAPABILITIES) + tuple(f"CAP_{name}" for name in NETWORK_CAPABILITIES))
     variables = [
         {"name": "controller", "expression": _CONTROLLER},
         {"name": "oldLabels", "expression": "oldObject.metadata.?labels.orValue({})"},
         {"name": "newLabels", "expression": "object.metadata.?labels.orValue({})"},
         {"name": "oldAnnotations", "expression": "oldObject.metadata.?annotations.orValue({})"},
         {"name": "newAnnotations", "expression": "object.metadata.?annotations.orValue({})"},
+        {"name": "oldWait", "expression": f"oldObject.spec.?initContainers.orValue([]).filter(c, c.name == {wait})"},
+        {"name": "newWait", "expression": f"object.spec.?initContainers.orValue([]).filter(c, c.name == {wait})"},
+        {"name": "oldWaitStatus",
+         "expression": f"oldObject.status.?initContainerStatuses.orValue([]).filter(s, s.name == {wait})"},
+        {"name": "newWaitStatus",
+         "expression": f"object.status.?initContainerStatuses.orValue([]).filter(s, s.name == {wait})"},
+        {"name": "addedEphemeral", "expression": (
+            "object.spec.?ephemeralContainers.orValue([]).filter(e, "
+            "!oldObject.spec.?ephemeralContainers.orValue([]).exists(o, o.name == e.name))")},
+        {"name": "waitSucceeded",
+         "expression": "variables.oldWaitStatus.exists(s, s.?state.?terminated.?exitCode.orValue(1) == 0)"},
     ]
     validations = [
         {
@@ -144,8 +168,40 @@ def pods_policy() -> dict[str, Any]:
                        f"scheduling gate {SCHEDULING_GATE}, once the session's NetworkPolicy exists",
             "reason": "Forbidden",
         },
+        {
+            "expression": "variables.newWait == variables.oldWait",
+            "message": f"sortie-egress protects session pods: the init container {INIT_CONTAINER_NAME} (it holds "
+                       "the pod's containers until its egress policy is seen enforced) cannot change",
+            "reason": "Forbidden",
+        },
+        {
+            "expression": "variables.newWaitStatus == variables.oldWaitStatus"
+                          " || request.userInfo.username.startsWith('system:node:')",
+            "message": f"sortie-egress protects session pods: only the pod's node reports the status of "
+                       f"{INIT_CONTAINER_NAME}",
+            "reason": "Forbidden",
+        },
+        {
+            "expression": ("variables.addedEphemeral.size() == 0 || (variables.oldWait.size() > 0"
+                           f" ? variables.waitSucceeded : !{has_gate.format('oldObject')})"),
+            "message": "sortie-egress protects session pods: no ephemeral container joins a session pod before "
+                       f"{INIT_CONTAINER_NAME} has seen its egress policy enforced (it would share the pod's network "
+                       "before the policy holds); try again once the pod's containers run",
+            "reason": "Forbidden",
+        },
+        {
+            "expression": (f"variables.addedEphemeral.size() == 0 || variables.oldLabels[?{mode_key}].orValue('') == ''"
+                           " || !variables.addedEphemeral.exists(e, e.?securityContext.?privileged.orValue(false)"
+                           " || e.?securityContext.?capabilities.?add.orValue([]).exists(c, c.upperAscii() in "
+                           f"{capabilities}))"),
+            "message": "sortie-egress protects session pods: an ephemeral container in a session pod with an egress "
+                       "policy cannot be privileged or add NET_RAW/NET_ADMIN (it could forge another pod's source "
+                       "address)",
+            "reason": "Forbidden",
+        },
     ]
-    rules = [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods"]}]
+    # The object and every subresource that updates it (status, ephemeralcontainers, resize...).
+    rules = [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods", "pods/*"]}]
     selector = {"matchExpressions": [{"key": SESSION_ID_LABEL, "operator": "Exists"}]}
     return _policy(PODS_POLICY, rules, selector, variables, validations)
 
@@ -240,7 +296,12 @@ def backend_admission_policies(kind: _KindRules, namespace: str,
 
 
 def admission_policies(namespace: str, account: str = CONTROLLER_SERVICE_ACCOUNT) -> list[dict[str, Any]]:
-    """Everything tamper protection consists of (the ServiceAccount it names ships with the RBAC)."""
+    """Everything tamper protection consists of (the ServiceAccount it names ships with the RBAC):
+    updates of session pods and managed policies here, the final pod at CREATE and its author
+    (authorship.py), and the controller's own identity narrowed (controller_scope.py)."""
+    from .authorship import authorship_policies
+    from .controller_scope import controller_scope_policies
+
     return [
         pods_policy(),
         network_policies_policy(),
@@ -248,4 +309,6 @@ def admission_policies(namespace: str, account: str = CONTROLLER_SERVICE_ACCOUNT
         binding(PODS_POLICY, namespace, account),
         binding(NETWORK_POLICIES_POLICY, namespace, account),
         binding(DELETION_POLICY, None),
+        *authorship_policies(namespace, account),
+        *controller_scope_policies(namespace, account),
     ]
