@@ -13,6 +13,7 @@ import pytest
 from tests.cluster.harness import NODE_NAME, ControlPlane, wait_for
 from tests.support import ControllerProcess, WebhookProcess, session_pod
 from webhook.configuration import MUTATING_NAME, mutating_configuration
+from webhook.tamper import admission_policies
 
 pytestmark = pytest.mark.cluster
 
@@ -88,21 +89,52 @@ def _assert_exactly_their_policies(core: Any, networking: Any, namespace: str, p
 
 
 @contextlib.contextmanager
-def webhook_unregistered(plane: ControlPlane, webhook: WebhookProcess, ca_bundle: str) -> Iterator[None]:
-    """As before the webhook was installed: pods are created unmutated and ungated."""
+def webhook_unregistered(plane: ControlPlane, webhook: WebhookProcess, ca_bundle: str,
+                         creation_policy: bool = False) -> Iterator[None]:
+    """As before the product was installed: pods are created unmutated and ungated. The admission
+    policy that checks the final pod at CREATE goes too (it would refuse them), unless
+    ``creation_policy``: then the webhook alone is away, as in an outage of it."""
     from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from webhook.authorship import POD_CREATION_POLICY
 
     api, core, _ = _api(plane)
     admission = client.AdmissionregistrationV1Api(api)
     admission.delete_mutating_webhook_configuration(MUTATING_NAME)
-    probe = session_pod(policy={"mode": "allowlist"})
-    wait_for(lambda: "sortie.io/egress-mode" not in (core.create_namespaced_pod("default", probe, dry_run="All").metadata.labels or {}),
-             30, "the webhook to be out of the way")
+    binding = next((doc for doc in admission_policies("sortie-system")
+                    if doc["kind"] == "ValidatingAdmissionPolicyBinding" and doc["metadata"]["name"] == POD_CREATION_POLICY))
+    if not creation_policy:
+        try:
+            admission.delete_validating_admission_policy_binding(POD_CREATION_POLICY)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+    # The webhook takes our gate off a pod without a policy: it is out of the way once the gate stays.
+    probe = session_pod(policy={"mode": ""}, gates=["sortie.io/egress-policy"])
+    with_policy = session_pod(policy={"mode": "allowlist"})
+
+    def out_of_the_way() -> bool:
+        gates = core.create_namespaced_pod("default", probe, dry_run="All").spec.scheduling_gates or []
+        if not gates:
+            return False
+        if creation_policy:
+            return True
+        return "sortie.io/egress-mode" not in (core.create_namespaced_pod("default", with_policy, dry_run="All")
+                                              .metadata.labels or {})
+
+    wait_for(out_of_the_way, 30, "the webhook to be out of the way")
     try:
         yield
     finally:
+        if not creation_policy:
+            try:
+                admission.create_validating_admission_policy_binding(binding)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
         admission.create_mutating_webhook_configuration(mutating_configuration(url=webhook.url, ca_bundle=ca_bundle))
-        wait_for(lambda: (core.create_namespaced_pod("default", probe, dry_run="All").metadata.labels or {}).get(
+        wait_for(lambda: (core.create_namespaced_pod("default", with_policy, dry_run="All").metadata.labels or {}).get(
             "sortie.io/egress-mode") == "allowlist", 30, "the webhook to be back")
 
 

@@ -143,7 +143,7 @@ def test_managed_networkpolicy_is_protected_from_everyone_but_the_controller(
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {"name": "sortie-egress-abc", "namespace": namespace,
                      "labels": {"app.kubernetes.io/managed-by": "sortie-egress"}},
-        "spec": {"podSelector": {}, "policyTypes": ["Egress"]},
+        "spec": {"podSelector": {"matchLabels": {"sortie.io/session-id": "abc"}}, "policyTypes": ["Egress"]},
     }
     # Only the controller's identity may create one (granted RBAC on networkpolicies for this check).
     with control_plane.admin.api_client() as api:

@@ -161,6 +161,25 @@ def test_a_removed_annotation_is_a_changed_policy_too() -> None:
     assert plan.pin_violated and plan.policy["spec"]["egress"] == [DNS_RULE] and not plan.delete
 
 
+def test_a_pod_without_a_policy_joining_a_session_never_changes_it() -> None:
+    """CONTRACT §7: a policy-less pod with a running session's id (not one of the pin's owners) is
+    told and ignored: the session keeps its policy and its owners, nothing turns DNS only."""
+    from webhook.controller.desired import JOINED_WITHOUT_POLICY
+
+    existing = expected_policy([DNS_RULE, RULE_443], sha(CANONICAL), [owner("p1", "uid-1", True)])
+    victim = released(pod_with(POLICY))
+    intruder = released(pod_with(None, name="intruder", uid="uid-0", created="2026-11-29T09:00:00Z", mode=None))
+    plan = plan_session([victim, intruder], existing, DNS)
+    assert not plan.pin_violated and not plan.delete
+    assert plan.policy == existing
+    assert reasons(plan) == [("intruder", JOINED_WITHOUT_POLICY)]
+    # Older than a new session's first pod, it does not decide that session's policy either.
+    newcomer = pod_with(POLICY)
+    plan = plan_session([newcomer, intruder], None, DNS)
+    assert plan.policy == expected_policy([DNS_RULE, RULE_443], sha(CANONICAL), [owner("p1", "uid-1", True)])
+    assert names(plan.release) == ["p1"]
+
+
 def test_a_pin_left_by_pods_that_are_gone_is_no_pin() -> None:
     stale = expected_policy([DNS_RULE], sha(DNS_ONLY_CANONICAL), [owner("gone", "uid-gone", True)])
     plan = plan_session([pod_with(POLICY)], stale, DNS)

@@ -88,13 +88,20 @@ def test_webhook_scoping_keeps_an_outage_small() -> None:
     assert excluded["operator"] == "NotIn" and set(excluded["values"]) == {"kube-system"}
     for policy in by_kind(docs, "ValidatingAdmissionPolicy"):
         assert policy["spec"]["failurePolicy"] == "Fail"
-    parameterised = 0
+    on_missing_parameter = {}
     for binding in by_kind(docs, "ValidatingAdmissionPolicyBinding"):
         assert binding["spec"]["validationActions"] == ["Deny"]
         if "paramRef" in binding["spec"]:
-            assert binding["spec"]["paramRef"]["parameterNotFoundAction"] == "Deny"
-            parameterised += 1
-    assert parameterised == 2  # the deletion policy has no parameter: nothing can block the garbage collector
+            on_missing_parameter[binding["metadata"]["name"]] = binding["spec"]["paramRef"]["parameterNotFoundAction"]
+    # The deletion policy has no parameter: nothing can block the garbage collector. A missing parameter
+    # refuses only what the policy is about (session pods, managed policies); where a policy also matches
+    # everyone's workloads or every pod update (the controller's scope: its match condition needs the
+    # parameter), it allows, so a deleted ServiceAccount cannot stop the cluster.
+    assert on_missing_parameter == {
+        "sortie-egress-session-pods": "Deny", "sortie-egress-managed-networkpolicies": "Deny",
+        "sortie-egress-session-pod-creation": "Deny", "sortie-egress-session-workloads": "Allow",
+        "sortie-egress-controller-scope-pods": "Allow", "sortie-egress-controller-scope-policies": "Allow",
+        "sortie-egress-controller-scope-webhook": "Allow", "sortie-egress-controller-scope-admission": "Allow"}
 
 
 def _namespace_overlay(tmp_path: Path) -> Path:

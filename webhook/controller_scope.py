@@ -10,7 +10,8 @@ makes on those resources and allows exactly what the controller does:
   nothing else (no other field, no subresource, no create or delete);
 - on session policy objects, only those named as ours (``sortie-egress-<id>``, or
   ``sortie-egress.<ns>.<id>`` cluster-scoped) and carrying (or, when retired, having carried)
-  our managed-by label; a NetworkPolicy must select exactly its own session;
+  our managed-by label; a NetworkPolicy must select exactly its own session; dry runs (which
+  write nothing: the capability probe of webhook/controller/session_objects.py) pass;
 - on webhook configurations, an update of ours that changes nothing but ``caBundle``.
 
 The parameter names the controller (its ServiceAccount). Where it is missing the binding allows:
@@ -69,6 +70,8 @@ def _own_policy_object() -> str:
               f" ? {cel_string(CLUSTER_POLICY_PREFIX)} : {cel_string(POLICY_NAME_PREFIX)})")
     labelled = "{}.metadata.?labels[?" + managed + "].orValue('') == " + value
     return (
+        # A dry run writes nothing: the controller probes what the API accepts (domainNames) with one.
+        "request.?dryRun.orValue(false) || "
         f"request.name.startsWith({prefix}) && (request.operation == 'DELETE' || {labelled.format('object')}"
         f" || (request.operation == 'UPDATE' && {labelled.format('oldObject')}))"
         # A NetworkPolicy of ours selects its own session and nothing else.

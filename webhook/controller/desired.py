@@ -58,6 +58,7 @@ POLICY_CHANGED = "EgressPolicyChanged"
 ADOPTED = "Adopted"
 WIDENED = "EgressWidened"
 CONFLICT = "EgressPolicyConflict"
+JOINED_WITHOUT_POLICY = "EgressPolicyMissing"
 
 
 def policy_digest(canonical: str) -> str:
@@ -249,6 +250,21 @@ def plan_session(pods: list[dict[str, Any]], existing: dict[str, Any] | None, dn
         if reason:
             plan.notes.append(Note(pod, "Warning", INVALID_POLICY, reason))
     pin = _pin(existing, pods)
+    # A pod without a policy that carries a session's id where the session has one (a pin, or a pod
+    # with a policy) is someone joining it without authoring it (CONTRACT §7): it never counts. It
+    # neither decides the session's policy nor turns the session DNS only. A pod that owns the pin
+    # and lost its annotation is no joiner: that is a changed policy (below).
+    pin_owners = _owner_uids(existing.get("metadata") or {}) if is_managed(existing) and existing else set()
+    if pin is not None or any(enforced[id(pod)].policy is not None for pod in active):
+        joiners = [pod for pod in active if enforced[id(pod)].policy is None
+                   and (pod.get("metadata") or {}).get("uid") not in pin_owners]
+        for pod in joiners:
+            plan.notes.append(Note(pod, "Warning", JOINED_WITHOUT_POLICY,
+                                   "carries the session id of a session with an egress policy but has no policy "
+                                   "itself; sortie-egress ignores it for that session (it never changes it)"))
+        active = [pod for pod in active if pod not in joiners]
+        if not active:
+            return plan
     session_digest = pin if pin is not None else enforced[id(active[0])].digest
     matching = [pod for pod in active if enforced[id(pod)].digest == session_digest]
     others = [pod for pod in active if enforced[id(pod)].digest != session_digest]
