@@ -19,7 +19,8 @@ answers differ, and the property test in tests/test_memo.py fails.
 
 Pods the memo does not cover (not a Pod CREATE, not a session pod, a session
 id that cannot name a NetworkPolicy, an annotation over ``MAX_MEMO_ANNOTATION``
-characters, fields that are not strings, an init container or volume already named
+characters, gate and init container names over ``MAX_MEMO_KEY`` characters together,
+fields that are not strings, an init container or volume already named
 like ours, whose whole spec matters, or a pod that sets ``hostNetwork``, ``privileged``
 or capabilities, which webhook/pod_shape.py judges) take the direct path.
 """
@@ -65,6 +66,16 @@ class EncodedAnswer:
 
 def _plain(value: Any) -> bool:
     return value is None or type(value) is str
+
+
+#: The most a key's gate and init container names may weigh (characters, one more per name): with
+#: the annotation's own bound, 1024 entries stay a few MiB whatever reviews arrive. Real pods have a
+#: handful of short names; 60 reviews of 1.1 MiB of names once left 73 MiB in the memo.
+MAX_MEMO_KEY = MAX_MEMO_ANNOTATION
+
+
+def _key_size(names: tuple[str | None, ...] | None) -> int:
+    return 0 if names is None else sum(1 + len(name or "") for name in names)
 
 
 def _may_escape(spec: SpecView) -> bool:
@@ -120,6 +131,8 @@ def mutation_key(request: ReviewRequest) -> tuple[Hashable, ...] | None:
         if not all(_plain(name) for name in init_names) or INIT_CONTAINER_NAME in init_names:
             return None
         inits = init_names
+    if _key_size(gates) + _key_size(inits) > MAX_MEMO_KEY:
+        return None  # a key this large would make the memo hold what any pod's creator sends
     raw_volumes = None if spec is None else spec.volumes
     if raw_volumes is not None and any(volume.name == NO_TOKEN_VOLUME for volume in raw_volumes):
         return None

@@ -18,6 +18,8 @@ paths with the same endpoint objects and so gives the same answers:
   their order);
 - ``Expect: 100-continue`` and upgrade requests;
 - the connection or task limit reached (uvicorn answers 503).
+
+Bodies held by all connections together are bounded by one budget (budget.py).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from .app import AdmissionEndpoint, Reply, declares_too_much
+from .app import TEXT, AdmissionEndpoint, Reply, declares_too_much
+from .budget import BodyBudget
 from .protocol import DeadlineHttpToolsProtocol
 
 
@@ -48,6 +51,8 @@ class AdmissionProtocol(DeadlineHttpToolsProtocol):
 
     #: Admission endpoints by request path; set on a subclass by ``admission_protocol``.
     endpoints: Mapping[bytes, AdmissionEndpoint] = {}
+    #: The bytes every connection's admission body holds, together (budget.py); shared by the subclass.
+    body_budget: BodyBudget = BodyBudget()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -115,12 +120,25 @@ class AdmissionProtocol(DeadlineHttpToolsProtocol):
         if endpoint is None:
             super().on_body(body)
             return
-        self.admission_size += len(body)
-        if self.admission_size > endpoint.max_body_bytes:
-            self.admission_chunks = []
+        if self.admission_size + len(body) > endpoint.max_body_bytes:
+            self._give_back_body()
             self._send(endpoint.too_large(self.admission_started))
             return
+        if not self.body_budget.take(len(body)):
+            self._give_back_body()
+            self._send(BUSY)
+            return
+        self.admission_size += len(body)
         self.admission_chunks.append(body)
+
+    def _give_back_body(self) -> None:
+        self.body_budget.give_back(self.admission_size)
+        self.admission_size = 0
+        self.admission_chunks = []
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._give_back_body()
+        super().connection_lost(exc)
 
     def on_message_complete(self) -> None:
         if self.hung_up:
@@ -132,7 +150,10 @@ class AdmissionProtocol(DeadlineHttpToolsProtocol):
         self.request_read()
         chunks, self.admission_chunks, self.admission = self.admission_chunks, [], None
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self._send(endpoint.answer(body, self.admission_started))
+        try:
+            self._send(endpoint.answer(body, self.admission_started))
+        finally:
+            self._give_back_body()
 
     def _send(self, reply: Reply) -> None:
         close = reply.close or not self.admission_keep_alive or self.close_when_answered
@@ -164,8 +185,16 @@ class AdmissionProtocol(DeadlineHttpToolsProtocol):
         super().shutdown()
 
 
-def admission_protocol(request_timeout: float, endpoints: Mapping[str, AdmissionEndpoint]) -> type[AdmissionProtocol]:
-    """A protocol class for uvicorn (which takes a class, not an instance) bound to these endpoints."""
+#: The answer to a body past the shared budget: the API server counts it a failed call (and, with
+#: failurePolicy Fail, refuses that one session pod); the connection closes, so its bytes go back.
+BUSY = Reply(503, b"webhook busy: the request bodies in flight are over its memory budget\n", TEXT, close=True)
+
+
+def admission_protocol(request_timeout: float, endpoints: Mapping[str, AdmissionEndpoint],
+                       body_budget: BodyBudget | None = None) -> type[AdmissionProtocol]:
+    """A protocol class for uvicorn (which takes a class, not an instance) bound to these endpoints,
+    its connections sharing one body budget."""
     by_path = {path.encode("ascii"): endpoint for path, endpoint in endpoints.items()}
-    return type("ConfiguredAdmissionProtocol", (AdmissionProtocol,), {"request_timeout": request_timeout, "endpoints": by_path})
+    return type("ConfiguredAdmissionProtocol", (AdmissionProtocol,), {
+        "request_timeout": request_timeout, "endpoints": by_path, "body_budget": body_budget or BodyBudget()})
 
