@@ -246,6 +246,9 @@ def test_the_kustomize_overlay_with_cert_manager(plane: ControlPlane, tmp_path: 
     plane.kubectl("patch", "mutatingwebhookconfiguration", "sortie-egress", "--type=json", "-p", json.dumps(
         [{"op": "replace", "path": "/webhooks/0/clientConfig", "value": {"url": f"https://127.0.0.1:{port}/mutate"}}]),
         check=True)
+    # ...and without the start-up wait (no canary here), which the admission policies must be told.
+    plane.kubectl("annotate", "--overwrite", "serviceaccount", "sortie-egress", "-n", "sortie-system",
+                  "sortie.io/enforcement-wait=off", check=True)
     _exercise(plane, "sortie-system", port, tmp_path)
 
 
@@ -255,6 +258,7 @@ def test_the_chart_in_cert_manager_mode(plane: ControlPlane, tmp_path: Path) -> 
     port = free_port()
     installed = subprocess.run([str(tools.helm3), "--kubeconfig", str(plane.kubeconfig_path), "install", "sortie-egress",
                                 str(CHART), "-n", "egress-team", "--set", "certificates.mode=certManager",
-                                "--set", f"webhook.url=https://127.0.0.1:{port}"], capture_output=True, text=True, timeout=120)
+                                "--set", f"webhook.url=https://127.0.0.1:{port}", "--set", "enforcementWait.enabled=false"],
+                               capture_output=True, text=True, timeout=120)
     assert installed.returncode == 0, installed.stderr
     _exercise(plane, "egress-team", port, tmp_path)

@@ -47,6 +47,9 @@ def test_admissions_keep_succeeding_across_rotations(plane: ControlPlane, tmp_pa
     assert plane.kubectl("create", "namespace", "sortie-system").returncode == 0
     applied = plane.kubectl("apply", "-k", str(ROOT / "manifests" / "overlays" / "self-managed"))
     assert applied.returncode == 0, applied.stderr
+    # The webhook runs on loopback here, without the start-up wait: the admission policies are told.
+    plane.kubectl("annotate", "--overwrite", "serviceaccount", "sortie-egress", "-n", "sortie-system",
+                  "sortie.io/enforcement-wait=off", check=True)
     port = free_port()
     url = f"https://127.0.0.1:{port}"
     api = plane.admin.api_client()

@@ -165,8 +165,10 @@ def test_install_admit_enforce_upgrade_uninstall(plane: ControlPlane, tools: Any
     _create_namespaces(plane, NAMESPACE, SESSIONS)
     port = free_port()
     url = f"https://127.0.0.1:{port}"
+    # The webhook runs here on loopback without the start-up wait (no canary to probe from a pod), so the
+    # install says so: the admission policies would otherwise refuse session pods that lack it.
     installed = helm(tools, major, plane, "install", "sortie-egress", str(CHART), "-n", NAMESPACE,
-                     "--set", f"webhook.url={url}")
+                     "--set", f"webhook.url={url}", "--set", "enforcementWait.enabled=false")
     assert installed.returncode == 0, installed.stderr
     print(f"{major} install:\n{installed.stdout}")
 
@@ -204,7 +206,8 @@ def test_install_admit_enforce_upgrade_uninstall(plane: ControlPlane, tools: Any
         # helm upgrade with changed values: applied, and the injected caBundle is not dropped.
         ca_bundle = admission.read_mutating_webhook_configuration("sortie-egress").webhooks[0].client_config.ca_bundle
         upgraded = helm(tools, major, plane, "upgrade", "sortie-egress", str(CHART), "-n", NAMESPACE,
-                        "--set", f"webhook.url={url}", "--set", "webhook.timeoutSeconds=9",
+                        "--set", f"webhook.url={url}", "--set", "enforcementWait.enabled=false",
+                        "--set", "webhook.timeoutSeconds=9",
                         "--set", "privilegedUsers={mallory}")
         assert upgraded.returncode == 0, upgraded.stderr
         hook = admission.read_mutating_webhook_configuration("sortie-egress").webhooks[0]
