@@ -158,7 +158,8 @@ def pod_creation_policy() -> dict[str, Any]:
     ]
     validations = [
         {"expression": f"!variables.hasPolicy || variables.mode in ['allowlist', 'denylist']",
-         "message": _REFUSED + _UNADMITTED + f"the label {EGRESS_MODE_LABEL} is missing",
+         "message": _REFUSED + _UNADMITTED + f"the label {EGRESS_MODE_LABEL} is missing (for a pod without a policy, "
+                    "write the annotation with mode first, {\"mode\": \"\", ...}, or leave it out)",
          "reason": "Invalid"},
         {"expression": f"!variables.hasPolicy || object.spec.?schedulingGates.orValue([]).exists(g, g.name == {gate})",
          "message": _REFUSED + _UNADMITTED + f"the scheduling gate {SCHEDULING_GATE} is missing",
