@@ -290,3 +290,20 @@ def test_only_small_annotations_are_memoised() -> None:
     assert parse_policy(small) is parse_policy(small)
     info = _memoised_parse_policy.cache_info()
     assert (info.currsize, info.hits, info.maxsize) == (1, 1, POLICY_MEMO_ENTRIES)
+
+
+@pytest.mark.parametrize(("name", "warned"), [
+    ("*.co.uk", True), ("*.github.io", True), ("*.com", True),  # ICANN and private sections of the list
+    ("*.example.com", False), ("*.api.example.co.uk", False), ("api.co.uk", False), ("github.io", False),
+])
+def test_a_wildcard_directly_under_a_public_suffix_is_admitted_with_a_warning(name: str, warned: bool) -> None:
+    """CONTRACT §1: anyone can create names under a public suffix, so the rule opens them all."""
+    parsed = parse_policy(json.dumps({"mode": "allowlist", "rules": [{"fqdn": name, "port": 443}]}))
+    if name == "*.com":
+        assert parsed.errors  # refused already: a wildcard needs two or more labels after "*."
+        return
+    assert not parsed.errors and parsed.policy is not None
+    suffix = name[2:]
+    expected = (f'rules[0].fqdn: "{name}" is a wildcard directly under the public suffix "{suffix}": anyone can '
+                "create names there, and the rule opens them all")
+    assert (expected in parsed.warnings) is warned, parsed.warnings

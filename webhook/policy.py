@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Tag, ValidationError, ValidationInfo, field_validator
 
 from .constants import MAX_ANNOTATION_BYTES, MAX_MEMO_ANNOTATION, MAX_RULES
+from .public_suffix import is_public_suffix
 from .strict_json import JSONInputError, loads_strict
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -352,6 +353,9 @@ def _normalise(data: _PolicyInput) -> tuple[EgressPolicy, list[str]]:
         protocol = raw.protocol or None
         if isinstance(raw, _FqdnRuleInput):
             # Refused in a denylist before this (_parse_policy); canonical already (parse_fqdn).
+            if raw.fqdn.startswith("*.") and is_public_suffix(raw.fqdn[2:]):
+                warnings.append(f'rules[{index}].fqdn: "{raw.fqdn}" is a wildcard directly under the public suffix '
+                                f'"{raw.fqdn[2:]}": anyone can create names there, and the rule opens them all')
             rules.append(Rule(network=None, port=raw.port, end_port=raw.end_port, protocol=protocol, fqdn=raw.fqdn))
             continue
         network, note = parse_network(raw.cidr)
