@@ -231,3 +231,27 @@ def test_an_unmanaged_policy_with_the_sessions_name_is_adopted(plane: ControlPla
 
     wait_for(adopted, 30, "the squatting policy to be replaced by the session's")
     wait_for(lambda: _released(core, "desk-4"), 30, "the gate to be released")
+
+
+def test_an_uninstall_leaves_cluster_policies_that_the_documented_command_removes(
+        plane: ControlPlane, cnp_cluster: dict[str, Any]) -> None:
+    """Issue 21: nothing deletes a session's ClusterNetworkPolicy once the controller is gone (no owner,
+    no garbage collector). While tamper protection is installed, nobody but the controller may; after
+    the uninstall removes the admission policies, docs/operations.md's one command does. Last in this
+    module: it uninstalls."""
+    core, controller = cnp_cluster["core"], cnp_cluster["controller"]
+    core.create_namespaced_pod("team-b", session_pod(name="desk-9", session_id="s-9", policy=POLICY, namespace="team-b"))
+    wait_for(lambda: _released(core, "desk-9"), 30, "the gate to be released")
+    controller.stop()
+    core.delete_namespaced_pod("desk-9", "team-b", grace_period_seconds=0)
+    command = ("delete", "clusternetworkpolicies", "-l", "app.kubernetes.io/managed-by=sortie-egress")
+    refused = plane.kubectl(*command)
+    assert refused.returncode != 0 and "cannot be deleted by sortie-test-admin" in refused.stderr, refused.stderr
+    assert _read(plane, "sortie-egress.team-b.s-9") is not None
+    # The uninstall (the kustomize order: bindings first, then the rest) takes tamper protection away...
+    for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
+        removed = plane.kubectl("delete", kind, "-l", "app.kubernetes.io/managed-by=sortie-egress")
+        assert removed.returncode == 0, removed.stderr
+    # ...and the documented command removes what is left (as soon as the API server has seen them go).
+    wait_for(lambda: plane.kubectl(*command).returncode == 0 and _read(plane, "sortie-egress.team-b.s-9") is None,
+             30, "the leftover ClusterNetworkPolicies to be deleted")

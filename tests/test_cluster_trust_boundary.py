@@ -381,3 +381,20 @@ def test_the_controller_still_enforces_and_releases_under_its_narrowed_identity(
         controller.stop()
     assert "narrows its controller" not in (tmp_path / "controller.log").read_text()
 
+
+
+def test_a_gated_session_pod_cannot_be_bound_through_pods_binding(
+        control_plane: ControlPlane, registered_webhook: WebhookProcess, namespace: str) -> None:
+    """CONTRACT §5 names pods/binding: binding a pod to a node is what the scheduler does, and a pod
+    our gate holds must not be bound around it. The API server itself refuses a binding of a pod with
+    scheduling gates (even for a cluster admin), so nothing of ours is needed; this shows it."""
+    from tests.cluster.harness import NODE_NAME
+
+    core, _ = _api(control_plane)
+    pod = session_pod(policy=POLICY, namespace=namespace)
+    core.create_namespaced_pod(namespace, pod)
+    binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod["metadata"]["name"]},
+               "target": {"apiVersion": "v1", "kind": "Node", "name": NODE_NAME}}
+    status, message = _status_and_message(core.create_namespaced_pod_binding, pod["metadata"]["name"], namespace, binding)
+    assert status == 409 and "has non-empty .spec.schedulingGates" in message, (status, message)
+    assert not core.read_namespaced_pod(pod["metadata"]["name"], namespace).spec.node_name

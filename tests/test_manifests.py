@@ -253,3 +253,20 @@ def test_controller_identity_has_exactly_what_it_needs(own_plane: ControlPlane) 
         assert denied.stdout.strip() == "no"
     assert _rights(own_plane, "sortie-system", "sortie-egress-webhook") == {"secrets@sortie-egress-tls": {"get", "list", "watch"}}
     assert _rights(own_plane, "sessions", "sortie-egress-webhook") == {}
+
+
+def test_an_image_pinned_by_digest_pins_the_injected_wait_too(tmp_path: Path) -> None:
+    """Issue 21: the wait runs in every session pod, so where the install knows the image's digest,
+    the wait is pulled by it too (kustomizeconfig.yaml's images entry; the chart's is in test_helm_chart)."""
+    digest = "sha256:" + "cd" * 32
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{os.path.relpath(MANIFESTS / 'overlays' / 'self-managed', tmp_path)}]\n"
+        f"images:\n- name: sortie-egress\n  newName: registry.example/sortie-egress\n  digest: {digest}\n")
+    result = subprocess.run([KUBECTL, "kustomize", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    webhook = next(doc for doc in yaml.safe_load_all(result.stdout)
+                   if doc and doc["kind"] == "Deployment" and doc["metadata"]["name"] == "sortie-egress-webhook")
+    container = webhook["spec"]["template"]["spec"]["containers"][0]
+    injected = next(env["value"] for env in container["env"] if env["name"] == "SORTIE_EGRESS_IMAGE")
+    assert container["image"] == injected == f"registry.example/sortie-egress@{digest}"
