@@ -32,6 +32,7 @@ from ..admission.review import AdmissionRequest, ReviewError, ReviewRequest, adm
 from ..backends import DEFAULT_BACKEND
 from ..constants import MAX_REVIEW_BYTES
 from ..enforcement import EnforcementWait
+from .budget import BodyBudget
 from .metrics import WebhookMetrics
 
 log = logging.getLogger("sortie.webhook")
@@ -51,6 +52,8 @@ class WebhookSettings:
     wait: EnforcementWait | None = None
     #: What the cluster enforces with (backends.py): admission refuses what it cannot enforce exactly.
     backend: str = DEFAULT_BACKEND
+    #: The bytes of admission bodies all connections hold at once, on both routes (budget.py).
+    body_budget: BodyBudget = field(default_factory=BodyBudget)
 
 
 class BodyTooLarge(Exception):
@@ -73,27 +76,40 @@ def declares_too_much(headers: list[tuple[bytes, bytes]], limit: int) -> bool:
     return False
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The request body, refused as soon as it is known to exceed ``limit``.
+class OverBudget(Exception):
+    """The bodies in flight, all connections together, would pass the budget (budget.py)."""
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int, budget: BodyBudget | None = None) -> bytes:
+    """The request body, refused as soon as it is known to exceed ``limit``, or the shared budget.
 
     A declared Content-Length over the limit is refused before any of the
-    body is read; a chunked body is refused at the chunk that crosses it.
+    body is read; a chunked body is refused at the chunk that crosses it. The
+    bytes held count against ``budget`` until this returns or raises: a client
+    can reach this route on purpose (``Expect: 100-continue``), so it must not
+    be a way around the fast path's budget.
     """
     if declares_too_much(scope["headers"], limit):
         raise BodyTooLarge
     chunks = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            if size + len(chunk) > limit:
+                raise BodyTooLarge
+            if budget is not None and not budget.take(len(chunk)):
+                raise OverBudget
+            size += len(chunk)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+    finally:
+        if budget is not None:
+            budget.give_back(size)
 
 
 async def respond(send: Send, status: int, payload: bytes, content_type: bytes, close: bool = False) -> None:
@@ -123,6 +139,11 @@ class Reply(NamedTuple):
     content_type: bytes
     #: The rest of the request was never read: the connection cannot carry another one.
     close: bool = False
+
+
+#: The answer to a body past the shared budget: the API server counts it a failed call (and, with
+#: failurePolicy Fail, refuses that one session pod); the connection closes, so its bytes go back.
+BUSY = Reply(503, b"webhook busy: the request bodies in flight are over its memory budget\n", TEXT, close=True)
 
 
 class AdmissionEndpoint:
@@ -193,9 +214,11 @@ class AdmissionEndpoint:
         """A raw ASGI app: on this path, Starlette's Request/Response objects are pure overhead."""
         started = time.perf_counter()
         try:
-            body = await read_body(scope, receive, self.max_body_bytes)
+            body = await read_body(scope, receive, self.max_body_bytes, self.settings.body_budget)
         except BodyTooLarge:
             reply = self.too_large(started)
+        except OverBudget:
+            reply = BUSY
         except ClientGone:
             return
         else:

@@ -30,7 +30,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from .app import TEXT, AdmissionEndpoint, Reply, declares_too_much
+from .app import BUSY, AdmissionEndpoint, Reply, declares_too_much
 from .budget import BodyBudget
 from .protocol import DeadlineHttpToolsProtocol
 
@@ -183,11 +183,6 @@ class AdmissionProtocol(DeadlineHttpToolsProtocol):
             self.close_when_answered = True
             return
         super().shutdown()
-
-
-#: The answer to a body past the shared budget: the API server counts it a failed call (and, with
-#: failurePolicy Fail, refuses that one session pod); the connection closes, so its bytes go back.
-BUSY = Reply(503, b"webhook busy: the request bodies in flight are over its memory budget\n", TEXT, close=True)
 
 
 def admission_protocol(request_timeout: float, endpoints: Mapping[str, AdmissionEndpoint],

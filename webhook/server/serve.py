@@ -43,7 +43,7 @@ def uvicorn_config(options: ServeOptions, tls: ReloadingTLS) -> uvicorn.Config:
         host=options.host,
         port=options.port,
         loop="uvloop",
-        http=admission_protocol(options.request_timeout, app.endpoints),
+        http=admission_protocol(options.request_timeout, app.endpoints, options.webhook.body_budget),
         lifespan="off",
         access_log=False,
         log_config=None,
