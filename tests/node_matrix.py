@@ -101,6 +101,12 @@ TABLE: list[Row] = [
     # (port 53 anywhere too: the cluster default has no `to`), session pods get DNS only from it.
     Row("baseline", "baseline-plain", None, {}, WEB | OUTSIDE_DNS | {DNS}),
     Row("baseline", "baseline-allow-443", ALLOW_443, {}, {("tcp", TARGET_A, 443), DNS}),
+    # A pod without a policy that carries a running session's id (CONTRACT §7, "joining"): the
+    # session's policy does not select it, so it gets a plain pod's egress, not the session's
+    # TCP 8443 (which the baseline gives no plain pod).
+    Row("baseline", "baseline-allow-8443", {"mode": "allowlist", "rules": [{"cidr": f"{TARGET_B}/32", "port": 8443}]}, {},
+        {("tcp", TARGET_B, 8443), DNS}),
+    Row("baseline", "baseline-joiner", None, {"sortie.io/session-id": "baseline-allow-8443"}, WEB | OUTSIDE_DNS | {DNS}),
     # Sortie's chart default: it widens every session it selects to TCP 80/443 anywhere, and it
     # allows no DNS, so its own sessions cannot look anything up. On networkpolicy the controller
     # flags it; the exact backends keep the session's own policy whatever it says.

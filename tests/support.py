@@ -20,6 +20,11 @@ BIN = Path(sys.executable).parent
 CLI = str(BIN / "sortie-egress")
 
 
+#: What a session's policy object selects besides the session id, written out by hand: only the
+#: session's pods admitted with a policy carry the mode label (CONTRACT §7, "joining").
+MODE_EXISTS = [{"key": "sortie.io/egress-mode", "operator": "Exists"}]
+
+
 def session_pod(
     name: str | None = None,
     session_id: str | None = None,

@@ -16,6 +16,7 @@ from webhook.render import Canary, DnsDestination, render_network_policy
 from webhook.render_cilium import render_cilium_network_policy
 from webhook.render_cluster import cluster_policy_name, render_cluster_network_policy
 from webhook.session import session_pod
+from tests.support import MODE_EXISTS
 
 
 def _pod(policy: dict[str, Any] | None, session: str = "s-1", namespace: str = "team-a") -> dict[str, Any]:
@@ -172,7 +173,7 @@ def test_networkpolicy_renderer_refuses_fqdn_rules_instead_of_writing_none() -> 
 # --- the ClusterNetworkPolicy ---------------------------------------------------------------------
 
 _SUBJECT = {"pods": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "team-a"}},
-                     "podSelector": {"matchLabels": {"sortie.io/session-id": "s-1"}}}}
+                     "podSelector": {"matchLabels": {"sortie.io/session-id": "s-1"}, "matchExpressions": MODE_EXISTS}}}
 _CLUSTER_DNS_RULE = {"name": "dns", "action": "Accept",
                      "to": [{"pods": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
                                       "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}}],
@@ -287,7 +288,7 @@ def test_cilium_policy_for_an_allowlist_with_names() -> None:
                                 "sortie.io/egress-policy": "true", "app.kubernetes.io/managed-by": "sortie-egress"},
                      "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "desk-1", "uid": "uid-1",
                                           "controller": True, "blockOwnerDeletion": True}]},
-        "spec": {"endpointSelector": {"matchLabels": {"sortie.io/session-id": "s-1"}}, "egress": [
+        "spec": {"endpointSelector": {"matchLabels": {"sortie.io/session-id": "s-1"}, "matchExpressions": MODE_EXISTS}, "egress": [
             proxied_dns,
             {"toCIDRSet": [{"cidr": "10.20.0.0/16"}], "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]},
             {"toFQDNs": [{"matchName": "api.example.com"}], "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]},
@@ -330,7 +331,7 @@ def test_cilium_dns_any_is_port_53_to_every_destination() -> None:
     all_but_53 = [{"ports": [{"port": "1", "endPort": 52, "protocol": "TCP"}, {"port": "54", "endPort": 65535, "protocol": "TCP"},
                              {"port": "1", "endPort": 52, "protocol": "UDP"}, {"port": "54", "endPort": 65535, "protocol": "UDP"},
                              {"port": "0", "protocol": "SCTP"}]}]
-    assert spec == {"endpointSelector": {"matchLabels": {"sortie.io/session-id": "s-1"}},
+    assert spec == {"endpointSelector": {"matchLabels": {"sortie.io/session-id": "s-1"}, "matchExpressions": MODE_EXISTS},
                     "egress": [{"toPorts": _CILIUM_DNS["toPorts"]}],
                     # An empty allowlist: outside the cluster, everything but port 53 is denied.
                     "egressDeny": [{"toCIDRSet": [{"cidr": "0.0.0.0/0"}], "toPorts": all_but_53},

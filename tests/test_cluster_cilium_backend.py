@@ -19,7 +19,8 @@ import yaml
 
 from tests.conftest import describe_install
 from tests.cluster.harness import ControlPlane, wait_for
-from tests.support import (CLI, ControllerProcess, WebhookProcess, backend_audit, control_plane_binaries, generate_certs,
+from tests.support import (
+    MODE_EXISTS,CLI, ControllerProcess, WebhookProcess, backend_audit, control_plane_binaries, generate_certs,
                            policy_crds, session_pod)
 from webhook.configuration import mutating_configuration
 from webhook.tamper import CILIUM_NETWORK_POLICIES, admission_policies, backend_admission_policies
@@ -136,7 +137,7 @@ def test_a_session_gets_its_cilium_policy_owned_by_its_pod_and_is_released(plane
     wait_for(lambda: _read(custom, "team-a", "sortie-egress-s-1") is not None, 30, "the CiliumNetworkPolicy")
     policy = _read(custom, "team-a", "sortie-egress-s-1")
     assert policy is not None
-    assert policy["spec"] == {"endpointSelector": {"matchLabels": {"sortie.io/session-id": "s-1"}}, "egress": EGRESS}
+    assert policy["spec"] == {"endpointSelector": {"matchLabels": {"sortie.io/session-id": "s-1"}, "matchExpressions": MODE_EXISTS}, "egress": EGRESS}
     assert policy["metadata"]["annotations"] == {
         "sortie.io/policy-digest": "sha256:" + hashlib.sha256(CANONICAL.encode()).hexdigest()}
     assert [(ref["kind"], ref["name"], ref["uid"], ref["controller"]) for ref in policy["metadata"]["ownerReferences"]] == [
@@ -184,7 +185,7 @@ def test_an_unmanaged_cilium_policy_with_the_sessions_name_is_adopted(plane: Con
     core, custom = _api(plane)
     squatter = {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
                 "metadata": {"name": "sortie-egress-s-2", "namespace": "team-a"},
-                "spec": {"endpointSelector": {"matchLabels": {"sortie.io/session-id": "s-2"}},
+                "spec": {"endpointSelector": {"matchLabels": {"sortie.io/session-id": "s-2"}, "matchExpressions": MODE_EXISTS},
                          "egress": [{"toCIDRSet": [{"cidr": "0.0.0.0/0"}]}]}}
     custom.create_namespaced_custom_object(GROUP, VERSION, "team-a", PLURAL, squatter)
     core.create_namespaced_pod("team-a", session_pod(name="desk-2", session_id="s-2", policy=POLICY, namespace="team-a"))

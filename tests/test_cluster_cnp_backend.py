@@ -20,7 +20,8 @@ import yaml
 
 from tests.conftest import describe_install
 from tests.cluster.harness import ControlPlane, free_port, wait_for
-from tests.support import (CLI, ControllerProcess, WebhookProcess, backend_audit, control_plane_binaries, generate_certs,
+from tests.support import (
+    MODE_EXISTS,CLI, ControllerProcess, WebhookProcess, backend_audit, control_plane_binaries, generate_certs,
                            policy_crds, session_pod)
 from webhook.configuration import mutating_configuration
 from webhook.tamper import CLUSTER_NETWORK_POLICIES, admission_policies, backend_admission_policies
@@ -154,7 +155,7 @@ def test_a_session_gets_an_admin_tier_policy_and_is_released(plane: ControlPlane
     assert policy["spec"] == {
         "tier": "Admin", "priority": 500,
         "subject": {"pods": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "team-b"}},
-                             "podSelector": {"matchLabels": {"sortie.io/session-id": "s-1"}}}},
+                             "podSelector": {"matchLabels": {"sortie.io/session-id": "s-1"}, "matchExpressions": MODE_EXISTS}}},
         "egress": EGRESS}
     assert policy["metadata"]["annotations"] == {
         "sortie.io/policy-digest": "sha256:" + hashlib.sha256(CANONICAL.encode()).hexdigest(),

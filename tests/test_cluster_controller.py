@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.harness import NODE_NAME, ControlPlane, wait_for
-from tests.support import ControllerProcess, WebhookProcess, session_pod
+from tests.support import MODE_EXISTS, ControllerProcess, WebhookProcess, session_pod
 from webhook.configuration import MUTATING_NAME, mutating_configuration
 from webhook.tamper import admission_policies
 
@@ -147,7 +147,7 @@ def test_session_pod_gets_its_policy_then_is_released_and_bound(control_plane: C
     policy = wait_for(lambda: _converged(core, networking, namespace, name), 30, "policy and gate release")
     stored = _pod(core, namespace, name)
     session = pod["metadata"]["labels"]["sortie.io/session-id"]
-    assert policy["spec"] == {"podSelector": {"matchLabels": {"sortie.io/session-id": session}},
+    assert policy["spec"] == {"podSelector": {"matchLabels": {"sortie.io/session-id": session}, "matchExpressions": MODE_EXISTS},
                               "policyTypes": ["Egress"], "egress": POLICY_EGRESS}
     assert policy["metadata"]["labels"] == {"sortie.io/session-id": session, "sortie.io/app-id": "firefox",
                                             "sortie.io/egress-policy": "true", "app.kubernetes.io/managed-by": "sortie-egress"}

@@ -26,7 +26,7 @@ import yaml
 from tests.cluster.harness import ControlPlane, free_port, wait_for
 from tests.conftest import install_admission_policies
 from tests.netpol_eval import Packet, egress_allows
-from tests.support import CLI, ControllerProcess, WebhookProcess, session_pod
+from tests.support import CLI, MODE_EXISTS, ControllerProcess, WebhookProcess, session_pod
 from tests.test_cluster_controller import (
     DNS_RULE,
     POLICY,
@@ -105,7 +105,7 @@ def test_a_policy_squatting_on_the_session_name_is_adopted(control_plane: Contro
     # As the original Sortie does for apps with an egress policy: our name, not our label, allow-all.
     networking.create_namespaced_network_policy(namespace, {
         "metadata": {"name": name, "labels": {"sortie.io/egress-policy": "true", "sortie.io/session-id": _session(pod)}},
-        "spec": {"podSelector": {"matchLabels": {"sortie.io/session-id": _session(pod)}}, "policyTypes": ["Egress"],
+        "spec": {"podSelector": {"matchLabels": {"sortie.io/session-id": _session(pod)}, "matchExpressions": MODE_EXISTS}, "policyTypes": ["Egress"],
                  "egress": [{}]}})
     core.create_namespaced_pod(namespace, pod)
     adopted = wait_for(lambda: _converged(core, networking, namespace, pod["metadata"]["name"]), 30, "adoption")

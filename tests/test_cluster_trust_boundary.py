@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.harness import ControlPlane, wait_for
-from tests.support import ControllerProcess, WebhookProcess, session_pod
+from tests.support import MODE_EXISTS, ControllerProcess, WebhookProcess, session_pod
 from tests.test_cluster_tamper import _api, namespace_admin, session, webhook_stopped  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.cluster
@@ -210,6 +210,68 @@ def test_pods_a_policy_cannot_hold_are_refused_by_the_webhook_and_without_it(
     assert status == 422 and "sortie-egress refused the session pod: " in message and expected in message, message
 
 
+def _selector_text(selector: Any) -> str:
+    """A stored LabelSelector as the API's label-selector query (matchLabels and Exists only)."""
+    terms = [f"{key}={value}" for key, value in sorted((selector.match_labels or {}).items())]
+    for expression in selector.match_expressions or []:
+        assert expression.operator == "Exists", expression
+        terms.append(expression.key)
+    return ",".join(terms)
+
+
+def test_a_pod_without_a_policy_joining_a_running_session_borrows_nothing(
+        control_plane: ControlPlane, session: dict[str, Any], registered_webhook: WebhookProcess,
+        webhook_certs: tuple[Path, str], controller_kubeconfig: Path, namespace: str, tmp_path: Path) -> None:
+    """Case 4: a user with pod rights only creates pods without a policy (no annotation, ``mode: ""``,
+    and a forged mode label, which our webhook removes) that carry a running session's id. The
+    session's NetworkPolicy, as the API server evaluates its selector, still selects the session's
+    own pod alone; the controller tells the joiner (EgressPolicyMissing) and leaves the session's
+    policy as it was. Forging the label without our webhook needs a policy author: refused."""
+    from kubernetes import client
+
+    from tests.test_cluster_controller import webhook_unregistered
+
+    core, networking = _api(control_plane)
+    session_id = core.read_namespaced_pod(session["pod"], namespace).metadata.labels["sortie.io/session-id"]
+    before = networking.read_namespaced_network_policy(session["policy"], namespace)
+    joiner = client.CoreV1Api(_user(control_plane, namespace, "joiner", POD_RIGHTS))
+    joiners = [session_pod(name=f"joiner-{index}", session_id=session_id, namespace=namespace, policy=policy,
+                           extra_labels=labels)
+               for index, (policy, labels) in enumerate(((None, None), ({"mode": ""}, None),
+                                                         (None, {"sortie.io/egress-mode": "allowlist"})))]
+    for pod in joiners:
+        created = joiner.create_namespaced_pod(namespace, pod)
+        assert "sortie.io/egress-mode" not in (created.metadata.labels or {}), created.metadata.labels
+        assert not created.spec.scheduling_gates
+    selected = core.list_namespaced_pod(namespace, label_selector=_selector_text(before.spec.pod_selector)).items
+    assert [pod.metadata.name for pod in selected] == [session["pod"]]
+    controller = ControllerProcess(controller_kubeconfig, tmp_path / "controller-joining.log",
+                                   ("--namespace", namespace)).start()
+    try:
+        def told(name: str) -> bool:
+            events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+            return any(event.reason == "EgressPolicyMissing" and event.type == "Warning" for event in events)
+
+        for pod in joiners:
+            wait_for(lambda pod=pod: told(pod["metadata"]["name"]), 30, f"the EgressPolicyMissing Event on {pod['metadata']['name']}")
+    finally:
+        controller.stop()
+    after = networking.read_namespaced_network_policy(session["policy"], namespace)
+    assert after.metadata.resource_version == before.metadata.resource_version
+    assert [owner.name for owner in after.metadata.owner_references] == [session["pod"]]
+    # Without our webhook, a forged label counts as a policy: even with our gate and wait written in,
+    # only a policy author may create it.
+    from webhook.enforcement import EnforcementWait
+
+    wait = EnforcementWait("registry.invalid/sortie-egress:1", "sortie-egress-canary.sortie-system.svc")
+    forged = session_pod(name="joiner-forged", session_id=session_id, namespace=namespace,
+                         extra_labels={"sortie.io/egress-mode": "allowlist"}, gates=["sortie.io/egress-policy"])
+    forged["spec"]["initContainers"], forged["spec"]["volumes"] = [wait.container()], [wait.volume()]
+    with webhook_unregistered(control_plane, registered_webhook, webhook_certs[1], creation_policy=True):
+        status, message = _status_and_message(joiner.create_namespaced_pod, namespace, forged)
+    assert status == 403 and "may not give session pods egress" in message, message
+
+
 # --- §5: every update path -------------------------------------------------------------------
 
 
@@ -336,15 +398,17 @@ def test_the_controllers_own_token_can_do_only_what_the_controller_does(
 
     networking = client.NetworkingV1Api(controller_api)
     managed = {"app.kubernetes.io/managed-by": "sortie-egress"}
-    for name, selector in (("someone-elses", {"matchLabels": {"sortie.io/session-id": "x"}}),
-                           ("sortie-egress-x", {})):
+    # Someone else's name; ours selecting every pod; ours selecting the session's pods without a
+    # policy too (they may carry any session's id).
+    for name, selector in (("someone-elses", {"matchLabels": {"sortie.io/session-id": "x"}, "matchExpressions": MODE_EXISTS}),
+                           ("sortie-egress-x", {}), ("sortie-egress-x", {"matchLabels": {"sortie.io/session-id": "x"}})):
         status, message = _status_and_message(networking.create_namespaced_network_policy, namespace, {
             "metadata": {"name": name, "labels": managed},
             "spec": {"podSelector": selector, "policyTypes": ["Egress"], "egress": [{}]}})
         assert status == 403 and "may only write the session policies it manages" in message, message
     networking.create_namespaced_network_policy(namespace, {
         "metadata": {"name": "sortie-egress-x", "labels": managed},
-        "spec": {"podSelector": {"matchLabels": {"sortie.io/session-id": "x"}}, "policyTypes": ["Egress"]}}, dry_run="All")
+        "spec": {"podSelector": {"matchLabels": {"sortie.io/session-id": "x"}, "matchExpressions": MODE_EXISTS}, "policyTypes": ["Egress"]}}, dry_run="All")
 
     admission = client.AdmissionregistrationV1Api(controller_api)
     status, message = _status_and_message(admission.patch_mutating_webhook_configuration, "sortie-egress", [

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from tests.cluster.harness import NODE_NAME, ControlPlane, wait_for
-from tests.support import CLI, WebhookProcess, session_pod
+from tests.support import CLI, MODE_EXISTS, WebhookProcess, session_pod
 
 pytestmark = pytest.mark.cluster
 
@@ -143,7 +143,8 @@ def test_managed_networkpolicy_is_protected_from_everyone_but_the_controller(
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {"name": "sortie-egress-abc", "namespace": namespace,
                      "labels": {"app.kubernetes.io/managed-by": "sortie-egress"}},
-        "spec": {"podSelector": {"matchLabels": {"sortie.io/session-id": "abc"}}, "policyTypes": ["Egress"]},
+        "spec": {"podSelector": {"matchLabels": {"sortie.io/session-id": "abc"}, "matchExpressions": MODE_EXISTS},
+                 "policyTypes": ["Egress"]},
     }
     # Only the controller's identity may create one (granted RBAC on networkpolicies for this check).
     with control_plane.admin.api_client() as api:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import session_pod
+from tests.support import MODE_EXISTS, session_pod
 from webhook.controller.desired import (
     ADOPTED,
     INVALID_POLICY,
@@ -70,7 +70,7 @@ def expected_policy(egress: list[dict], digest: str, owners: list[dict]) -> dict
                                 "sortie.io/egress-policy": "true", "app.kubernetes.io/managed-by": "sortie-egress"},
                      "annotations": {"sortie.io/policy-digest": digest},
                      "ownerReferences": owners},
-        "spec": {"podSelector": {"matchLabels": {"sortie.io/session-id": "s1"}}, "policyTypes": ["Egress"],
+        "spec": {"podSelector": {"matchLabels": {"sortie.io/session-id": "s1"}, "matchExpressions": MODE_EXISTS}, "policyTypes": ["Egress"],
                  "egress": egress},
     }
 

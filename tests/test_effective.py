@@ -7,12 +7,13 @@ from typing import Any
 import pytest
 
 from webhook.effective import selector_matches, widening, widenings
+from tests.support import MODE_EXISTS
 
 KUBE_DNS = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
             "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
 DNS_RULE = {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}], "to": [KUBE_DNS]}
 # What the controller renders for {"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8", "port": 443, "protocol": "TCP"}]}
-OWN_ALLOW_443 = {"podSelector": {"matchLabels": {"sortie.io/session-id": "s1"}}, "policyTypes": ["Egress"],
+OWN_ALLOW_443 = {"podSelector": {"matchLabels": {"sortie.io/session-id": "s1"}, "matchExpressions": MODE_EXISTS}, "policyTypes": ["Egress"],
                  "egress": [DNS_RULE, {"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}],
                                        "ports": [{"protocol": "TCP", "port": 443}]}]}
 LABELS = {"sortie.io/session-id": "s1", "sortie.io/egress-mode": "allowlist", "app.kubernetes.io/component": "session"}

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.harness import ControlPlane, free_port, wait_for
-from tests.support import CLI, ControllerProcess, control_plane_binaries, helm_tools, session_pod
+from tests.support import CLI, MODE_EXISTS, ControllerProcess, control_plane_binaries, helm_tools, session_pod
 
 pytestmark = pytest.mark.cluster
 
@@ -142,7 +142,7 @@ def _enforced_session(core: Any, networking: Any) -> tuple[dict[str, Any], dict[
         return policy if policy is not None and "sortie.io/egress-policy" not in gates else None
 
     policy = wait_for(released, 30, "the session's policy and the gate lifted")
-    assert policy["spec"] == {"podSelector": {"matchLabels": {"sortie.io/session-id": session}},
+    assert policy["spec"] == {"podSelector": {"matchLabels": {"sortie.io/session-id": session}, "matchExpressions": MODE_EXISTS},
                               "policyTypes": ["Egress"], "egress": POLICY_EGRESS}
     return pod, policy
 

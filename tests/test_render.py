@@ -15,6 +15,7 @@ from tests.test_policy import policies
 from webhook.policy import EgressPolicy, parse_policy
 from webhook.render import DnsDestination, render_network_policy
 from webhook.session import SessionPod
+from tests.support import MODE_EXISTS
 
 K8S_VERSION = "1.37.0"
 POD = SessionPod(namespace="sessions", name="firefox-1", uid="uid-1", session_id="s1", app_id="firefox", annotation=None)
@@ -41,7 +42,7 @@ def test_metadata_owner_and_selector() -> None:
         "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "firefox-1", "uid": "uid-1",
                              "controller": True, "blockOwnerDeletion": True}],
     }
-    assert policy["spec"]["podSelector"] == {"matchLabels": {"sortie.io/session-id": "s1"}}
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"sortie.io/session-id": "s1"}, "matchExpressions": MODE_EXISTS}
     assert policy["spec"]["policyTypes"] == ["Egress"]
 
 

@@ -74,11 +74,15 @@ def _own_policy_object() -> str:
         "request.?dryRun.orValue(false) || "
         f"request.name.startsWith({prefix}) && (request.operation == 'DELETE' || {labelled.format('object')}"
         f" || (request.operation == 'UPDATE' && {labelled.format('oldObject')}))"
-        # A NetworkPolicy of ours selects its own session and nothing else.
+        # A NetworkPolicy of ours selects its own session's pods with a policy and nothing else
+        # (render.session_selector).
         f" && (request.resource.resource != {cel_string(NETWORK_POLICIES[4])} || request.operation == 'DELETE'"
         f" || (object.spec.podSelector.?matchLabels.orValue({{}}) == {{{cel_string(SESSION_ID_LABEL)}: "
         f"request.name.substring({len(POLICY_NAME_PREFIX)})}}"
-        " && object.spec.podSelector.?matchExpressions.orValue([]).size() == 0))"
+        " && object.spec.podSelector.?matchExpressions.orValue([]).size() == 1"
+        f" && object.spec.podSelector.matchExpressions[0].key == {cel_string(EGRESS_MODE_LABEL)}"
+        " && object.spec.podSelector.matchExpressions[0].operator == 'Exists'"
+        " && object.spec.podSelector.matchExpressions[0].?values.orValue([]).size() == 0))"
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from .constants import (
     APP_ID_LABEL,
+    EGRESS_MODE_LABEL,
     EGRESS_POLICY_LABEL,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
@@ -197,6 +198,20 @@ def egress_rules(policy: EgressPolicy, dns: DnsDestination, canary: Canary | Non
     return [_dns_rule(dns), *_cut_out(app_rules, canary.addresses), canary.rule()]
 
 
+def session_selector(session_id: str) -> dict[str, Any]:
+    """The session's pods that were admitted with a policy, as every backend's object selects them.
+
+    Not the session id alone: a pod without a policy may carry any session's id (its creator
+    chooses its labels), and it must not borrow the egress that session's policy author granted
+    (CONTRACT §7, "joining"). Only pods admitted with a policy carry the mode label: our webhook
+    sets it on them and removes it from every other pod, the admission policies refuse a pod with
+    it that skipped the webhook's checks, and nobody but the controller may add it later (to a pod
+    with a policy). So the label can stand for "admitted with a policy" at no cost on the hot path.
+    """
+    return {"matchLabels": {SESSION_ID_LABEL: session_id},
+            "matchExpressions": [{"key": EGRESS_MODE_LABEL, "operator": "Exists"}]}
+
+
 def session_labels(pod: SessionPod, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The labels every backend's session policy carries (``extra`` after the session id)."""
     labels = {SESSION_ID_LABEL: pod.session_id, **(extra or {})}
@@ -227,11 +242,12 @@ def render_network_policy(pod: SessionPod, policy: EgressPolicy, dns: DnsDestina
             "ownerReferences": [pod_owner(pod)],
         },
         "spec": {
-            "podSelector": {"matchLabels": {SESSION_ID_LABEL: pod.session_id}},
+            "podSelector": session_selector(pod.session_id),
             "policyTypes": ["Egress"],
             "egress": egress_rules(policy, dns, canary),
         },
     }
 
 
-__all__ = ["Canary", "DnsDestination", "egress_rules", "pod_owner", "render_network_policy", "session_labels"]
+__all__ = ["Canary", "DnsDestination", "egress_rules", "pod_owner", "render_network_policy", "session_labels",
+           "session_selector"]

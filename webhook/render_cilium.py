@@ -31,9 +31,8 @@ from typing import Any, Final
 
 from .backends import grouped_by_port_set, port_set
 from .complement import PortSet, denied_regions
-from .constants import SESSION_ID_LABEL
 from .policy import EgressPolicy, Rule, network_text
-from .render import Canary, DnsDestination, pod_owner, session_labels
+from .render import Canary, DnsDestination, pod_owner, session_labels, session_selector
 from .session import SessionPod
 
 CILIUM_API_VERSION: Final = "cilium.io/v2"
@@ -166,7 +165,7 @@ def render_cilium_network_policy(pod: SessionPod, policy: EgressPolicy, dns: Dns
     """The CiliumNetworkPolicy for ``pod``'s session, owned by it like the NetworkPolicy."""
     labels = session_labels(pod)
     egress, deny = cilium_egress(policy, dns, canary)
-    spec: dict[str, Any] = {"endpointSelector": {"matchLabels": {SESSION_ID_LABEL: pod.session_id}}, "egress": egress}
+    spec: dict[str, Any] = {"endpointSelector": session_selector(pod.session_id), "egress": egress}
     if deny:
         spec["egressDeny"] = deny
     return {

@@ -32,9 +32,8 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 from .backends import CNP_MAX_EGRESS_RULES, grouped_by_port_set
-from .constants import SESSION_ID_LABEL
 from .policy import EgressPolicy, Rule, network_text
-from .render import Canary, DnsDestination, session_labels
+from .render import Canary, DnsDestination, session_labels, session_selector
 from .session import SessionPod
 
 CNP_GROUP: Final = "policy.networking.k8s.io"
@@ -153,7 +152,7 @@ def render_cluster_network_policy(pod: SessionPod, policy: EgressPolicy, dns: Dn
             "tier": "Admin",
             "priority": priority,
             "subject": {"pods": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": pod.namespace}},
-                                 "podSelector": {"matchLabels": {SESSION_ID_LABEL: pod.session_id}}}},
+                                 "podSelector": session_selector(pod.session_id)}},
             "egress": cluster_egress_rules(policy, dns, canary),
         },
     }
