@@ -12,8 +12,10 @@ at work there, with the canary the controller serves:
   blocks it, and every session policy blocks it (no rule allows it, and the canary's
   addresses are cut out of every address block that would).
 
-Enforced = open answers and closed does not, in the same round. A canary that is down
-answers neither, and the pod waits (fails closed) rather than starting unprotected. Pure:
+Enforced = on one canary endpoint, the closed port completes no handshake while the open port,
+before and after, shows that endpoint's closed listener up (canary_protocol.py: what makes that
+sound), several rounds in a row. A canary that is down, restarting, stalled or flooded makes a
+round inconclusive, and the pod waits (fails closed) rather than starting unprotected. Pure:
 the container and the patch that puts it first; the probing lives in ``wait.py``.
 """
 
@@ -23,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .canary_protocol import CANARY_TOKEN
 from .session import spec_names
 
 INIT_CONTAINER_NAME = "sortie-egress-wait"
@@ -32,7 +35,6 @@ INIT_CONTAINER_NAME = "sortie-egress-wait"
 #: (reinvocationPolicy IfNeeded), and every session start costs two webhook calls instead of one.
 NO_TOKEN_VOLUME = "sortie-egress-wait-no-token"
 SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
-CANARY_TOKEN = b"sortie-egress-canary\n"
 DEFAULT_OPEN_PORT = 9445
 #: Canary pods: the controller's. A session policy allows the open port to exactly these.
 CANARY_POD_LABELS = {"app.kubernetes.io/name": "sortie-egress", "app.kubernetes.io/component": "controller"}

@@ -1,26 +1,44 @@
-"""The enforcement canary the controller serves (enforcement.py has the why).
+"""The enforcement canary the controller serves (enforcement.py has the why, canary_protocol.py
+what makes one round of the wait sound).
 
-Every replica listens, leader or not: the canary Service spreads session pods' probes over
-all of them. Both ports answer every connection with the same token and close it; what
-tells them apart is only what session policies allow (the open port) and block (the
-closed one). The addresses that policies must cut out are the canary pods' own, followed
-through the API, since pod addresses change with every rollout.
+Every replica listens, leader or not. Both ports answer every connection with the token and
+close it; the open port then adds a status line about this very endpoint: the address it was
+reached on, the address the connection came from, its instance, how long ago its closed
+listener last accepted the canary's own loopback connection, and its listen queues' overflow
+count. The wait believes a refused or unanswered closed port only between two such answers
+that show the closed listener up and never overflowing.
+
+The canary runs in a process of its own (``start_canary``): the controller's workers, relists
+and reconciles share one interpreter lock, and a stall there must not be what a wait measures.
+The listeners are bound by the controller (so a port in use fails it at start) and handed over.
+The addresses that policies must cut out are the canary pods' own, followed through the API,
+since pod addresses change with every rollout.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
+import secrets
 import selectors
 import socket
+import subprocess
+import sys
 import threading
+import time
 from typing import Any
 
-from ..enforcement import CANARY_POD_LABELS, CANARY_TOKEN, closed_port
+from ..canary_protocol import CANARY_TOKEN, SELF_CHECK_INTERVAL, CanaryStatus, parse_status
+from ..enforcement import CANARY_POD_LABELS, closed_port
 from ..render import Canary
 
 log = logging.getLogger("sortie.controller.canary")
 
 CANARY_SELECTOR = ",".join(f"{key}={value}" for key, value in sorted(CANARY_POD_LABELS.items()))
+#: What the status says when the closed listener has never accepted the self-check.
+NEVER = 1e9
+_NETSTAT = "/proc/net/netstat"
 
 
 def _listener(host: str, port: int) -> socket.socket:
@@ -33,37 +51,157 @@ def _listener(host: str, port: int) -> socket.socket:
     return server
 
 
-def serve_canary(host: str, port: int, stop: threading.Event) -> threading.Thread:
-    """Answer on ``port`` and the next one until ``stop``; binding errors raise here, at start."""
-    servers = [_listener(host, port), _listener(host, closed_port(port))]
-    selector = selectors.DefaultSelector()
-    for server in servers:
-        selector.register(server, selectors.EVENT_READ)
+def loopback_for(host: str) -> str:
+    """Where the canary itself reaches a listener bound to ``host``."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
 
-    def loop() -> None:
+
+def listen_overflows(path: str = _NETSTAT) -> int:
+    """The network namespace's TcpExt ListenOverflows + ListenDrops (-1 where they cannot be read):
+    a SYN a full queue dropped looks, to the client, just like a dataplane that drops."""
+    try:
+        with open(path, encoding="ascii") as stats:
+            lines = stats.read().splitlines()
+    except OSError:
+        return -1
+    for names, values in zip(lines, lines[1:]):
+        if names.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:]))
+            try:
+                return int(table.get("ListenOverflows", 0)) + int(table.get("ListenDrops", 0))
+            except ValueError:
+                return -1
+    return -1
+
+
+class CanaryServer:
+    """Both listeners, their accept loop and the closed listener's self-check."""
+
+    def __init__(self, open_listener: socket.socket, closed_listener: socket.socket) -> None:
+        self.open_listener, self.closed_listener = open_listener, closed_listener
+        self.instance = secrets.token_hex(8)
+        self.generation = 1  # the closed listener is opened once per instance
+        self._checked_at: float | None = None
+        host, port = closed_listener.getsockname()[:2]
+        self._self_check_address = (loopback_for(host), port)
+
+    def status(self, connection: socket.socket) -> CanaryStatus:
+        checked_at = self._checked_at
+        return CanaryStatus(instance=self.instance, generation=self.generation,
+                            checked_ago=NEVER if checked_at is None else round(time.monotonic() - checked_at, 4),
+                            overflows=listen_overflows(), local=connection.getsockname()[0],
+                            peer=connection.getpeername()[0])
+
+    def self_check_once(self, timeout: float = 0.2) -> bool:
+        """Connect to our own closed listener over loopback: it is up and its queue has room."""
+        try:
+            with socket.create_connection(self._self_check_address, timeout=timeout):
+                pass
+        except OSError:
+            return False
+        self._checked_at = time.monotonic()
+        return True
+
+    def _self_check(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.self_check_once()
+            stop.wait(SELF_CHECK_INTERVAL)
+
+    def serve(self, stop: threading.Event) -> None:
+        """Accept and answer until ``stop``; the listeners are closed on the way out."""
+        threading.Thread(target=self._self_check, args=(stop,), name="canary-self-check", daemon=True).start()
+        selector = selectors.DefaultSelector()
+        for server in (self.open_listener, self.closed_listener):
+            selector.register(server, selectors.EVENT_READ)
         try:
             while not stop.is_set():
                 for key, _ in selector.select(timeout=0.5):
-                    try:
-                        connection, _peer = key.fileobj.accept()  # type: ignore[union-attr]
-                    except OSError:
-                        continue  # the client gave up meanwhile
-                    try:
-                        connection.setblocking(True)
-                        connection.settimeout(1.0)
-                        connection.sendall(CANARY_TOKEN)
-                    except OSError:
-                        pass
-                    finally:
-                        connection.close()
+                    self._answer(key.fileobj)  # type: ignore[arg-type]
         finally:
-            for server in servers:
+            for server in (self.open_listener, self.closed_listener):
                 server.close()
 
-    thread = threading.Thread(target=loop, name="canary", daemon=True)
+    def _answer(self, server: socket.socket) -> None:
+        try:
+            connection, _peer = server.accept()
+        except OSError:
+            return  # the client gave up meanwhile
+        try:
+            connection.setblocking(True)
+            connection.settimeout(1.0)
+            reply = CANARY_TOKEN
+            if server is self.open_listener:
+                reply += self.status(connection).encode()
+            connection.sendall(reply)
+        except OSError:
+            pass
+        finally:
+            connection.close()
+
+
+def serve_canary(host: str, port: int, stop: threading.Event) -> threading.Thread:
+    """In this process, in a thread (tests, and ``python -m`` below): ports ``port`` and the next."""
+    server = CanaryServer(_listener(host, port), _listener(host, closed_port(port)))
+    thread = threading.Thread(target=server.serve, args=(stop,), name="canary", daemon=True)
     thread.start()
-    log.info("enforcement canary on %s ports %d (open) and %d (closed)", host, port, closed_port(port))
     return thread
+
+
+class CanaryProcess:
+    """The canary in a child process, on listeners bound here (binding errors raise at start)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        listeners = [_listener(host, port), _listener(host, closed_port(port))]
+        fds = [listener.fileno() for listener in listeners]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "webhook.controller.canary", "--open-fd", str(fds[0]), "--closed-fd", str(fds[1])],
+            pass_fds=fds)
+        for listener in listeners:
+            listener.close()
+        log.info("enforcement canary (pid %d) on %s ports %d (open) and %d (closed)", self.process.pid, host, port,
+                 closed_port(port))
+
+    def healthy(self, timeout: float = 1.0) -> tuple[bool, str]:
+        """Alive, answering on the open port, and its closed listener seen up lately."""
+        if self.process.poll() is not None:
+            return False, f"the canary process exited ({self.process.returncode})"
+        status = ask_status(loopback_for(self.host), self.port, timeout)
+        if status is None:
+            return False, "the canary gave no status on its open port"
+        if status.checked_ago > 5.0:
+            return False, f"the canary's closed listener last accepted its self-check {status.checked_ago:.1f} s ago"
+        return True, "ok"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def ask_status(address: str, port: int, timeout: float) -> CanaryStatus | None:
+    """The status an open port gives (the controller's own health check; the wait has its own reader)."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as connection:
+            received = b""
+            while len(received) < 2048:
+                chunk = connection.recv(2048)
+                if not chunk:
+                    break
+                received += chunk
+    except OSError:
+        return None
+    if not received.startswith(CANARY_TOKEN):
+        return None
+    return parse_status(received[len(CANARY_TOKEN):])
 
 
 def project_canary_pod(pod: dict[str, Any]) -> dict[str, Any]:
@@ -81,4 +219,33 @@ def canary_for(namespace: str, port: int, pods: list[dict[str, Any]]) -> Canary:
     return Canary(namespace, tuple(sorted(CANARY_POD_LABELS.items())), port, tuple(addresses))
 
 
-__all__ = ["CANARY_SELECTOR", "canary_for", "project_canary_pod", "serve_canary"]
+def main(argv: list[str] | None = None) -> int:
+    """The child: serve the two listeners it was handed until SIGTERM or its parent is gone."""
+    parser = argparse.ArgumentParser(prog="python -m webhook.controller.canary")
+    parser.add_argument("--open-fd", type=int, required=True)
+    parser.add_argument("--closed-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    parent = os.getppid()
+    server = CanaryServer(socket.socket(fileno=args.open_fd), socket.socket(fileno=args.closed_fd))
+    for listener in (server.open_listener, server.closed_listener):
+        listener.setblocking(False)
+    thread = threading.Thread(target=server.serve, args=(stop,), name="canary", daemon=True)
+    thread.start()
+    while not stop.is_set():
+        if os.getppid() != parent:  # the controller is gone: so is its canary
+            stop.set()
+        stop.wait(0.5)
+    thread.join(5)
+    return 0
+
+
+__all__ = ["CANARY_SELECTOR", "CanaryProcess", "CanaryServer", "ask_status", "canary_for", "listen_overflows",
+           "loopback_for", "project_canary_pod", "serve_canary"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

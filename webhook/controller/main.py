@@ -18,7 +18,7 @@ from ..kube.client import api_client
 from ..kube.informer import Informer, Store
 from ..render import DnsDestination
 from ..rotation import RotationPolicy
-from .canary import CANARY_SELECTOR, canary_for, project_canary_pod, serve_canary
+from .canary import CANARY_SELECTOR, CanaryProcess, canary_for, project_canary_pod
 from .desired import is_managed
 from .metrics import ControllerMetrics
 from .projections import pod_session_key, policy_ownership_key, project_policy, project_pod
@@ -108,6 +108,7 @@ class Controller:
         else:
             raise BackendUnavailable(f"unknown --backend {options.backend}")
         self.stop = threading.Event()
+        self.canary: CanaryProcess | None = None
         self.metrics = ControllerMetrics()
         self.metrics.backend.labels(options.backend).set(1)
         self.pods = Store(index=pod_session_key)
@@ -260,10 +261,15 @@ class Controller:
         return (not waiting, "ok" if not waiting else "caches not synced: " + ", ".join(waiting))
 
     def healthy(self) -> tuple[bool, str]:
-        """Liveness: its threads run, and queued work is being worked off."""
+        """Liveness: its threads run, its canary answers with its closed listener seen up lately,
+        and queued work is being worked off."""
         dead = [thread.name for thread in (*self.informers, *self.workers) if not thread.is_alive()]
         if dead:
             return False, "threads exited: " + ", ".join(dead)
+        if self.canary is not None:
+            canary_ok, detail = self.canary.healthy()
+            if not canary_ok:
+                return False, detail
         idle = time.monotonic() - self.last_progress
         if self.leading and self.queue.depth() and idle > STUCK_SECONDS:
             return False, f"{self.queue.depth()} sessions waiting and no reconcile finished for {idle:.0f} s"
@@ -272,7 +278,7 @@ class Controller:
     def start(self, sync_timeout: float = 60.0) -> None:
         self._last_resync = time.monotonic()
         if self.options.canary_port:
-            serve_canary(self.options.canary_host, self.options.canary_port, self.stop)
+            self.canary = CanaryProcess(self.options.canary_host, self.options.canary_port)
         for informer in self.informers:
             informer.start()
         deadline = time.monotonic() + sync_timeout
@@ -312,6 +318,8 @@ class Controller:
             worker.join(max(0.0, deadline - time.monotonic()))
         if self.elector is not None:
             self.elector.release()
+        if self.canary is not None:
+            self.canary.stop()
 
 
 def run(options: ControllerOptions) -> int:
