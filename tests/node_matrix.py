@@ -213,7 +213,7 @@ def held_at_wait(plane: ControlPlane, namespace: str, name: str) -> bool:
     if pod["status"].get("phase") == "Running":
         raise AssertionError(f"{namespace}/{name} runs: it should be held at its wait")
     log = plane.kubectl("-n", namespace, "logs", name, "-c", "sortie-egress-wait").stdout
-    return "still reachable" in log
+    return "accepted a connection: egress policy not enforced yet" in log
 
 
 def run_matrix(plane: ControlPlane, rows: list[Row], tag: str, backend: str) -> tuple[list[str], list[str]]:
@@ -239,3 +239,76 @@ def run_matrix(plane: ControlPlane, rows: list[Row], tag: str, backend: str) -> 
                                    f"expected {'open' if expected else 'blocked'}, observed {'open' if seen else 'blocked'}")
         lines.append(f"{ns(row.namespace, tag):<22}{row.pod:<20}{text}")
     return lines, differences
+
+
+#: How long the shutdown probes watch: they start with the pod, the pod's deletion is asked for
+#: at once, and Sortie's graceful deletion (no terminationGracePeriodSeconds: 30 s) outlasts them.
+SHUTDOWN_WATCH_SECONDS = 20
+#: Sortie's own ServiceAccount in a session namespace: it deletes `sortie-egress-<session-id>`
+#: by name right after it asks for the pod's graceful deletion (internal/sessions/manager.go).
+SORTIE_ACCOUNT = "sortie"
+
+
+def _terminating_watcher(namespace: str, name: str, policy: dict[str, Any] | None) -> dict[str, Any]:
+    """A pod whose container ignores SIGTERM (a shell that traps it runs the probe as a child) and
+    tries TCP TARGET_A:80, which ALLOW_443 denies, from its first instant for SHUTDOWN_WATCH_SECONDS."""
+    pod = pod_manifest(namespace, name, policy)
+    del pod["spec"]["terminationGracePeriodSeconds"]  # as Sortie leaves it: 30 s
+    pod["spec"]["containers"][0]["command"] = [
+        "/bin/busybox", "sh", "-c",
+        f"trap '' TERM; /probe watch tcp {TARGET_A}:80 {SHUTDOWN_WATCH_SECONDS}; /bin/busybox sleep 3600"]
+    return pod
+
+
+def shutdown_on_packets(plane: ControlPlane, namespace: str) -> tuple[dict[str, dict[str, int]], str]:
+    """CONTRACT §8 as Sortie ends a session: a session pod (ALLOW_443) and a plain pod, both probing
+    a denied target through their own termination, are deleted gracefully, and Sortie's account
+    deletes the session's policy by name at once. Returns each pod's probe result, read while the
+    pod is still terminating, and what the policy deletion answered."""
+    apply(plane, {"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": SORTIE_ACCOUNT, "namespace": namespace}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": SORTIE_ACCOUNT, "namespace": namespace},
+         "rules": [{"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+                    "verbs": ["get", "list", "create", "delete"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": SORTIE_ACCOUNT, "namespace": namespace},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": SORTIE_ACCOUNT},
+         "subjects": [{"kind": "ServiceAccount", "name": SORTIE_ACCOUNT, "namespace": namespace}]}]})
+    names = {"shutdown-session": ALLOW_443, "shutdown-plain": None}
+    for name, policy in names.items():
+        apply(plane, _terminating_watcher(namespace, name, policy))
+    for name in names:
+        wait_for(lambda name=name: running_ip(plane, namespace, name), 120, f"{name} running")
+    for name in names:
+        result = plane.kubectl("-n", namespace, "delete", "pod", name, "--wait=false")
+        assert result.returncode == 0, result.stderr
+    sortie = f"--as=system:serviceaccount:{namespace}:{SORTIE_ACCOUNT}"
+    deletion = plane.kubectl("-n", namespace, sortie, "delete", "networkpolicy", "sortie-egress-shutdown-session")
+    results = {}
+    for name in names:
+        def finished(name: str = name) -> str | None:
+            lines = plane.kubectl("-n", namespace, "logs", name).stdout.splitlines()
+            return next((line for line in lines if line.startswith("attempts=")), None)
+
+        line = wait_for(finished, SHUTDOWN_WATCH_SECONDS + 60, f"{name}'s probe result")
+        got = plane.kubectl("-n", namespace, "get", "pod", name, "-o", "json")
+        assert got.returncode == 0 and json.loads(got.stdout)["metadata"].get("deletionTimestamp"), (
+            f"{name} is no longer terminating: its probe proves nothing about termination")
+        results[name] = {key: int(value) for key, value in (part.split("=") for part in line.split())}
+    return results, (deletion.stdout + deletion.stderr).strip()
+
+
+def assert_shutdown_held(results: dict[str, dict[str, int]], deletion: str, backend: str, namespace: str) -> None:
+    """The expectations of shutdown_on_packets, written out: not one denied attempt of the session
+    pod got through; the plain pod got through until late in its watch, so the network was up
+    during termination; Sortie's deletion of the policy by name was refused (networkpolicy) or
+    found no such NetworkPolicy (the other backends enforce with another kind)."""
+    session, plain = results["shutdown-session"], results["shutdown-plain"]
+    assert session["attempts"] > 0 and session["open"] == 0, results
+    assert plain["open"] > 0 and plain["last_open_ms"] >= (SHUTDOWN_WATCH_SECONDS - 4) * 1000, results
+    if backend == "networkpolicy":
+        assert (f"sortie-egress protects session NetworkPolicies: {namespace}/sortie-egress-shutdown-session is managed "
+                f"by sortie-egress and cannot be deleted by system:serviceaccount:{namespace}:{SORTIE_ACCOUNT}") in deletion, deletion
+    else:
+        assert 'networkpolicies.networking.k8s.io "sortie-egress-shutdown-session" not found' in deletion, deletion

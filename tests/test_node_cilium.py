@@ -21,8 +21,8 @@ from tests.cluster.install import SYSTEM_NAMESPACE, switch_backend
 from tests.cluster.node import POD_SUBNET
 from tests.cluster.nodecluster import Installed, NodeUnavailable, installed_cluster
 from tests.cluster.targets import NAMES, TARGET_A, TARGET_B, TEST_ZONE
-from tests.node_matrix import (BACKENDS, COLUMNS, DNS, TABLE, apply, ns, pod_manifest, prepare_round, probe, run_matrix,
-                               running_ip, start_rows)
+from tests.node_matrix import (BACKENDS, COLUMNS, DNS, TABLE, apply, assert_shutdown_held, ns, pod_manifest, prepare_round,
+                               probe, run_matrix, running_ip, shutdown_on_packets, start_rows)
 from tests.support import IN_CI, control_plane_binaries
 
 pytestmark = pytest.mark.cluster
@@ -124,3 +124,16 @@ def test_fqdn_rules_open_a_name_on_its_port_only(cluster: CiliumCluster, backend
     assert after == {("tcp", TARGET_A, 443): True, ("tcp", TARGET_A, 80): False, ("tcp", TARGET_A, 8443): False,
                      ("tcp", TARGET_B, 8443): True, ("tcp", TARGET_B, 443): False, ("tcp", TARGET_B, 80): False,
                      ("udp", TARGET_A, 53): False}
+
+
+# Last, and from the backend the tests before end on: each switch of backends is a rollout.
+@pytest.mark.parametrize("backend", tuple(reversed(BACKENDS)))
+def test_a_terminating_session_keeps_its_policy_until_its_containers_stop(cluster: CiliumCluster, backend: str) -> None:
+    """CONTRACT §8 on packets, on Cilium, each backend: Sortie's graceful deletion and its deletion of
+    the policy by name at once; a session container that ignores SIGTERM probes a denied target
+    throughout. (The cilium backend's object goes with the pod through the garbage collector; the
+    clusternetworkpolicy backend's is deleted by our controller once the pod object is gone.)"""
+    namespace = ns("default", cluster.use(backend))
+    results, deletion = shutdown_on_packets(cluster.plane, namespace)
+    print(backend, results, deletion)
+    assert_shutdown_held(results, deletion, backend, namespace)

@@ -23,8 +23,8 @@ from tests.cluster.host import run
 from tests.cluster.install import MUTATING_CONFIGURATION, SYSTEM_NAMESPACE, diagnose, uninstall
 from tests.cluster.nodecluster import Installed, NodeUnavailable, installed_cluster
 from tests.cluster.targets import TARGET_A
-from tests.node_matrix import (ALLOW_443, COLUMNS, EVERYTHING, SESSION, TABLE, apply, pod_manifest, prepare_round,
-                               run_matrix, running_ip, start_rows)
+from tests.node_matrix import (ALLOW_443, COLUMNS, EVERYTHING, SESSION, TABLE, apply, assert_shutdown_held, pod_manifest,
+                               prepare_round, run_matrix, running_ip, shutdown_on_packets, start_rows)
 from tests.support import IN_CI, control_plane_binaries
 
 pytestmark = pytest.mark.cluster
@@ -144,6 +144,14 @@ def test_no_denied_connection_gets_through_from_a_containers_first_instant(insta
     pod = json.loads(plane.kubectl("get", "pod", sessions[0], "-o", "json").stdout)
     assert [c["name"] for c in pod["spec"]["initContainers"]] == ["sortie-egress-wait"]
     assert pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+
+
+def test_a_terminating_session_keeps_its_policy_until_its_containers_stop(installed: Installed) -> None:
+    """CONTRACT §8 on packets: Sortie's graceful deletion and its deletion of the policy by name at
+    once; a session container that ignores SIGTERM probes a denied target throughout (kube-router)."""
+    results, deletion = shutdown_on_packets(installed.plane, "default")
+    print(results, deletion)
+    assert_shutdown_held(results, deletion, "networkpolicy", "default")
 
 
 def test_uninstall_leaves_nothing_that_blocks_pods(installed: Installed) -> None:
