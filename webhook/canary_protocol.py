@@ -40,6 +40,11 @@ SELF_CHECK_INTERVAL = 0.05
 FRESH_SECONDS = 0.5
 
 
+def closed_port(open_port: int) -> int:
+    """The closed port is always the one after the open port: one setting, no mismatch."""
+    return open_port + 1
+
+
 @dataclass(frozen=True, slots=True)
 class CanaryStatus:
     """What the canary's open port says about itself, on one connection."""
@@ -114,7 +119,7 @@ def judge_round(endpoint: str, port: int, own: str, before: CanaryStatus | None,
                 after: CanaryStatus | None) -> tuple[bool, str]:
     """One sandwich on one endpoint: (enforced?, why, for the wait's log). ``own``: this pod's
     address, as its connections to the endpoint carried it."""
-    closed_at = f"{endpoint}:{port + 1}"
+    closed_at = f"{endpoint}:{closed_port(port)}"
     if before is None:
         return False, f"canary {endpoint}:{port} gave no status"
     if closed.connected:
@@ -134,4 +139,4 @@ def judge_round(endpoint: str, port: int, own: str, before: CanaryStatus | None,
 
 
 __all__ = ["CANARY_TOKEN", "FRESH_SECONDS", "MAX_STATUS_BYTES", "SELF_CHECK_INTERVAL", "STATUS_PREFIX", "CanaryStatus",
-           "ClosedProbe", "judge_round", "parse_status", "same_address"]
+           "ClosedProbe", "closed_port", "judge_round", "parse_status", "same_address"]

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .canary_protocol import CANARY_TOKEN
+from .canary_protocol import CANARY_TOKEN, closed_port
 from .session import spec_names
 
 INIT_CONTAINER_NAME = "sortie-egress-wait"
@@ -38,11 +38,6 @@ SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 DEFAULT_OPEN_PORT = 9445
 #: Canary pods: the controller's. A session policy allows the open port to exactly these.
 CANARY_POD_LABELS = {"app.kubernetes.io/name": "sortie-egress", "app.kubernetes.io/component": "controller"}
-
-
-def closed_port(open_port: int) -> int:
-    """The closed port is always the one after the open port: one setting, no mismatch."""
-    return open_port + 1
 
 
 @dataclass(frozen=True, slots=True)

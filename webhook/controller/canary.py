@@ -22,6 +22,7 @@ import logging
 import os
 import secrets
 import selectors
+import signal
 import socket
 import subprocess
 import sys
@@ -29,9 +30,10 @@ import threading
 import time
 from typing import Any
 
-from ..canary_protocol import CANARY_TOKEN, SELF_CHECK_INTERVAL, CanaryStatus, parse_status
+from ..canary_protocol import CANARY_TOKEN, SELF_CHECK_INTERVAL, CanaryStatus
 from ..enforcement import CANARY_POD_LABELS, closed_port
 from ..render import Canary
+from ..wait import ask  # the wait's own reader: the controller checks its canary as a session pod would
 
 log = logging.getLogger("sortie.controller.canary")
 
@@ -170,7 +172,7 @@ class CanaryProcess:
         """Alive, answering on the open port, and its closed listener seen up lately."""
         if self.process.poll() is not None:
             return False, f"the canary process exited ({self.process.returncode})"
-        status = ask_status(loopback_for(self.host), self.port, timeout)
+        status = ask(loopback_for(self.host), self.port, timeout).status
         if status is None:
             return False, "the canary gave no status on its open port"
         if status.checked_ago > 5.0:
@@ -185,23 +187,6 @@ class CanaryProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
-
-
-def ask_status(address: str, port: int, timeout: float) -> CanaryStatus | None:
-    """The status an open port gives (the controller's own health check; the wait has its own reader)."""
-    try:
-        with socket.create_connection((address, port), timeout=timeout) as connection:
-            received = b""
-            while len(received) < 2048:
-                chunk = connection.recv(2048)
-                if not chunk:
-                    break
-                received += chunk
-    except OSError:
-        return None
-    if not received.startswith(CANARY_TOKEN):
-        return None
-    return parse_status(received[len(CANARY_TOKEN):])
 
 
 def project_canary_pod(pod: dict[str, Any]) -> dict[str, Any]:
@@ -226,8 +211,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--closed-fd", type=int, required=True)
     args = parser.parse_args(argv)
     stop = threading.Event()
-    import signal
-
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     parent = os.getppid()
     server = CanaryServer(socket.socket(fileno=args.open_fd), socket.socket(fileno=args.closed_fd))
@@ -243,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["CANARY_SELECTOR", "CanaryProcess", "CanaryServer", "ask_status", "canary_for", "listen_overflows",
+__all__ = ["CANARY_SELECTOR", "CanaryProcess", "CanaryServer", "canary_for", "listen_overflows",
            "loopback_for", "project_canary_pod", "serve_canary"]
 
 
