@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,3 +313,79 @@ def assert_shutdown_held(results: dict[str, dict[str, int]], deletion: str, back
                 f"by sortie-egress and cannot be deleted by system:serviceaccount:{namespace}:{SORTIE_ACCOUNT}") in deletion, deletion
     else:
         assert 'networkpolicies.networking.k8s.io "sortie-egress-shutdown-session" not found' in deletion, deletion
+
+
+LOOK_ALIKE_WATCH_SECONDS = 10
+#: The name the webhook injects for the canary (a bare Service name in the namespace it runs in).
+CANARY_NAME = "sortie-egress-canary.sortie-system.svc"
+#: The strongest look-alike we can build: our own canary software, with a certificate for the very
+#: name ours carries (the webhook's Service), from a CA of its own; its closed port is not listening,
+#: so a refusal there looks like a dataplane that blocks. To a wait that does not authenticate the
+#: canary (every wait before issue 22), it is indistinguishable from ours.
+LOOK_ALIKE_SCRIPT = """
+import threading
+from webhook.certs import generate
+from webhook.controller.canary import CanaryServer, _listener
+from webhook.server.tls import ReloadingTLS, pem_context
+pair = generate(("sortie-egress.sortie-system.svc",))
+print("look-alike serving", flush=True)
+CanaryServer(_listener("0.0.0.0", 9445), _listener("0.0.0.0", 9447),
+             ReloadingTLS(pem_context(pair.cert_pem, pair.key_pem))).serve(threading.Event())
+"""
+
+
+def look_alike_on_packets(plane: ControlPlane, namespace: str, image: str, seconds: float = 2.0) -> dict[str, Any]:
+    """A session pod whose creator points the canary's name at a look-alike (``hostAliases``), and
+    whose container probes a denied target from its first instant. Returns what was seen: the
+    pod's phase, whether its container ever started, and its wait's log."""
+    look_alike = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "canary-look-alike", "namespace": namespace},
+                  "spec": {"containers": [{"name": "server", "image": image, "imagePullPolicy": "IfNotPresent",
+                                           "command": ["python", "-c", LOOK_ALIKE_SCRIPT]}],
+                           "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 1}}
+    apply(plane, look_alike)
+    address = wait_for(lambda: running_ip(plane, namespace, "canary-look-alike"), 120, "the look-alike running")
+    wait_for(lambda: "look-alike serving" in plane.kubectl("-n", namespace, "logs", "canary-look-alike").stdout, 60,
+             "the look-alike serving")
+    session = pod_manifest(namespace, "look-alike-session", ALLOW_443)
+    session["spec"]["hostAliases"] = [{"ip": address, "hostnames": [CANARY_NAME]}]
+    session["spec"]["containers"][0]["command"] = ["/probe", "watch", "tcp", f"{TARGET_A}:80", str(seconds)]
+    apply(plane, session)
+
+    def wait_log() -> str | None:
+        log = plane.kubectl("-n", namespace, "logs", "look-alike-session", "-c", "sortie-egress-wait").stdout
+        return log if "did not" in log else None
+
+    log = wait_for(wait_log, 90, "the wait's verdict on the look-alike")
+    # Then watched for a while: a wait that believed the look-alike passes in well under a second.
+    watched_until, started, pod = time.monotonic() + LOOK_ALIKE_WATCH_SECONDS, False, {}
+    while time.monotonic() < watched_until and not started:
+        pod = json.loads(plane.kubectl("-n", namespace, "get", "pod", "look-alike-session", "-o", "json").stdout)
+        started = any(status.get("state", {}).get("running") or status.get("state", {}).get("terminated")
+                      or status.get("lastState", {}).get("terminated")
+                      for status in pod["status"].get("containerStatuses") or [])
+        time.sleep(0.5)
+    log = plane.kubectl("-n", namespace, "logs", "look-alike-session", "-c", "sortie-egress-wait").stdout or log
+    command = pod["spec"]["initContainers"][0]["command"]
+    for name in ("look-alike-session", "canary-look-alike"):
+        plane.kubectl("-n", namespace, "delete", "pod", name, "--wait=false")
+    return {"phase": pod["status"].get("phase"), "started": started, "log": log,
+            "canary": command[command.index("--canary") + 1], "pinned": "--ca-bundle" in command}
+
+
+UNPROVEN = "the canary did not prove it is ours (unable to get local issuer certificate)"
+
+
+def assert_look_alike_held(seen: dict[str, Any], reaches_it: bool | None) -> None:
+    """Written out: the wait addressed the name the look-alike answers, was pinned, and the
+    session's container never started. Where the dataplane lets the wait reach the look-alike
+    (``reaches_it``: kube-router, before its rules exist), it is the certificate that gave it away;
+    None: either (Cilium, where it depends on the backend whether a pod address is blocked)."""
+    assert seen["canary"] == CANARY_NAME and seen["pinned"], seen
+    assert seen["phase"] == "Pending" and seen["started"] is False, seen
+    assert "enforced in" not in seen["log"], seen["log"]
+    if reaches_it is True:
+        assert UNPROVEN in seen["log"], seen["log"]
+    elif reaches_it is False:
+        assert "did not answer" in seen["log"] and UNPROVEN not in seen["log"], seen["log"]
+    else:
+        assert UNPROVEN in seen["log"] or "did not answer" in seen["log"], seen["log"]

@@ -15,6 +15,8 @@ from cryptography import x509
 
 from tests.cluster.harness import ControlPlane, free_port, wait_for
 from tests.support import CLI, ControllerProcess, admission_failure, control_plane_binaries, session_pod
+from tests.test_enforcement import free_port_pair
+from webhook.wait import Trust, ask
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +38,22 @@ def _serving(core, name: str = "sortie-egress-tls") -> tuple[bytes, bytes] | Non
     except ApiException:
         return None
     return base64.b64decode(secret.data["tls.crt"]), base64.b64decode(secret.data["ca.crt"])
+
+
+def _injected_trust(core, pod: dict) -> Trust:  # type: ignore[no-untyped-def,type-arg]
+    """The trust the webhook pins in a session pod's wait right now (a dry-run create)."""
+    created = core.create_namespaced_pod("default", pod, dry_run="All")
+    command = created.spec.init_containers[0].command
+    return Trust.pinned(command[command.index("--ca-bundle") + 1], command[command.index("--identity") + 1])
+
+
+def _canary_proves_itself(trust: Trust, port: int, seconds: float = 3.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if ask("127.0.0.1", port, 1.0, trust).status is not None:
+            return True
+        time.sleep(0.1)  # pacing retries, as the wait does
+    return False
 
 
 def test_admissions_keep_succeeding_across_rotations(plane: ControlPlane, tmp_path: Path) -> None:
@@ -62,12 +80,18 @@ def test_admissions_keep_succeeding_across_rotations(plane: ControlPlane, tmp_pa
 
     controller_kubeconfig = plane.kubeconfig_for("controller", plane.credentials_for_service_account("sortie-system", "sortie-egress", create=False))
     webhook_kubeconfig = plane.kubeconfig_for("webhook", plane.credentials_for_service_account("sortie-system", "sortie-egress-webhook", create=False))
+    # The canary serves the same Secret's pair; the webhook pins every injected wait to its CAs and
+    # first DNS name (localhost here), and pins anew as the Secret rotates.
+    canary_port = free_port_pair()
     controller = ControllerProcess(controller_kubeconfig, tmp_path / "controller.log", extra_args=(
-        "--manage-certificates", "--certificate-hosts", "127.0.0.1", "--ca-lifetime", "45s",
-        "--serving-lifetime", "15s", "--certificate-overlap", "3s")).start()
+        "--manage-certificates", "--certificate-hosts", "127.0.0.1,localhost", "--ca-lifetime", "45s",
+        "--serving-lifetime", "15s", "--certificate-overlap", "3s",
+        "--canary-port", str(canary_port), "--canary-tls-secret", "sortie-egress-tls")).start()
     webhook_log = (tmp_path / "webhook.log").open("wb")
     webhook = subprocess.Popen([CLI, "serve", "--host", "127.0.0.1", "--port", str(port), "--tls-secret",
-                                "sortie-egress-tls", "--kubeconfig", str(webhook_kubeconfig)],
+                                "sortie-egress-tls", "--kubeconfig", str(webhook_kubeconfig),
+                                "--enforcement-canary", "127.0.0.1", "--enforcement-port", str(canary_port),
+                                "--enforcement-image", "registry.invalid/sortie-egress:1"],
                                stdout=webhook_log, stderr=subprocess.STDOUT, start_new_session=True)
     core = client.CoreV1Api(api)
     try:
@@ -87,12 +111,19 @@ def test_admissions_keep_succeeding_across_rotations(plane: ControlPlane, tmp_pa
         attempts, failures = 0, []
         serials: set[int] = set()
         cas: set[bytes] = set()
+        pins: set[tuple[str, str]] = set()
+        unproven: list[str] = []
         deadline = time.monotonic() + 50
         while time.monotonic() < deadline:
             attempts += 1
             failure = admission_failure(core)
             if failure is not None:
                 failures.append(failure)
+            if attempts % 20 == 0:  # a session pod's wait, as injected now, asks the canary
+                trust = _injected_trust(core, probe)
+                pins.add((trust.identity, base64.b64encode(trust.context.get_ca_certs(binary_form=True)[0]).decode()))
+                if not _canary_proves_itself(trust, canary_port):
+                    unproven.append(f"attempt {attempts}: {ask('127.0.0.1', canary_port, 2.0, trust).error}")
             served = _serving(core)
             if served:
                 serials.add(x509.load_pem_x509_certificate(served[0]).serial_number)
@@ -119,6 +150,10 @@ def test_admissions_keep_succeeding_across_rotations(plane: ControlPlane, tmp_pa
         webhook.wait(20)
     print(f"rotation: {attempts} admissions, {len(failures)} failed, {len(serials)} serving certificates, {len(cas)} CAs")
     assert failures == [], f"{len(failures)} of {attempts} admissions failed: {failures[:3]}"
+    # Every wait injected during the rotations believed our canary (within the seconds a wait
+    # retries), and the pins followed the CA's rotation.
+    assert unproven == [], unproven
+    assert len({ca for _, ca in pins}) >= 2 and {identity for identity, _ in pins} == {"localhost"}, pins
     assert attempts > 200
     assert len(serials) >= 3, f"only {len(serials)} serving certificates seen: fewer than two rotations"
     assert len(cas) >= 2, "the CA never rotated"

@@ -7,7 +7,9 @@ Our container's token path is taken by an empty volume, so the plugin leaves it 
 
 from __future__ import annotations
 
+import base64
 import json
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,7 @@ def _mounts(container: dict[str, Any]) -> dict[str, str]:
 
 @pytest.mark.parametrize("own_volumes", [False, True])
 def test_one_call_per_session_start_and_no_token_in_the_wait(plane: ControlPlane, waiting_webhook: WebhookProcess,
-                                                            own_volumes: bool) -> None:
+                                                            own_volumes: bool, tmp_path: Path) -> None:
     from kubernetes import client
 
     core = client.CoreV1Api(plane.admin.api_client())
@@ -74,6 +76,12 @@ def test_one_call_per_session_start_and_no_token_in_the_wait(plane: ControlPlane
 
     wait, app = stored["spec"]["initContainers"][0], stored["spec"]["containers"][0]
     assert wait["name"] == "sortie-egress-wait" and wait["image"] == IMAGE
+    # Pinned to the canary's certificate: the serving pair's CA (ca.crt beside --tls-cert), as DER in
+    # base64, and the certificate's first DNS name (`certs generate --hosts 127.0.0.1,localhost`).
+    ca_der = ssl.PEM_cert_to_DER_cert((tmp_path / "ca.crt").read_text())
+    assert wait["command"] == ["python", "-m", "webhook.wait", "--canary", "sortie-egress-canary.sortie-system.svc",
+                               "--port", "9445", "--timeout", "600", "--ca-bundle", base64.b64encode(ca_der).decode(),
+                               "--identity", "localhost"]
     # Ours: the empty volume over the token path, nothing else; the app keeps its token (and its own volume).
     assert _mounts(wait) == {TOKEN_PATH: "sortie-egress-wait-no-token"}
     token_volume = _mounts(app)[TOKEN_PATH]

@@ -214,7 +214,8 @@ def test_defaults_render_the_self_managed_install(helm: dict[str, Path]) -> None
                                "--enforcement-canary", "sortie-egress-canary", "--enforcement-port", "9445"]
     assert {"name": "SORTIE_EGRESS_IMAGE", "value": "sortie-egress:0.1.0"} in webhook["env"]
     assert container(docs, "sortie-egress-controller")["args"] == [
-        "controller", "--metrics-port", "8080", "--dns", "cluster", "--canary-port", "9445", "--manage-certificates"]
+        "controller", "--metrics-port", "8080", "--dns", "cluster", "--canary-port", "9445", "--canary-tls-secret", "sortie-egress-tls",
+        "--manage-certificates"]
     hook = one(docs, "MutatingWebhookConfiguration", "sortie-egress")["webhooks"][0]
     assert hook["failurePolicy"] == "Fail" and hook["timeoutSeconds"] == 5
     assert "caBundle" not in hook["clientConfig"], "the controller injects it; a chart value would fight it"
@@ -261,7 +262,8 @@ def test_production_knobs_reach_the_pods(helm: dict[str, Path]) -> None:
     assert {"name": "TZ", "value": "UTC"} in pod["spec"]["containers"][0]["env"]
     controller = one(docs, "Deployment", "sortie-egress-controller")["spec"]["template"]["spec"]
     assert controller["containers"][0]["args"] == ["controller", "--metrics-port", "8080", "--dns", "cluster,169.254.20.10/32",
-                                                   "--canary-port", "9445", "--manage-certificates", "--log-level", "DEBUG",
+                                                   "--canary-port", "9445", "--canary-tls-secret", "sortie-egress-tls",
+                                                   "--manage-certificates", "--log-level", "DEBUG",
                                                    "--workers", "8"]
     assert list(controller["affinity"]) == ["nodeAffinity"]
     assert not [doc for doc in docs if doc["kind"] == "PriorityClass"]

@@ -23,8 +23,9 @@ from tests.cluster.host import run
 from tests.cluster.install import MUTATING_CONFIGURATION, SYSTEM_NAMESPACE, diagnose, uninstall
 from tests.cluster.nodecluster import Installed, NodeUnavailable, installed_cluster
 from tests.cluster.targets import TARGET_A
-from tests.node_matrix import (ALLOW_443, COLUMNS, EVERYTHING, SESSION, TABLE, apply, assert_shutdown_held, pod_manifest,
-                               prepare_round, run_matrix, running_ip, shutdown_on_packets, start_rows)
+from tests.node_matrix import (ALLOW_443, COLUMNS, EVERYTHING, SESSION, TABLE, apply, assert_look_alike_held,
+                               assert_shutdown_held, look_alike_on_packets, pod_manifest, prepare_round, run_matrix,
+                               running_ip, shutdown_on_packets, start_rows)
 from tests.support import IN_CI, control_plane_binaries
 
 pytestmark = pytest.mark.cluster
@@ -144,6 +145,16 @@ def test_no_denied_connection_gets_through_from_a_containers_first_instant(insta
     pod = json.loads(plane.kubectl("get", "pod", sessions[0], "-o", "json").stdout)
     assert [c["name"] for c in pod["spec"]["initContainers"]] == ["sortie-egress-wait"]
     assert pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+
+
+def test_a_look_alike_canary_cannot_start_a_session_before_its_policy(installed: Installed) -> None:
+    """CONTRACT §6, issue 22: the pod's creator points the canary's name at a look-alike
+    (hostAliases) that speaks the protocol with a certificate of its own; the wait, pinned to our
+    CA by the webhook, does not believe it, and the session's container never starts. (Before the
+    canary was authenticated, this pod started at once, before kube-router had its rules.)"""
+    seen = look_alike_on_packets(installed.plane, "default", installed.image)
+    print(seen)
+    assert_look_alike_held(seen, reaches_it=True)
 
 
 def test_a_terminating_session_keeps_its_policy_until_its_containers_stop(installed: Installed) -> None:

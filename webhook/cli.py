@@ -176,6 +176,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cert, key = args.tls_cert, args.tls_key
     else:
         cert, key = _local_certificates(DEFAULT_CERT_DIR)
+    wait = _enforcement_wait(args)
+    canary_ca = _canary_ca_file(args, cert) if wait is not None and secret is None else None
     logs.configure(args.log_level)
     options = ServeOptions(
         host=args.host,
@@ -183,10 +185,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cert_file=cert,
         key_file=key,
         tls_secret=secret,
+        canary_ca_file=canary_ca,
         kubeconfig=getattr(args, "kubeconfig", None),
         request_timeout=args.request_timeout,
         keep_alive_seconds=args.keep_alive,
-        webhook=WebhookSettings(wait=_enforcement_wait(args), backend=args.backend),
+        webhook=WebhookSettings(wait=wait, backend=args.backend),
     )
     logs.event("starting", component="webhook", version=__version__, host=args.host, port=args.port)
     try:
@@ -258,10 +261,18 @@ def cmd_controller(args: argparse.Namespace) -> int:
             raise CommandError("--certificate-overlap must be well under a third of --serving-lifetime")
     if args.canary_port and not 0 < args.canary_port < 65535:
         raise CommandError(f"--canary-port must be between 1 and 65534 (the closed port is the next), not {args.canary_port}")
+    canary_secret = None
+    if args.canary_tls_secret:
+        namespace, slash, name = args.canary_tls_secret.rpartition("/")
+        if not name or (slash and not namespace):
+            raise CommandError("--canary-tls-secret takes NAME or NAMESPACE/NAME")
+        if not args.canary_port:
+            raise CommandError("--canary-tls-secret needs --canary-port: there is no canary to give it to")
+        canary_secret = (namespace or args.system_namespace, name)
     options = ControllerOptions(
         namespaces=list(args.namespace), dns=args.dns, kubeconfig=args.kubeconfig, workers=args.workers,
         metrics_port=args.metrics_port or None, leader_elect=args.leader_elect, system_namespace=args.system_namespace,
-        certificates=certificates, canary_port=args.canary_port, backend=args.backend,
+        certificates=certificates, canary_port=args.canary_port, canary_tls_secret=canary_secret, backend=args.backend,
         cluster_policy_priority=args.cluster_policy_priority,
     )
     logs.event("starting", component="controller", version=__version__, namespaces=options.namespaces or "all",
@@ -391,10 +402,24 @@ def _enforcement_wait(args: argparse.Namespace) -> Any:
     return EnforcementWait(args.enforcement_image, host, args.enforcement_port)
 
 
-def cmd_wait_for_enforcement(args: argparse.Namespace) -> int:
-    from .wait import wait_for_enforcement
+def _canary_ca_file(args: argparse.Namespace, cert: str | None) -> str:
+    """The CAs the injected wait pins, with certificates from files: --enforcement-ca, or the
+    ca.crt beside the serving certificate (a mounted kubernetes.io/tls Secret has it there)."""
+    candidate = args.enforcement_ca or (str(Path(cert).parent / "ca.crt") if cert else "")
+    if not candidate or not Path(candidate).is_file():
+        raise CommandError("--enforcement-canary needs the CA of the canary's certificate (the serving Secret's "
+                           f"ca.crt): give --enforcement-ca FILE{'' if not candidate else f' ({candidate} does not exist)'}")
+    return candidate
 
-    return wait_for_enforcement(args.canary, args.port, args.timeout)
+
+def cmd_wait_for_enforcement(args: argparse.Namespace) -> int:
+    from .wait import trust_of, wait_for_enforcement
+
+    try:
+        trust = trust_of(args)
+    except ValueError as exc:
+        raise CommandError(f"wait-for-enforcement: {exc}") from None
+    return wait_for_enforcement(args.canary, args.port, args.timeout, trust=trust)
 
 
 #: Above the API server's idle-connection timeout (90 s): it, not we, should close an idle connection.
@@ -460,6 +485,10 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
                              "injected first (CONTRACT §6). Default: no wait")
     parser.add_argument("--enforcement-port", type=int, default=9445,
                         help="the canary's open port; the closed one is the next (the controller's --canary-port)")
+    parser.add_argument("--enforcement-ca", metavar="FILE",
+                        help="the CAs the canary's certificate comes from (it serves this webhook's serving "
+                             "certificate), pinned in every injected wait with the certificate's first DNS name; "
+                             "default: ca.crt beside --tls-cert, or the --tls-secret's ca.crt")
     _backend_flag(parser)
     parser.add_argument("--enforcement-image", default=os.environ.get("SORTIE_EGRESS_IMAGE"),
                         help="the image of the injected init container (default: $SORTIE_EGRESS_IMAGE)")
@@ -495,6 +524,10 @@ def build_parser() -> argparse.ArgumentParser:
                             help="serve the enforcement canary on this port (open) and the next (closed), and make every "
                                  "session policy open the first and block the second (CONTRACT §6); the webhook's "
                                  "--enforcement-port. 0 (default): no canary")
+    controller.add_argument("--canary-tls-secret", metavar="[NAMESPACE/]NAME",
+                            help="the canary's open port proves who it is with this kubernetes.io/tls Secret's pair "
+                                 "(the webhook's serving Secret, which the injected waits are pinned to), followed "
+                                 "through the API; without it, waits pinned by the webhook never pass")
     controller.add_argument("--manage-certificates", action="store_true",
                             help="the leader keeps the webhook's CA, serving certificate and caBundles (self-managed)")
     controller.add_argument("--certificate-hosts", help="serving certificate names (default: the in-cluster Service names)")

@@ -48,6 +48,20 @@ class EnforcementWait:
     canary_host: str  # the canary Service's name (or address)
     open_port: int = DEFAULT_OPEN_PORT
     timeout_seconds: int = 600
+    #: What the canary must prove (canary_pin.py): the CAs it may present a certificate from (their
+    #: DER in base64) and the name on it. Empty: not authenticated (only tests and a wait run by hand).
+    ca_bundle: str = ""
+    identity: str = ""
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.ca_bundle and self.identity)
+
+    def _arguments(self) -> list[str]:
+        arguments = ["--canary", self.canary_host, "--port", str(self.open_port), "--timeout", str(self.timeout_seconds)]
+        if self.pinned:
+            arguments += ["--ca-bundle", self.ca_bundle, "--identity", self.identity]
+        return arguments
 
     def container(self) -> dict[str, Any]:
         return {
@@ -56,8 +70,7 @@ class EnforcementWait:
             "imagePullPolicy": "IfNotPresent",
             # `python -m webhook.wait`, not the `sortie-egress` CLI: the standard library only, so it
             # starts in a few tens of milliseconds and a few MiB in every session pod.
-            "command": ["python", "-m", "webhook.wait", "--canary", self.canary_host,
-                        "--port", str(self.open_port), "--timeout", str(self.timeout_seconds)],
+            "command": ["python", "-m", "webhook.wait", *self._arguments()],
             "resources": {"requests": {"cpu": "10m", "memory": "32Mi"},
                           "limits": {"cpu": "200m", "memory": "64Mi"}},
             "securityContext": {

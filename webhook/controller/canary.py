@@ -8,6 +8,14 @@ listener last accepted the canary's own loopback connection, and its listen queu
 count. The wait believes a refused or unanswered closed port only between two such answers
 that show the closed listener up and never overflowing.
 
+The open port answers inside TLS, with the webhook's serving certificate (the controller follows
+its Secret and hands each version to the canary process): the wait believes only that
+certificate (canary_pin.py). A client that sends no TLS ClientHello within ``LEGACY_GRACE`` (a
+wait admitted before the canary spoke TLS, whose init container reruns after a node restart)
+gets the answer in the clear as before. Each open-port connection is answered on a worker thread
+(at most ``MAX_IN_FLIGHT`` at once, beyond that closed at once), so a client that stalls its
+handshake holds only its own connection.
+
 The canary runs in a process of its own (``start_canary``): the controller's workers, relists
 and reconciles share one interpreter lock, and a stall there must not be what a wait measures.
 The listeners are bound by the controller (so a port in use fails it at start) and handed over.
@@ -18,9 +26,11 @@ since pod addresses change with every rollout.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import secrets
+import select
 import selectors
 import signal
 import socket
@@ -28,12 +38,15 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Any
 
+from .. import logs
 from ..canary_protocol import CANARY_TOKEN, SELF_CHECK_INTERVAL, CanaryStatus
 from ..enforcement import CANARY_POD_LABELS, closed_port
 from ..render import Canary
-from ..wait import ask  # the wait's own reader: the controller checks its canary as a session pod would
+from ..server.tls import ReloadingTLS
+from ..wait import Trust, ask  # the wait's own reader: the controller checks its canary as a session pod would
 
 log = logging.getLogger("sortie.controller.canary")
 
@@ -41,6 +54,14 @@ CANARY_SELECTOR = ",".join(f"{key}={value}" for key, value in sorted(CANARY_POD_
 #: What the status says when the closed listener has never accepted the self-check.
 NEVER = 1e9
 _NETSTAT = "/proc/net/netstat"
+#: How long an open-port client may take to start its TLS handshake before it is taken for a wait
+#: that speaks the protocol in the clear.
+LEGACY_GRACE = 0.1
+TLS_HANDSHAKE_RECORD = 0x16
+WORKERS = 16
+#: Open-port connections being answered at once; more are closed unanswered (a flood holds
+#: waits back, it never lets one through).
+MAX_IN_FLIGHT = 256
 
 
 def _listener(host: str, port: int) -> socket.socket:
@@ -81,10 +102,14 @@ def listen_overflows(path: str = _NETSTAT) -> int:
 
 
 class CanaryServer:
-    """Both listeners, their accept loop and the closed listener's self-check."""
+    """Both listeners, their accept loop and the closed listener's self-check. ``tls``: the
+    certificate the open port proves itself with (None: in the clear only, as in unit tests)."""
 
-    def __init__(self, open_listener: socket.socket, closed_listener: socket.socket) -> None:
+    def __init__(self, open_listener: socket.socket, closed_listener: socket.socket,
+                 tls: ReloadingTLS | None = None) -> None:
         self.open_listener, self.closed_listener = open_listener, closed_listener
+        self.tls = tls
+        self._in_flight = threading.BoundedSemaphore(MAX_IN_FLIGHT)
         self.instance = secrets.token_hex(8)
         self.generation = 1  # the closed listener is opened once per instance
         self._checked_at: float | None = None
@@ -119,67 +144,134 @@ class CanaryServer:
         selector = selectors.DefaultSelector()
         for server in (self.open_listener, self.closed_listener):
             selector.register(server, selectors.EVENT_READ)
-        try:
-            while not stop.is_set():
-                for key, _ in selector.select(timeout=0.5):
-                    self._answer(key.fileobj)  # type: ignore[arg-type]
-        finally:
-            for server in (self.open_listener, self.closed_listener):
-                server.close()
+        with ThreadPoolExecutor(WORKERS, thread_name_prefix="canary-open") as workers:
+            try:
+                while not stop.is_set():
+                    for key, _ in selector.select(timeout=0.5):
+                        self._accept(key.fileobj, workers)  # type: ignore[arg-type]
+            finally:
+                for server in (self.open_listener, self.closed_listener):
+                    server.close()
 
-    def _answer(self, server: socket.socket) -> None:
+    def _accept(self, server: socket.socket, workers: ThreadPoolExecutor) -> None:
         try:
             connection, _peer = server.accept()
         except OSError:
             return  # the client gave up meanwhile
+        connection.setblocking(True)
+        connection.settimeout(1.0)
+        if server is self.closed_listener:  # a few bytes into an empty send buffer: never blocks
+            self._reply(connection, CANARY_TOKEN)
+        elif self._in_flight.acquire(blocking=False):
+            workers.submit(self._answer_open, connection)
+        else:
+            connection.close()
+
+    @staticmethod
+    def _reply(connection: socket.socket, reply: bytes) -> None:
         try:
-            connection.setblocking(True)
-            connection.settimeout(1.0)
-            reply = CANARY_TOKEN
-            if server is self.open_listener:
-                reply += self.status(connection).encode()
             connection.sendall(reply)
         except OSError:
             pass
         finally:
             connection.close()
 
+    def _answer_open(self, connection: socket.socket) -> None:
+        """The token and this endpoint's status: inside TLS to a client that starts a handshake,
+        in the clear to one that says nothing (an older wait)."""
+        try:
+            try:
+                status = self.status(connection).encode()
+                starts_tls = self._starts_tls(connection)
+            except OSError:
+                connection.close()
+                return
+            if not starts_tls:
+                self._reply(connection, CANARY_TOKEN + status)
+            elif self.tls is None:
+                connection.close()  # no certificate to prove anything with: the handshake fails
+            else:
+                self._reply_tls(connection, self.tls, CANARY_TOKEN + status)
+        finally:
+            self._in_flight.release()
 
-def serve_canary(host: str, port: int, stop: threading.Event) -> threading.Thread:
-    """In this process, in a thread (tests, and ``python -m`` below): ports ``port`` and the next."""
-    server = CanaryServer(_listener(host, port), _listener(host, closed_port(port)))
+    @staticmethod
+    def _starts_tls(connection: socket.socket) -> bool:
+        readable, _, _ = select.select([connection], [], [], LEGACY_GRACE)
+        if not readable:
+            return False
+        first = connection.recv(1, socket.MSG_PEEK)
+        return first[:1] == bytes([TLS_HANDSHAKE_RECORD])
+
+    @staticmethod
+    def _reply_tls(connection: socket.socket, tls: ReloadingTLS, reply: bytes) -> None:
+        try:
+            wrapped = tls.listener.wrap_socket(connection, server_side=True)
+        except OSError:
+            connection.close()
+            return
+        CanaryServer._reply(wrapped, reply)
+
+
+def serve_canary(host: str, port: int, stop: threading.Event, tls: ReloadingTLS | None = None) -> threading.Thread:
+    """In this process, in a thread (tests): ports ``port`` and the next."""
+    server = CanaryServer(_listener(host, port), _listener(host, closed_port(port)), tls)
     thread = threading.Thread(target=server.serve, args=(stop,), name="canary", daemon=True)
     thread.start()
     return thread
 
 
 class CanaryProcess:
-    """The canary in a child process, on listeners bound here (binding errors raise at start)."""
+    """The canary in a child process, on listeners bound here (binding errors raise at start).
+    Certificates reach it over its standard input (``use_certificate``), one JSON line each."""
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
+        self.trust: Trust | None = None
+        self._feed = threading.Lock()
         listeners = [_listener(host, port), _listener(host, closed_port(port))]
         fds = [listener.fileno() for listener in listeners]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "webhook.controller.canary", "--open-fd", str(fds[0]), "--closed-fd", str(fds[1])],
-            pass_fds=fds)
+            pass_fds=fds, stdin=subprocess.PIPE)
         for listener in listeners:
             listener.close()
         log.info("enforcement canary (pid %d) on %s ports %d (open) and %d (closed)", self.process.pid, host, port,
                  closed_port(port))
 
+    def use_certificate(self, cert_pem: bytes, key_pem: bytes, trust: Trust | None = None) -> None:
+        """Hand the open port a certificate (the serving Secret's, as it changes); ``trust``: what
+        the health check then requires of it, as a wait would."""
+        line = json.dumps({"cert": cert_pem.decode("ascii"), "key": key_pem.decode("ascii")}) + "\n"
+        with self._feed:
+            assert self.process.stdin is not None
+            try:
+                self.process.stdin.write(line.encode("ascii"))
+                self.process.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                log.warning("the canary process is gone: its certificate was not handed over")
+                return
+            self.trust = trust
+
     def healthy(self, timeout: float = 1.0) -> tuple[bool, str]:
-        """Alive, answering on the open port, and its closed listener seen up lately."""
+        """Alive, answering on the open port (proving who it is, once it has a certificate), and
+        its closed listener seen up lately."""
         if self.process.poll() is not None:
             return False, f"the canary process exited ({self.process.returncode})"
-        status = ask(loopback_for(self.host), self.port, timeout).status
+        answer = ask(loopback_for(self.host), self.port, timeout, self.trust)
+        status = answer.status
         if status is None:
-            return False, "the canary gave no status on its open port"
+            return False, f"the canary gave no status on its open port ({answer.error})"
         if status.checked_ago > 5.0:
             return False, f"the canary's closed listener last accepted its self-check {status.checked_ago:.1f} s ago"
         return True, "ok"
 
     def stop(self) -> None:
+        if self.process.stdin is not None:
+            try:
+                self.process.stdin.close()
+            except OSError:
+                pass
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -204,16 +296,31 @@ def canary_for(namespace: str, port: int, pods: list[dict[str, Any]]) -> Canary:
     return Canary(namespace, tuple(sorted(CANARY_POD_LABELS.items())), port, tuple(addresses))
 
 
+def follow_certificates(feed: IO[bytes], tls: ReloadingTLS) -> None:
+    """Each JSON line from the controller is a certificate pair for the open port."""
+    for line in feed:
+        try:
+            pair = json.loads(line)
+            tls.load_pem(pair["cert"].encode("ascii"), pair["key"].encode("ascii"))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("ignored an unreadable certificate line from the controller: %s", type(exc).__name__)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The child: serve the two listeners it was handed until SIGTERM or its parent is gone."""
     parser = argparse.ArgumentParser(prog="python -m webhook.controller.canary")
     parser.add_argument("--open-fd", type=int, required=True)
     parser.add_argument("--closed-fd", type=int, required=True)
     args = parser.parse_args(argv)
+    logs.configure("INFO")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     parent = os.getppid()
-    server = CanaryServer(socket.socket(fileno=args.open_fd), socket.socket(fileno=args.closed_fd))
+    # Until the controller hands over the serving certificate, a throwaway one: no wait believes it.
+    tls = ReloadingTLS.awaiting_secret()
+    threading.Thread(target=follow_certificates, args=(sys.stdin.buffer, tls), name="canary-certificates",
+                     daemon=True).start()
+    server = CanaryServer(socket.socket(fileno=args.open_fd), socket.socket(fileno=args.closed_fd), tls)
     for listener in (server.open_listener, server.closed_listener):
         listener.setblocking(False)
     thread = threading.Thread(target=server.serve, args=(stop,), name="canary", daemon=True)
@@ -226,8 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["CANARY_SELECTOR", "CanaryProcess", "CanaryServer", "canary_for", "listen_overflows",
-           "loopback_for", "project_canary_pod", "serve_canary"]
+__all__ = ["CANARY_SELECTOR", "LEGACY_GRACE", "CanaryProcess", "CanaryServer", "canary_for", "follow_certificates",
+           "listen_overflows", "loopback_for", "project_canary_pod", "serve_canary"]
 
 
 if __name__ == "__main__":

@@ -56,6 +56,9 @@ class ControllerOptions:
     #: and session policies carry no canary rule.
     canary_port: int = 0
     canary_host: str = "0.0.0.0"
+    #: (namespace, name) of the Secret whose pair the canary's open port serves (the webhook's
+    #: serving Secret: the waits are pinned to it). None: the canary cannot prove who it is.
+    canary_tls_secret: tuple[str, str] | None = None
     #: What enforces sessions (backends.py): the controller serves networkpolicy and cilium.
     backend: str = DEFAULT_BACKEND
     #: clusternetworkpolicy: the Admin-tier priority of session policies (lower wins).
@@ -109,6 +112,7 @@ class Controller:
             raise BackendUnavailable(f"unknown --backend {options.backend}")
         self.stop = threading.Event()
         self.canary: CanaryProcess | None = None
+        self._canary_secret_stop: threading.Event | None = None
         self.metrics = ControllerMetrics()
         self.metrics.backend.labels(options.backend).set(1)
         self.pods = Store(index=pod_session_key)
@@ -279,6 +283,8 @@ class Controller:
         self._last_resync = time.monotonic()
         if self.options.canary_port:
             self.canary = CanaryProcess(self.options.canary_host, self.options.canary_port)
+            if self.options.canary_tls_secret is not None:
+                self._follow_canary_certificate(*self.options.canary_tls_secret)
         for informer in self.informers:
             informer.start()
         deadline = time.monotonic() + sync_timeout
@@ -309,6 +315,30 @@ class Controller:
             threading.Thread(target=self.certificates.run, args=(self.stop, leading, interval),
                              name="certificates", daemon=True).start()
 
+    def _follow_canary_certificate(self, namespace: str, name: str) -> None:
+        """Hand each version of the serving Secret's pair to the canary, and check it with the
+        Secret's own CAs, as the waits pinned to them will."""
+        from ..canary_pin import pin_from
+        from ..kube.secret_follower import follow_secret
+        from ..wait import Trust
+
+        canary = self.canary
+        assert canary is not None
+
+        def changed(data: dict[str, bytes]) -> None:
+            if "tls.crt" not in data or "tls.key" not in data:
+                log.warning("Secret %s/%s has no tls.crt/tls.key yet: the canary cannot prove who it is", namespace, name)
+                return
+            trust = None
+            try:
+                pin = pin_from(data.get("ca.crt", b""), data["tls.crt"])
+                trust = Trust.pinned(pin.ca_bundle, pin.identity)
+            except ValueError as exc:
+                log.warning("Secret %s/%s: %s", namespace, name, exc)
+            canary.use_certificate(data["tls.crt"], data["tls.key"], trust)
+
+        self._canary_secret_stop = follow_secret(namespace, name, self.options.kubeconfig, changed)
+
     def shutdown(self, grace: float = 10.0) -> None:
         """Finish in-flight reconciles, hand the lease back."""
         self.stop.set()
@@ -320,6 +350,8 @@ class Controller:
             self.elector.release()
         if self.canary is not None:
             self.canary.stop()
+        if self._canary_secret_stop is not None:
+            self._canary_secret_stop.set()
 
 
 def run(options: ControllerOptions) -> int:

@@ -245,14 +245,20 @@ def create_app(settings: WebhookSettings | None = None) -> WebhookApp:
     async def readyz(_: Request) -> Response:
         if settings.ready():
             return PlainTextResponse("ok\n")
-        return PlainTextResponse("waiting for the serving certificate\n", status_code=503)
+        return PlainTextResponse("waiting for the serving certificate (and the CA that pins the canary)\n",
+                                 status_code=503)
 
     async def metrics(_: Request) -> Response:
         return Response(settings.metrics.render(), media_type=settings.metrics.content_type)
 
-    mutate = AdmissionEndpoint("mutate", partial(mutate_pod, wait=settings.wait, backend=settings.backend),
-                               fail_open=False, settings=settings,
-                               memo=partial(memoised_mutation, wait=settings.wait, backend=settings.backend))
+    # The wait is read per request: its pin follows the serving Secret's CAs (serve.pin_canary).
+    def decide(request: AdmissionRequest) -> Decision:
+        return mutate_pod(request, wait=settings.wait, backend=settings.backend)
+
+    def memo(request: ReviewRequest) -> EncodedAnswer | None:
+        return memoised_mutation(request, wait=settings.wait, backend=settings.backend)
+
+    mutate = AdmissionEndpoint("mutate", decide, fail_open=False, settings=settings, memo=memo)
     routes = [
         Route("/mutate", mutate, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),

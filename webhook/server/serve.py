@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import uvicorn
 from .. import logs
 from .app import WebhookSettings, create_app
 from .fastpath import admission_protocol
-from .tls import ReloadingTLS
+from .tls import ReloadingTLS, _stamp
 
 log = logging.getLogger("sortie.server")
 
@@ -28,6 +29,8 @@ class ServeOptions:
     key_file: str | None = None
     #: (namespace, name) of a kubernetes.io/tls Secret to serve from instead of files.
     tls_secret: tuple[str, str] | None = None
+    #: The CAs of the canary's certificate, when the pair comes from files (the wait is pinned to them).
+    canary_ca_file: str | None = None
     kubeconfig: str | None = None
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     cert_poll_seconds: float = 1.0
@@ -61,29 +64,63 @@ def uvicorn_config(options: ServeOptions, tls: ReloadingTLS) -> uvicorn.Config:
     return config
 
 
-def watch_secret(tls: ReloadingTLS, secret: tuple[str, str], kubeconfig: str | None) -> threading.Event:
-    """Follow one Secret through the API (no kubelet sync delay) and hand its pair to ``tls``."""
-    import base64
-    from functools import partial
+def pin_canary(settings: WebhookSettings, ca_pem: bytes | None, cert_pem: bytes | None, source: str) -> None:
+    """Pin the injected wait to the canary's certificate (canary_pin.py): its CAs and its name.
+    An unusable pair keeps the previous pin; with none yet, the webhook stays not ready."""
+    if settings.wait is None:
+        return
+    from dataclasses import replace
 
-    from kubernetes import client
+    from ..canary_pin import pin_from
 
-    from ..kube.client import api_client
-    from ..kube.informer import Informer, Store
+    if ca_pem is None or cert_pem is None:
+        log.error("%s has no %s: the injected wait cannot authenticate the canary", source,
+                  "ca.crt" if ca_pem is None else "tls.crt")
+        return
+    try:
+        pin = pin_from(ca_pem, cert_pem)
+    except ValueError as exc:
+        log.error("%s: %s", source, exc)
+        return
+    if (pin.ca_bundle, pin.identity) != (settings.wait.ca_bundle, settings.wait.identity):
+        settings.wait = replace(settings.wait, ca_bundle=pin.ca_bundle, identity=pin.identity)
+        log.info("injected waits believe a canary certificate for %s from %s", pin.identity, source)
+
+
+def watch_secret(tls: ReloadingTLS, secret: tuple[str, str], kubeconfig: str | None,
+                 settings: WebhookSettings | None = None) -> threading.Event:
+    """Follow the serving Secret through the API: its pair to ``tls``, its CAs and name to the wait."""
+    from ..kube.secret_follower import follow_secret
 
     namespace, name = secret
-    core = client.CoreV1Api(api_client(kubeconfig, connections=2))
-    stop = threading.Event()
 
-    def changed(obj: dict[str, Any]) -> None:
-        data = obj.get("data") or {}
+    def changed(data: dict[str, bytes]) -> None:
         if "tls.crt" in data and "tls.key" in data:
-            tls.load_pem(base64.b64decode(data["tls.crt"]), base64.b64decode(data["tls.key"]))
+            tls.load_pem(data["tls.crt"], data["tls.key"])
+        if settings is not None:
+            pin_canary(settings, data.get("ca.crt"), data.get("tls.crt"), f"Secret {namespace}/{name}")
 
-    informer = Informer(f"secret-{name}", partial(core.list_namespaced_secret, namespace, field_selector=f"metadata.name={name}"),
-                        lambda obj: obj, Store(), changed, stop, namespace)
-    informer.start()
-    return stop
+    return follow_secret(namespace, name, kubeconfig, changed)
+
+
+class PinnedFiles:
+    """The wait's pin from files (--enforcement-ca and --tls-cert), read again when they change."""
+
+    def __init__(self, settings: WebhookSettings, ca_file: str, cert_file: str) -> None:
+        self.settings, self.files = settings, (Path(ca_file), Path(cert_file))
+        self._stamps: tuple[object, ...] | None = None
+
+    def refresh(self) -> None:
+        stamps = tuple(_stamp(path) for path in self.files)
+        if stamps == self._stamps:
+            return
+        self._stamps = stamps
+        try:
+            ca_pem, cert_pem = (path.read_bytes() for path in self.files)
+        except OSError as exc:
+            log.error("cannot read the canary's pin: %s", exc)
+            return
+        pin_canary(self.settings, ca_pem, cert_pem, f"{self.files[0]} and {self.files[1]}")
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -108,18 +145,27 @@ async def serve(options: ServeOptions, sockets: list[socket.socket] | None = Non
     def count(result: str) -> None:
         metrics.cert_reloads.labels(result).inc()
 
+    settings = options.webhook
+    pinned_files: PinnedFiles | None = None
     if options.tls_secret is not None:
         tls = ReloadingTLS.awaiting_secret(on_reload=count)
-        watch_secret(tls, options.tls_secret, options.kubeconfig)
+        watch_secret(tls, options.tls_secret, options.kubeconfig, settings)
     else:
         assert options.cert_file and options.key_file
         tls = ReloadingTLS.from_files(options.cert_file, options.key_file, on_reload=count)
-    options.webhook.ready = lambda: tls.ready
+        if settings.wait is not None and options.canary_ca_file:
+            pinned_files = PinnedFiles(settings, options.canary_ca_file, options.cert_file)
+            pinned_files.refresh()
+    # Not ready without a serving pair, nor while a wait would be injected that cannot tell our
+    # canary from a look-alike.
+    settings.ready = lambda: tls.ready and (settings.wait is None or settings.wait.pinned)
 
     async def watch_certificates() -> None:
         while tls.files is not None:  # a Secret is followed by its own watch, not polled
             await asyncio.sleep(options.cert_poll_seconds)
             tls.reload_if_changed()
+            if pinned_files is not None:
+                pinned_files.refresh()
 
     server = uvicorn.Server(uvicorn_config(options, tls))
     watcher = asyncio.create_task(watch_certificates())
