@@ -210,7 +210,8 @@ def test_cluster_policy_for_an_allowlist_with_networks_names_and_ports() -> None
              "protocols": [{"tcp": {"destinationPort": {"range": {"start": 8000, "end": 8100}}}},
                            {"udp": {"destinationPort": {"range": {"start": 8000, "end": 8100}}}}]},
             {"name": "allowlist-4", "action": "Accept", "to": [{"networks": ["192.0.2.0/24"]}]},
-            {"name": "everything-else", "action": "Deny", "to": [{"networks": ["0.0.0.0/0", "::/0"]}]},
+            {"name": "everything-else", "action": "Deny", "to": [{"networks": ["0.0.0.0/0", "::/0"]},
+                                                               {"pods": {"namespaceSelector": {}, "podSelector": {}}}]},
         ]},
     }
 
@@ -258,7 +259,8 @@ def test_cluster_policy_dns_any_canary_and_peer_chunks() -> None:
         {"name": "enforcement-canary-rest", "action": "Deny", "to": canary_pods},
         {"name": "allowlist-1", "action": "Accept",
          "to": [{"networks": [f"10.{i}.0.0/16" for i in range(25)]}, {"networks": [f"10.{i}.0.0/16" for i in range(25, 30)]}]},
-        {"name": "everything-else", "action": "Deny", "to": [{"networks": ["0.0.0.0/0", "::/0"]}]},
+        {"name": "everything-else", "action": "Deny", "to": [{"networks": ["0.0.0.0/0", "::/0"]},
+                                                               {"pods": {"namespaceSelector": {}, "podSelector": {}}}]},
     ]
 
 
@@ -271,6 +273,19 @@ def test_cluster_policy_names_do_not_collide_across_namespaces() -> None:
 
 _CILIUM_DNS = {"toEndpoints": [{"matchLabels": {"k8s:io.kubernetes.pod.namespace": "kube-system", "k8s:k8s-app": "kube-dns"}}],
                "toPorts": [{"ports": [{"port": "53", "protocol": "UDP"}, {"port": "53", "protocol": "TCP"}]}]}
+#: Every TCP, UDP and SCTP port but 53 of TCP and UDP, as Cilium deny ports.
+ALL_BUT_53 = [{"ports": [{"port": "1", "endPort": 52, "protocol": "TCP"}, {"port": "54", "endPort": 65535, "protocol": "TCP"},
+                         {"port": "1", "endPort": 52, "protocol": "UDP"}, {"port": "54", "endPort": 65535, "protocol": "UDP"},
+                         {"port": "0", "protocol": "SCTP"}]}]
+NAMESPACE = "k8s:io.kubernetes.pod.namespace"
+#: An allowlist's deny of the cluster's own pods with cluster DNS and no canary: CoreDNS on every
+#: port but 53; every other pod, written as "not in kube-system" or "in kube-system, not CoreDNS".
+CLUSTER_PODS_DENY = [
+    {"toEndpoints": [{"matchLabels": {NAMESPACE: "kube-system", "k8s:k8s-app": "kube-dns"}}], "toPorts": ALL_BUT_53},
+    {"toEndpoints": [{"matchExpressions": [{"key": NAMESPACE, "operator": "NotIn", "values": ["kube-system"]}]},
+                     {"matchLabels": {NAMESPACE: "kube-system"},
+                      "matchExpressions": [{"key": "k8s:k8s-app", "operator": "NotIn", "values": ["kube-dns"]}]}]},
+]
 
 
 def test_cilium_policy_for_an_allowlist_with_names() -> None:
@@ -295,7 +310,7 @@ def test_cilium_policy_for_an_allowlist_with_names() -> None:
             {"toFQDNs": [{"matchPattern": "**.example.org"}]},
             {"toCIDRSet": [{"cidr": "192.0.2.0/24"}],
              "toPorts": [{"ports": [{"port": "5000", "endPort": 5010, "protocol": "UDP"}]}]},
-        ]},
+        ], "egressDeny": CLUSTER_PODS_DENY},
     }
 
 
@@ -328,14 +343,13 @@ def test_cilium_dns_any_is_port_53_to_every_destination() -> None:
     session = session_pod(_pod({"mode": "allowlist"}))
     assert session is not None
     spec = render_cilium_network_policy(session, _parsed({"mode": "allowlist"}), DnsDestination.parse("any"))["spec"]
-    all_but_53 = [{"ports": [{"port": "1", "endPort": 52, "protocol": "TCP"}, {"port": "54", "endPort": 65535, "protocol": "TCP"},
-                             {"port": "1", "endPort": 52, "protocol": "UDP"}, {"port": "54", "endPort": 65535, "protocol": "UDP"},
-                             {"port": "0", "protocol": "SCTP"}]}]
     assert spec == {"endpointSelector": {"matchLabels": {"sortie.io/session-id": "s-1"}, "matchExpressions": MODE_EXISTS},
                     "egress": [{"toPorts": _CILIUM_DNS["toPorts"]}],
-                    # An empty allowlist: outside the cluster, everything but port 53 is denied.
-                    "egressDeny": [{"toCIDRSet": [{"cidr": "0.0.0.0/0"}], "toPorts": all_but_53},
-                                   {"toCIDRSet": [{"cidr": "::/0"}], "toPorts": all_but_53}]}
+                    # An empty allowlist: every pod of the cluster, and everything outside it, but port 53.
+                    "egressDeny": [{"toEndpoints": [{"matchExpressions": [{"key": NAMESPACE, "operator": "Exists"}]}],
+                                    "toPorts": ALL_BUT_53},
+                                   {"toCIDRSet": [{"cidr": "0.0.0.0/0"}], "toPorts": ALL_BUT_53},
+                                   {"toCIDRSet": [{"cidr": "::/0"}], "toPorts": ALL_BUT_53}]}
 
 
 def test_cilium_allowlist_of_networks_denies_everything_else_outside_the_cluster() -> None:
@@ -361,6 +375,14 @@ def test_cilium_allowlist_of_networks_denies_everything_else_outside_the_cluster
         # The canary but its open port (port 1: the TCP range below it is empty).
         {"toEndpoints": canary_pods, "toPorts": [{"ports": [{"port": "2", "endPort": 65535, "protocol": "TCP"},
                                                             {"port": "0", "protocol": "UDP"}, {"port": "0", "protocol": "SCTP"}]}]},
+        # The cluster's pods: CoreDNS but port 53; all others but the canary's (its own rule above).
+        CLUSTER_PODS_DENY[0],
+        {"toEndpoints": [
+            {"matchExpressions": [{"key": NAMESPACE, "operator": "NotIn", "values": ["kube-system", "sortie-system"]}]},
+            {"matchLabels": {NAMESPACE: "kube-system"},
+             "matchExpressions": [{"key": "k8s:k8s-app", "operator": "NotIn", "values": ["kube-dns"]}]},
+            {"matchLabels": {NAMESPACE: "sortie-system"},
+             "matchExpressions": [{"key": "k8s:app", "operator": "NotIn", "values": ["canary"]}]}]},
         # Everywhere else: everything (the named resolver's own region keeps port 53 below).
         {"toCIDRSet": [{"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "169.254.20.10/32", "192.0.2.7/32"]}]},
         # 10/8 but 10.1/16: TCP 443 only.
@@ -381,12 +403,30 @@ def test_cilium_allowlist_of_networks_denies_everything_else_outside_the_cluster
     ]
 
 
-def test_cilium_allowlist_that_names_hosts_has_no_deny() -> None:
-    """A deny of the rest would also close what the names resolve to: left to the allows (and reported)."""
+def test_cilium_allowlist_that_names_hosts_denies_only_the_clusters_pods() -> None:
+    """A deny of the rest outside the cluster would also close what the names resolve to: left to
+    the allows (and reported); the cluster's own pods are denied all the same."""
     policy = _parsed({"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8"}, {"fqdn": "api.example.com", "port": 443}]})
     session = session_pod(_pod({"mode": "allowlist"}))
     assert session is not None
-    assert "egressDeny" not in render_cilium_network_policy(session, policy, DnsDestination())["spec"]
+    assert render_cilium_network_policy(session, policy, DnsDestination())["spec"]["egressDeny"] == CLUSTER_PODS_DENY
+
+
+def test_cilium_canary_pods_sharing_a_namespace_with_dns_are_excepted_label_by_label() -> None:
+    """Two exempt groups in one namespace: a pod is denied when it is neither (for each group, one
+    of its labels differs), spelled as one selector per choice of labels."""
+    session = session_pod(_pod({"mode": "allowlist"}))
+    assert session is not None
+    canary = Canary(namespace="kube-system", pod_labels=(("app", "canary"), ("tier", "x")), open_port=9445)
+    deny = render_cilium_network_policy(session, _parsed({"mode": "allowlist", "rules": []}), DnsDestination(), canary)
+    assert deny["spec"]["egressDeny"][2] == {"toEndpoints": [
+        {"matchExpressions": [{"key": NAMESPACE, "operator": "NotIn", "values": ["kube-system"]}]},
+        {"matchLabels": {NAMESPACE: "kube-system"}, "matchExpressions": [
+            {"key": "k8s:k8s-app", "operator": "NotIn", "values": ["kube-dns"]},
+            {"key": "k8s:app", "operator": "NotIn", "values": ["canary"]}]},
+        {"matchLabels": {NAMESPACE: "kube-system"}, "matchExpressions": [
+            {"key": "k8s:k8s-app", "operator": "NotIn", "values": ["kube-dns"]},
+            {"key": "k8s:tier", "operator": "NotIn", "values": ["x"]}]}]}
 
 
 def test_cilium_deny_ports_are_chunked_by_forty() -> None:
@@ -394,7 +434,7 @@ def test_cilium_deny_ports_are_chunked_by_forty() -> None:
     session = session_pod(_pod({"mode": "allowlist"}))
     assert session is not None
     deny = render_cilium_network_policy(session, _parsed({"mode": "allowlist", "rules": rules}), DnsDestination())["spec"]["egressDeny"]
-    ten = [rule for rule in deny if rule["toCIDRSet"][0]["cidr"] == "10.0.0.0/8"]
+    ten = [rule for rule in deny if "toCIDRSet" in rule and rule["toCIDRSet"][0]["cidr"] == "10.0.0.0/8"]
     assert [len(entry["ports"]) for entry in ten[0]["toPorts"]] == [40, 3]  # 41 TCP ranges, UDP, SCTP
     assert ten[0]["toPorts"][0]["ports"][:2] == [{"port": "1", "endPort": 99, "protocol": "TCP"},
                                                  {"port": "101", "endPort": 199, "protocol": "TCP"}]

@@ -43,6 +43,17 @@ EGRESS = [
     {"toCIDRSet": [{"cidr": "10.20.0.0/16"}],
      "toPorts": [{"ports": [{"port": "5432", "protocol": "TCP"}, {"port": "5432", "protocol": "UDP"}]}]},
 ]
+# And its deny of the cluster's pods (no canary here): CoreDNS on every port but 53, every other pod.
+_ALL_BUT_53 = [{"ports": [{"port": "1", "endPort": 52, "protocol": "TCP"}, {"port": "54", "endPort": 65535, "protocol": "TCP"},
+                          {"port": "1", "endPort": 52, "protocol": "UDP"}, {"port": "54", "endPort": 65535, "protocol": "UDP"},
+                          {"port": "0", "protocol": "SCTP"}]}]
+EGRESS_DENY = [
+    {"toEndpoints": [{"matchLabels": {"k8s:io.kubernetes.pod.namespace": "kube-system", "k8s:k8s-app": "kube-dns"}}],
+     "toPorts": _ALL_BUT_53},
+    {"toEndpoints": [{"matchExpressions": [{"key": "k8s:io.kubernetes.pod.namespace", "operator": "NotIn", "values": ["kube-system"]}]},
+                     {"matchLabels": {"k8s:io.kubernetes.pod.namespace": "kube-system"},
+                      "matchExpressions": [{"key": "k8s:k8s-app", "operator": "NotIn", "values": ["kube-dns"]}]}]},
+]
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +148,8 @@ def test_a_session_gets_its_cilium_policy_owned_by_its_pod_and_is_released(plane
     wait_for(lambda: _read(custom, "team-a", "sortie-egress-s-1") is not None, 30, "the CiliumNetworkPolicy")
     policy = _read(custom, "team-a", "sortie-egress-s-1")
     assert policy is not None
-    assert policy["spec"] == {"endpointSelector": {"matchLabels": {"sortie.io/session-id": "s-1"}, "matchExpressions": MODE_EXISTS}, "egress": EGRESS}
+    assert policy["spec"] == {"endpointSelector": {"matchLabels": {"sortie.io/session-id": "s-1"}, "matchExpressions": MODE_EXISTS}, "egress": EGRESS,
+                              "egressDeny": EGRESS_DENY}
     assert policy["metadata"]["annotations"] == {
         "sortie.io/policy-digest": "sha256:" + hashlib.sha256(CANONICAL.encode()).hexdigest()}
     assert [(ref["kind"], ref["name"], ref["uid"], ref["controller"]) for ref in policy["metadata"]["ownerReferences"]] == [
@@ -214,6 +226,36 @@ def test_drift_by_a_listed_operator_is_repaired(plane: ControlPlane, cilium_clus
                                    "-p", widen, kubeconfig=operator).returncode == 0, 30, "the operator's edit to be allowed")
     wait_for(lambda: (_read(custom, "team-a", "sortie-egress-s-3") or {}).get("spec", {}).get("egress") == EGRESS, 30,
              "the controller to repair the drift")
+
+
+def test_a_cilium_policy_that_widens_a_session_is_told_and_left_alone(plane: ControlPlane, cilium_cluster: dict[str, Any],
+                                                                      tmp_path: Path) -> None:
+    """CONTRACT §4 on cilium (issue 22): an allowlist that names hosts is a union with every other
+    allow, so a namespace admin's CiliumNetworkPolicy that selects the session widens it: an
+    EgressWidened Event on the pod, `audit` says widened, and their object is not touched."""
+    core, custom = _api(plane)
+    core.create_namespaced_pod("team-a", session_pod(name="desk-4", session_id="s-4", policy=POLICY, namespace="team-a"))
+    wait_for(lambda: _read(custom, "team-a", "sortie-egress-s-4") is not None, 30, "the CiliumNetworkPolicy")
+    ssh_out = {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "ssh-out", "namespace": "team-a"},
+               "spec": {"endpointSelector": {"matchLabels": {"k8s:sortie.io/session-id": "s-4"}},
+                        "egress": [{"toEntities": ["world"], "toPorts": [{"ports": [{"port": "22", "protocol": "TCP"}]}]}]}}
+    custom.create_namespaced_custom_object(GROUP, VERSION, "team-a", PLURAL, ssh_out)
+
+    def told() -> list[str]:
+        events = core.list_namespaced_event("team-a", field_selector="involvedObject.name=desk-4").items
+        return [event.message for event in events if event.reason == "EgressWidened"]
+
+    assert wait_for(told, 30, "the EgressWidened Event") == [
+        "CiliumNetworkPolicy ssh-out: egress[0] allows TCP 22 to 0.0.0.0/0, ::/0; this pod can reach more than its "
+        "egress policy allows"]
+    admin = plane.kubeconfig_for("audit-admin", plane.credentials_for_user("audit-admin", ("system:masters",)))
+    result = subprocess.run([CLI, "audit", "--kubeconfig", str(admin), "--namespace", "team-a", "--backend", "cilium"],
+                            capture_output=True, text=True, timeout=60)
+    rows = {line.split(None, 4)[1]: line.split(None, 4)[3:] for line in result.stdout.splitlines()[1:]}
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert rows["desk-4"] == ["widened", "CiliumNetworkPolicy ssh-out: egress[0] allows TCP 22 to 0.0.0.0/0, ::/0"]
+    theirs = _read(custom, "team-a", "ssh-out")
+    assert theirs is not None and theirs["spec"] == ssh_out["spec"] and "labels" not in theirs["metadata"]
 
 
 def test_fqdn_rules_are_refused_by_a_webhook_on_the_networkpolicy_backend(tmp_path: Path) -> None:

@@ -84,8 +84,8 @@ def test_what_each_pod_can_reach_on_packets(cluster: CiliumCluster, backend: str
     tag = cluster.use(backend)
     plane = cluster.plane
     rows = [row for row in TABLE if backend == "networkpolicy" or not row.before_install]
-    start_rows(plane, rows, tag, backend)
-    lines, differences = run_matrix(plane, rows, tag, backend)
+    start_rows(plane, rows, tag, backend, "cilium")
+    lines, differences = run_matrix(plane, rows, tag, backend, "cilium")
     print(f"{len(rows)} pods x {len(COLUMNS)} destinations on Cilium, backend {backend}")
     print("\n".join(lines))  # ok = reached, -- = blocked, ! = differs from the expectation
     assert differences == [], "\n".join(differences)
@@ -133,9 +133,9 @@ def test_a_look_alike_canary_cannot_start_a_session(cluster: CiliumCluster) -> N
     packet; whether that policy blocks the look-alike's pod address depends on the backend (issue 22's
     in-cluster egress), so the wait either cannot reach it or does not believe it: held either way."""
     namespace = ns("default", cluster.use(cluster.backend))
-    seen = look_alike_on_packets(cluster.plane, namespace, cluster.installed.image)
+    seen = look_alike_on_packets(cluster.plane, namespace, cluster.installed.cluster.node.root)
     print(cluster.backend, seen)
-    assert_look_alike_held(seen, reaches_it=None)
+    assert_look_alike_held(seen)
 
 
 # Last, and from the backend the tests before end on: each switch of backends is a rollout.

@@ -152,9 +152,9 @@ def test_a_look_alike_canary_cannot_start_a_session_before_its_policy(installed:
     (hostAliases) that speaks the protocol with a certificate of its own; the wait, pinned to our
     CA by the webhook, does not believe it, and the session's container never starts. (Before the
     canary was authenticated, this pod started at once, before kube-router had its rules.)"""
-    seen = look_alike_on_packets(installed.plane, "default", installed.image)
+    seen = look_alike_on_packets(installed.plane, "default", installed.cluster.node.root)
     print(seen)
-    assert_look_alike_held(seen, reaches_it=True)
+    assert_look_alike_held(seen)
 
 
 def test_a_terminating_session_keeps_its_policy_until_its_containers_stop(installed: Installed) -> None:

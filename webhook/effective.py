@@ -152,17 +152,21 @@ class Addresses:
 
 @dataclass(frozen=True)
 class Peer:
-    """One destination of a rule: every destination, an address set, or a selector (as canonical JSON)."""
+    """One destination of a rule: every destination, an address set, a selector (as canonical
+    JSON), or (``label``) something only a rule to every destination covers, as it is said."""
 
     anywhere: bool = False
     addresses: Addresses | None = None
     selector: str | None = None
+    label: str | None = None
 
     def describe(self) -> str:
         if self.anywhere:
             return "any destination"
         if self.addresses is not None:
             return self.addresses.describe()
+        if self.label is not None:
+            return self.label
         return f"pods selected by {self.selector}"
 
 
@@ -217,16 +221,18 @@ def _traffic(rule: Mapping[str, Any]) -> list[Traffic]:
 # --- the comparison -------------------------------------------------------------
 
 @dataclass(frozen=True)
-class _Allowance:
+class Allowance:
+    """One allow rule: its destinations and its traffic (every kind of policy is read into these)."""
+
     peers: tuple[Peer, ...]
     traffic: tuple[Traffic, ...]
 
 
-def _allowances(spec: Mapping[str, Any]) -> list[_Allowance]:
-    return [_Allowance(tuple(_peers(rule)), tuple(_traffic(rule))) for rule in spec.get("egress") or []]
+def _allowances(spec: Mapping[str, Any]) -> list[Allowance]:
+    return [Allowance(tuple(_peers(rule)), tuple(_traffic(rule))) for rule in spec.get("egress") or []]
 
 
-def _segments(piece: Traffic, own: list[_Allowance]) -> list[Traffic]:
+def _segments(piece: Traffic, own: list[Allowance]) -> list[Traffic]:
     """``piece`` cut at every boundary of the session's port ranges of its protocol, so each
     segment is either wholly inside or wholly outside each of them."""
     if piece.protocol == PORTLESS:
@@ -242,14 +248,14 @@ def _segments(piece: Traffic, own: list[_Allowance]) -> list[Traffic]:
     return [Traffic(piece.protocol, low, high - 1) for low, high in zip(edges, edges[1:])]
 
 
-def _peer_covered(peer: Peer, segment: Traffic, own: list[_Allowance]) -> bool:
+def _peer_covered(peer: Peer, segment: Traffic, own: list[Allowance]) -> bool:
     open_to = [allowance for allowance in own
                if any(t.protocol == segment.protocol and t.low <= segment.low and segment.high <= t.high
                       for t in allowance.traffic)]
     own_peers = [other for allowance in open_to for other in allowance.peers]
     if any(other.anywhere for other in own_peers):
         return True
-    if peer.anywhere:
+    if peer.anywhere or peer.label is not None:
         return False
     if peer.selector is not None:
         return any(other.selector == peer.selector for other in own_peers)
@@ -278,11 +284,16 @@ def _joined(segments: list[Traffic]) -> list[Traffic]:
 def widening(other: Mapping[str, Any], own: Mapping[str, Any]) -> list[str]:
     """What the NetworkPolicy spec ``other`` allows that ``own`` does not, one line per
     rule that widens (empty: ``other`` allows a subset of ``own``)."""
+    return widening_by(_allowances(other), own)
+
+
+def widening_by(others: list[Allowance], own: Mapping[str, Any]) -> list[str]:
+    """``widening`` for allow rules read from any kind of policy (effective_cilium.py)."""
     own_allowances = _allowances(own)
     reasons = []
-    for index, rule in enumerate(other.get("egress") or []):
-        for peer in _peers(rule):
-            uncovered = _joined([segment for piece in _traffic(rule) for segment in _segments(piece, own_allowances)
+    for index, rule in enumerate(others):
+        for peer in rule.peers:
+            uncovered = _joined([segment for piece in rule.traffic for segment in _segments(piece, own_allowances)
                                  if not _peer_covered(peer, segment, own_allowances)])
             if uncovered:
                 shown = ", ".join(segment.describe() for segment in uncovered[:4])
@@ -298,23 +309,35 @@ class Widening:
 
     policy: str
     reasons: tuple[str, ...]
+    kind: str = "NetworkPolicy"
 
     def describe(self) -> str:
-        return f"NetworkPolicy {self.policy}: " + "; ".join(self.reasons)
+        return f"{self.kind} {self.policy}: " + "; ".join(self.reasons)
 
 
 def widenings(own: Mapping[str, Any], others: Iterable[Mapping[str, Any]], namespace: str,
               labels: Mapping[str, str]) -> list[Widening]:
     """Every policy in ``others`` that selects a pod (``labels`` in ``namespace``) and widens
-    the session policy ``own`` (a NetworkPolicy manifest; it is skipped in ``others``)."""
+    the session policy ``own`` (a NetworkPolicy manifest; it is skipped in ``others``).
+    ``others`` may hold CiliumNetworkPolicies too: they are read by effective_cilium.py."""
+    from .effective_cilium import cilium_allowances, is_cilium_policy, selects
+
     own_name = (own.get("metadata") or {}).get("name")
     own_spec = own.get("spec") or {}
+    network_policies, cilium_policies = [], []
+    for policy in others:
+        (cilium_policies if is_cilium_policy(policy) else network_policies).append(policy)
     found = []
-    for policy in selecting(others, namespace, labels):
+    for policy in selecting(network_policies, namespace, labels):
         name = (policy.get("metadata") or {}).get("name", "")
         if name == own_name:
             continue
         reasons = widening(policy.get("spec") or {}, own_spec)
         if reasons:
             found.append(Widening(name, tuple(reasons)))
-    return sorted(found, key=lambda w: w.policy)
+    for policy in cilium_policies:
+        if selects(policy, namespace, labels):
+            reasons = widening_by(cilium_allowances(policy, namespace, labels), own_spec)
+            if reasons:
+                found.append(Widening((policy.get("metadata") or {}).get("name", ""), tuple(reasons), "CiliumNetworkPolicy"))
+    return sorted(found, key=lambda w: (w.kind, w.policy))

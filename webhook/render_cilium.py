@@ -18,15 +18,20 @@ policy allows: the injected wait then proves this policy enforced, as on cluster
 
 An allowlist that names only networks is its allows plus ``egressDeny`` of everything else
 outside the cluster (complement.py), so another policy that selects the pod cannot widen it
-there. Left to the allows, so widenable (and judged by effective.py as on the networkpolicy
-backend): an allowlist that names hosts (a deny of "all but what these names resolve to" has no
-form: the deny would win over the names' addresses too), traffic to the cluster's own endpoints,
-and traffic without ports (ICMP) to a network the app allows some ports of.
+there. Every allowlist also denies the cluster's own endpoints (``in_cluster_deny``): every pod
+of every namespace but the DNS pods (on port 53) and the canary's pods (on its open port), so a
+NetworkPolicy or CiliumNetworkPolicy that allows a selector cannot open the cluster's pods to the
+session either. Left to the allows, so widenable (and judged by effective.py as on the
+networkpolicy backend): an allowlist that names hosts outside the cluster (a deny of "all but
+what these names resolve to" has no form: the deny would win over the names' addresses too), the
+node's own addresses (Cilium's ``host`` and ``remote-node`` entities: a node-local DNS cache
+lives there), and traffic without ports (ICMP) to a network the app allows some ports of.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from itertools import product
 from typing import Any, Final
 
 from .backends import grouped_by_port_set, port_set
@@ -112,6 +117,60 @@ def _deny_ports(ports: tuple[tuple[str, int, int], ...]) -> list[dict[str, Any]]
     return [{"ports": entries[start:start + _PORTS_PER_ENTRY]} for start in range(0, len(entries), _PORTS_PER_ENTRY)]
 
 
+def _rest_of(protocol_ports: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int, int], ...]:
+    """Every TCP, UDP and SCTP port but the given (protocol, port) pairs, as port ranges."""
+    rest = []
+    for protocol in ("TCP", "UDP", "SCTP"):
+        open_ports = sorted(port for name, port in protocol_ports if name == protocol)
+        first = 1
+        for port in open_ports:
+            if first <= port - 1:
+                rest.append((protocol, first, port - 1))
+            first = port + 1
+        if first <= 65535:
+            rest.append((protocol, first, 65535))
+    return tuple(rest)
+
+
+def _all_but(groups: list[tuple[str, dict[str, str]]]) -> list[dict[str, Any]]:
+    """Endpoint selectors for every pod of every namespace except the pods of ``groups`` (each a
+    namespace and the labels its pods carry): the complement of a union, spelled as selectors
+    (one that excludes those namespaces, then per namespace one per label its pods could lack).
+    The namespace key in every selector keeps Cilium from narrowing it to the policy's namespace."""
+    by_namespace: dict[str, list[dict[str, str]]] = {}
+    for namespace, labels in groups:
+        by_namespace.setdefault(namespace, []).append(labels)
+    outside = ({"key": _NAMESPACE_KEY, "operator": "NotIn", "values": sorted(by_namespace)} if by_namespace
+               else {"key": _NAMESPACE_KEY, "operator": "Exists"})
+    selectors: list[dict[str, Any]] = [{"matchExpressions": [outside]}]
+    for namespace, label_sets in sorted(by_namespace.items()):
+        # Not in any group of this namespace: for each group, one of its labels differs.
+        for choice in product(*[sorted(labels.items()) for labels in label_sets]):
+            expressions = [{"key": f"k8s:{key}", "operator": "NotIn", "values": [value]} for key, value in choice]
+            selectors.append({"matchLabels": {_NAMESPACE_KEY: namespace}, "matchExpressions": expressions})
+    return selectors
+
+
+def in_cluster_deny(dns: DnsDestination, canary: Canary | None) -> list[dict[str, Any]]:
+    """``egressDeny`` rules for the cluster's own endpoints an allowlist does not reach: all of
+    them but the DNS pods and the canary's pods, and those on every port but theirs. A deny wins
+    over every allow, so what the session does reach stays out of it."""
+    exempt: list[tuple[str, dict[str, str]]] = []
+    deny: list[dict[str, Any]] = []
+    if dns.kind == "cluster":
+        exempt.append(("kube-system", {"k8s-app": "kube-dns"}))
+        deny.append({"toEndpoints": [_selector("kube-system", {"k8s-app": "kube-dns"})],
+                     "toPorts": _deny_ports(_rest_of((("UDP", 53), ("TCP", 53))))})
+    if canary is not None:
+        exempt.append((canary.namespace, dict(canary.pod_labels)))  # its own rule denies the rest of it
+    if dns.kind == "any":
+        # Port 53 anywhere, cluster pods included: they are denied every other port.
+        deny.append({"toEndpoints": _all_but(exempt), "toPorts": _deny_ports(_rest_of((("UDP", 53), ("TCP", 53))))})
+    else:
+        deny.append({"toEndpoints": _all_but(exempt)})
+    return deny
+
+
 def allowlist_complement(policy: EgressPolicy, dns: DnsDestination) -> list[dict[str, Any]]:
     """``egressDeny`` rules for everything outside the cluster that an address-only allowlist
     (and the DNS rule) does not allow, so that no other policy can widen it. Endpoints of the
@@ -155,8 +214,10 @@ def cilium_egress(policy: EgressPolicy, dns: DnsDestination,
             deny.extend(_destinations(members, ports, keep_open=dns.cidrs))
     if policy.mode == "denylist":
         egress.append({"toCIDRSet": [{"cidr": cidr} for cidr in _EVERYWHERE]})
-    elif not policy.names_hosts:
-        deny.extend(allowlist_complement(policy, dns))
+    else:
+        deny.extend(in_cluster_deny(dns, canary))
+        if not policy.names_hosts:
+            deny.extend(allowlist_complement(policy, dns))
     return egress, deny
 
 
@@ -181,4 +242,4 @@ def render_cilium_network_policy(pod: SessionPod, policy: EgressPolicy, dns: Dns
     }
 
 
-__all__ = ["CILIUM_API_VERSION", "cilium_egress", "render_cilium_network_policy"]
+__all__ = ["CILIUM_API_VERSION", "cilium_egress", "in_cluster_deny", "render_cilium_network_policy"]

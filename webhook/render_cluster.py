@@ -8,9 +8,11 @@ So a session's policy is rendered *exactly* and cannot be widened by a NetworkPo
 1. Accept DNS to the operator's resolvers (UDP and TCP 53);
 2. the enforcement canary, when the controller runs one: Accept its open port, Deny the rest of it
    (so the start-up wait sees its closed port blocked whatever the app's rules say);
-3. allowlist: Accept each port set's destinations, then Deny everything;
-   denylist: Deny each port set's destinations (ports and protocols honoured), then Accept
-   everything.
+3. allowlist: Accept each port set's destinations, then Deny everything: every network *and*
+   every pod of the cluster (a ``pods`` peer: implementations such as Cilium's do not match their
+   own endpoints by ``networks``, and a NetworkPolicy that allows a selector would otherwise open
+   every pod to the session); denylist: Deny each port set's destinations (ports and protocols
+   honoured), then Accept everything.
 
 When the policy names hosts, the canary's rules come first, then the port sets that name hosts,
 then DNS and the rest: Cilium sends a pod's lookups through its DNS proxy (which opens a name's
@@ -132,7 +134,10 @@ def cluster_egress_rules(policy: EgressPolicy, dns: DnsDestination, canary: Cana
         rules = [*canary_rules, *naming, dns_rule, *addressing]
     else:
         rules = [dns_rule, *canary_rules, *addressing]
-    rules.append(_rule("everything-else", rest, [{"networks": list(_EVERYWHERE)}], None))
+    everything: list[dict[str, Any]] = [{"networks": list(_EVERYWHERE)}]
+    if policy.mode == "allowlist":  # after DNS, the canary and the app's Accepts: they keep their pods
+        everything.append({"pods": {"namespaceSelector": {}, "podSelector": {}}})
+    rules.append(_rule("everything-else", rest, everything, None))
     if len(rules) > CNP_MAX_EGRESS_RULES:  # admission refuses such policies (backends.backend_problems)
         raise ValueError(f"{len(rules)} egress rules; a ClusterNetworkPolicy holds {CNP_MAX_EGRESS_RULES}")
     return rules

@@ -118,6 +118,10 @@ def audit(pods: list[dict[str, Any]], policies: list[dict[str, Any]], dns: DnsDe
     for policy in policies:  # every NetworkPolicy: what may widen a session
         if not is_managed(policy):
             others_by_namespace[_name(policy)[0]].append(policy)
+    if backend == "cilium":  # and, read alike by effective_cilium.py, every CiliumNetworkPolicy
+        for policy in owned or []:
+            if not is_managed(policy):
+                others_by_namespace[_name(policy)[0]].append(policy)
     sessions: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for pod in pods:
         session_id = ((pod.get("metadata") or {}).get("labels") or {}).get(SESSION_ID_LABEL)

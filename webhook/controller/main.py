@@ -157,10 +157,16 @@ class Controller:
             self.queue.add(key)
 
     def _owned_changed(self, obj: dict[str, Any]) -> None:
-        """One of the backend's objects (not a NetworkPolicy): its session, ours or named like ours."""
+        """One of the backend's objects (not a NetworkPolicy): its session, ours or named like ours;
+        on cilium, someone else's CiliumNetworkPolicy also every session of its namespace (it may
+        widen any of them, and is judged like a NetworkPolicy)."""
         key = Reconciler.key_for(obj)
         if key is not None:
             self.queue.add(key)
+        if self.options.backend == "cilium" and not is_managed(obj):
+            namespace = (obj.get("metadata") or {}).get("namespace", "")
+            for session in {pod_session_key(pod) for pod in self.pods.by_namespace(namespace)}:
+                self.queue.add(session)
 
     def _canary_changed(self, _pod: dict[str, Any]) -> None:
         """A canary pod came, went or got its address: every session policy cuts out the new set."""

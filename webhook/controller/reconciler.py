@@ -33,6 +33,7 @@ from .desired import (
     Note,
     SessionPlan,
     gate_removal_patch,
+    is_managed,
     plan_session,
     pod_patch,
     policy_matches,
@@ -145,6 +146,8 @@ class Reconciler:
         found: dict[str, str] = {}
         if plan.reference is not None:
             others = self.policies.by_index((key[0], False))  # someone else's policies in the namespace
+            if self.backend == "cilium" and self.owned is not None:  # and someone else's CiliumNetworkPolicies
+                others = [*others, *(obj for obj in self.owned.by_namespace(key[0]) if not is_managed(obj))]
             for pod in plan.enforced_pods:
                 labels = self._labels(pod)
                 for widening in widenings(plan.reference, others, key[0], labels):
