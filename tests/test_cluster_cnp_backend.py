@@ -183,6 +183,40 @@ def test_a_session_gets_an_admin_tier_policy_and_is_released(plane: ControlPlane
     assert delete.returncode != 0 and "cannot be deleted by mallory" in delete.stderr
 
 
+def test_an_admin_policy_that_comes_first_and_widens_a_session_is_told(plane: ControlPlane,
+                                                                     cnp_cluster: dict[str, Any]) -> None:
+    """Issue 22: no NetworkPolicy can widen an Admin-tier session, another Admin-tier
+    ClusterNetworkPolicy with a lower priority number can: an EgressWidened Event, `audit` widened;
+    a NetworkPolicy that allows everything in the namespace is not told (it cannot widen it)."""
+    core = cnp_cluster["core"]
+    core.create_namespaced_pod("team-b", session_pod(name="desk-5", session_id="s-5", policy=POLICY, namespace="team-b"))
+    wait_for(lambda: _released(core, "desk-5"), 30, "the gate to be released")
+    allow_all = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "allow-all"},
+                 "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}}
+    assert plane.kubectl("apply", "-n", "team-b", "-f", "-", input=json.dumps(allow_all)).returncode == 0
+    guard = {"apiVersion": f"{GROUP}/v1beta1", "kind": "ClusterNetworkPolicy", "metadata": {"name": "ops-ssh"},
+             "spec": {"tier": "Admin", "priority": 100,
+                      "subject": {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "team-b"}}},
+                      "egress": [{"name": "let-ssh", "action": "Accept", "to": [{"networks": ["0.0.0.0/0"]}],
+                                  "protocols": [{"tcp": {"destinationPort": {"number": 22}}}]}]}}
+    try:
+        assert plane.kubectl("apply", "-f", "-", input=json.dumps(guard)).returncode == 0
+
+        def told() -> list[str]:
+            events = core.list_namespaced_event("team-b", field_selector="involvedObject.name=desk-5").items
+            return [event.message for event in events if event.reason == "EgressWidened"]
+
+        assert wait_for(told, 30, "the EgressWidened Event") == [
+            "ClusterNetworkPolicy ops-ssh: egress let-ssh (Accept) allows TCP 22 to 0.0.0.0/0; this pod can reach more "
+            "than its egress policy allows"]
+        code, rows, _ = backend_audit(plane, "clusternetworkpolicy", "team-b")
+        assert (code, rows["s-5"]) == (1, ("widened", "ClusterNetworkPolicy ops-ssh: egress let-ssh (Accept) allows TCP 22 "
+                                               "to 0.0.0.0/0"))
+    finally:
+        plane.kubectl("delete", "clusternetworkpolicy", "ops-ssh")
+        plane.kubectl("delete", "networkpolicy", "allow-all", "-n", "team-b")
+
+
 def test_clean_up_needs_no_garbage_collector_and_nothing_waits_on_the_controller(
         plane: ControlPlane, cnp_cluster: dict[str, Any]) -> None:
     core, controller = cnp_cluster["core"], cnp_cluster["controller"]

@@ -146,6 +146,16 @@ def test_workloads_are_hardened(name: str) -> None:
         assert container["livenessProbe"] and container["readinessProbe"]
 
 
+def test_the_canary_outlives_its_endpoint() -> None:
+    """Issue 22: a terminating controller pod leaves the canary Service's endpoints at once, and
+    its canary answers for 3 s more (the preStop sleep) before SIGTERM stops it, so a wait's round
+    that began there is not cut off; the grace period leaves the controller its 10 s shutdown too."""
+    controller = next(d for d in by_kind(render("base"), "Deployment") if d["metadata"]["name"] == "sortie-egress-controller")
+    spec = controller["spec"]["template"]["spec"]
+    assert spec["containers"][0]["lifecycle"] == {"preStop": {"sleep": {"seconds": 3}}}
+    assert spec["terminationGracePeriodSeconds"] >= 3 + 10
+
+
 def test_only_the_controller_gets_an_api_token_unless_the_webhook_follows_its_secret() -> None:
     deployments = {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in by_kind(render("base"), "Deployment")}
     assert deployments["sortie-egress-webhook"]["automountServiceAccountToken"] is False

@@ -310,6 +310,13 @@ def _backend_objects(api: Any, backend: str, namespaces: list[str]) -> tuple[Any
     for namespace in namespaces or [None]:
         listing = objects.list_all if namespace is None else objects.list_namespaced(namespace)
         owned += [objects.project(obj) for obj in _json.loads(listing(_preload_content=False).data)["items"]]
+    if backend == "clusternetworkpolicy" and namespaces:
+        # Someone else's cluster policies carry no session namespace, and any of them may come
+        # before a session's in the Admin tier: judged for every namespace (effective_cluster.py).
+        from .controller.desired import is_managed
+
+        everything = _json.loads(objects.list_all(_preload_content=False).data)["items"]
+        owned += [objects.project(obj) for obj in everything if not is_managed(obj)]
     return objects, owned, version
 
 

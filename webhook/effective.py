@@ -287,18 +287,20 @@ def widening(other: Mapping[str, Any], own: Mapping[str, Any]) -> list[str]:
     return widening_by(_allowances(other), own)
 
 
-def widening_by(others: list[Allowance], own: Mapping[str, Any]) -> list[str]:
-    """``widening`` for allow rules read from any kind of policy (effective_cilium.py)."""
+def widening_by(others: list[Allowance], own: Mapping[str, Any], names: list[str] | None = None) -> list[str]:
+    """``widening`` for allow rules read from any kind of policy (effective_cilium.py,
+    effective_cluster.py); ``names``: how each rule is called (default ``egress[i]``)."""
     own_allowances = _allowances(own)
     reasons = []
     for index, rule in enumerate(others):
+        called = names[index] if names is not None else f"egress[{index}]"
         for peer in rule.peers:
             uncovered = _joined([segment for piece in rule.traffic for segment in _segments(piece, own_allowances)
                                  if not _peer_covered(peer, segment, own_allowances)])
             if uncovered:
                 shown = ", ".join(segment.describe() for segment in uncovered[:4])
                 more = f" and {len(uncovered) - 4} more" if len(uncovered) > 4 else ""
-                reasons.append(f"egress[{index}] allows {shown}{more} to {peer.describe()}")
+                reasons.append(f"{called} allows {shown}{more} to {peer.describe()}")
                 break  # one line per rule is enough to name it
     return reasons
 

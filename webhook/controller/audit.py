@@ -14,11 +14,11 @@ from typing import Any
 
 from ..backends import DEFAULT_BACKEND
 from ..constants import POLICY_NAME_PREFIX, SESSION_ID_LABEL
-from ..effective import widenings
 from ..render import Canary, DnsDestination
 from .desired import (
     INVALID_POLICY,
     KIND_OF,
+    effective_widenings,
     ClusterPolicyOptions,
     POLICY_CHANGED,
     POLICY_MISMATCH,
@@ -94,8 +94,8 @@ def _session_rows(namespace: str, session_id: str, pods: list[dict[str, Any]], e
         elif id(pod) in unlabelled:
             row("unlabelled", "no sortie.io/egress-mode label: the baseline does not select it yet")
         else:
-            widened = [] if plan.reference is None else widenings(plan.reference, others, namespace,
-                                                                    pod["metadata"].get("labels") or {})
+            widened = [] if plan.reference is None else effective_widenings(
+                backend, plan.reference, others, namespace, pod["metadata"].get("labels") or {}, cluster.priority)
             if widened:
                 row("widened", "; ".join(w.describe() for w in widened))
             elif enforced_for(pod, backend).invalid_reason:
@@ -122,6 +122,9 @@ def audit(pods: list[dict[str, Any]], policies: list[dict[str, Any]], dns: DnsDe
         for policy in owned or []:
             if not is_managed(policy):
                 others_by_namespace[_name(policy)[0]].append(policy)
+    if backend == "clusternetworkpolicy":  # NetworkPolicies cannot widen it; cluster policies first can
+        foreign = [policy for policy in owned or [] if not is_managed(policy)]
+        others_by_namespace = defaultdict(lambda: foreign)
     sessions: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for pod in pods:
         session_id = ((pod.get("metadata") or {}).get("labels") or {}).get(SESSION_ID_LABEL)

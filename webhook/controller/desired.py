@@ -163,6 +163,19 @@ class ClusterPolicyOptions:
     priority: int = DEFAULT_PRIORITY
 
 
+def effective_widenings(backend: str, reference: dict[str, Any], others: list[dict[str, Any]], namespace: str,
+                        labels: dict[str, str], priority: int = DEFAULT_PRIORITY) -> list[Any]:
+    """What widens a session pod on ``backend``: on clusternetworkpolicy only Admin-tier
+    ClusterNetworkPolicies that come first (``others`` are the cluster's, none of ours); elsewhere
+    NetworkPolicies and, on Cilium, CiliumNetworkPolicies (``others``: the namespace's, none of ours)."""
+    from ..effective import widenings
+    from ..effective_cluster import cluster_widenings
+
+    if backend == "clusternetworkpolicy":
+        return cluster_widenings(reference, others, namespace, labels, priority)
+    return widenings(reference, others, namespace, labels)
+
+
 def _render(owners: list[dict[str, Any]], policy: EgressPolicy, digest: str, dns: DnsDestination,
             canary: Canary | None, backend: str = DEFAULT_BACKEND,
             cluster: ClusterPolicyOptions = ClusterPolicyOptions()) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -170,13 +183,17 @@ def _render(owners: list[dict[str, Any]], policy: EgressPolicy, digest: str, dns
     session = session_pod(owners[0])
     assert session is not None
     if backend == "clusternetworkpolicy":
-        # Admin-tier rules come before every NetworkPolicy: none can widen it. No owner references
-        # on a cluster-scoped object: the pods it is for are named in an annotation (the pin and
-        # the controller's clean-up read it).
+        # Admin-tier rules come before every NetworkPolicy: none can widen it, but another
+        # Admin-tier ClusterNetworkPolicy that comes first can (effective_cluster.py), judged
+        # against the session's policy as a NetworkPolicy. No owner references on a cluster-scoped
+        # object: the pods it is for are named in an annotation (the pin and the clean-up read it).
         rendered = render_cluster_network_policy(session, policy, dns, canary, cluster.version, cluster.priority)
         uids = ",".join(str((pod.get("metadata") or {}).get("uid", "")) for pod in owners)
         rendered["metadata"]["annotations"] = {POLICY_DIGEST_ANNOTATION: digest, SESSION_PODS_ANNOTATION: uids}
-        return rendered, None
+        addresses_only = EgressPolicy(policy.mode, tuple(rule for rule in policy.rules if rule.fqdn is None))
+        reference = render_network_policy(session, addresses_only, dns, canary)
+        reference["metadata"]["name"] = _REFERENCE_NAME
+        return rendered, reference
     if backend == "cilium":
         rendered = render_cilium_network_policy(session, policy, dns, canary)
         reference = None

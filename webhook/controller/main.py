@@ -159,7 +159,8 @@ class Controller:
     def _owned_changed(self, obj: dict[str, Any]) -> None:
         """One of the backend's objects (not a NetworkPolicy): its session, ours or named like ours;
         on cilium, someone else's CiliumNetworkPolicy also every session of its namespace (it may
-        widen any of them, and is judged like a NetworkPolicy)."""
+        widen any of them, and is judged like a NetworkPolicy); on clusternetworkpolicy, someone
+        else's ClusterNetworkPolicy every session (effective_cluster.py)."""
         key = Reconciler.key_for(obj)
         if key is not None:
             self.queue.add(key)
@@ -167,6 +168,8 @@ class Controller:
             namespace = (obj.get("metadata") or {}).get("namespace", "")
             for session in {pod_session_key(pod) for pod in self.pods.by_namespace(namespace)}:
                 self.queue.add(session)
+        elif self.options.backend == "clusternetworkpolicy" and key is None and not is_managed(obj):
+            self.enqueue_all()  # someone else's cluster policy may come before any session's
 
     def _canary_changed(self, _pod: dict[str, Any]) -> None:
         """A canary pod came, went or got its address: every session policy cuts out the new set."""

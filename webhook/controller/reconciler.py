@@ -22,7 +22,6 @@ from typing import Any
 from ..backends import DEFAULT_BACKEND
 from ..constants import MANAGED_BY_LABEL, POLICY_NAME_PREFIX, SESSION_ID_LABEL
 from ..render_cluster import CLUSTER_POLICY_PREFIX
-from ..effective import widenings
 from ..kube.informer import Store
 from ..patch import pointer
 from ..render import Canary, DnsDestination
@@ -32,6 +31,7 @@ from .desired import (
     WIDENED,
     Note,
     SessionPlan,
+    effective_widenings,
     gate_removal_patch,
     is_managed,
     plan_session,
@@ -145,12 +145,17 @@ class Reconciler:
         """CONTRACT §4: every other policy that lets a session pod reach more than its own."""
         found: dict[str, str] = {}
         if plan.reference is not None:
-            others = self.policies.by_index((key[0], False))  # someone else's policies in the namespace
-            if self.backend == "cilium" and self.owned is not None:  # and someone else's CiliumNetworkPolicies
-                others = [*others, *(obj for obj in self.owned.by_namespace(key[0]) if not is_managed(obj))]
+            if self.backend == "clusternetworkpolicy":  # someone else's cluster policies (filed under "")
+                others = [obj for obj in (self.owned.by_namespace("") if self.owned is not None else [])
+                          if not is_managed(obj)]
+            else:
+                others = self.policies.by_index((key[0], False))  # someone else's policies in the namespace
+                if self.backend == "cilium" and self.owned is not None:  # and their CiliumNetworkPolicies
+                    others = [*others, *(obj for obj in self.owned.by_namespace(key[0]) if not is_managed(obj))]
             for pod in plan.enforced_pods:
                 labels = self._labels(pod)
-                for widening in widenings(plan.reference, others, key[0], labels):
+                for widening in effective_widenings(self.backend, plan.reference, others, key[0], labels,
+                                                    self.cluster.priority):
                     found.setdefault(widening.policy, widening.describe())
                     self._tell(key, Note(pod, "Warning", WIDENED,
                                          f"{widening.describe()}; this pod can reach more than its egress policy allows"))
