@@ -20,6 +20,7 @@ pod sandboxes) are deleted.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -257,8 +258,8 @@ class HostLedger:
         for folder in cgroup_folders(entry["relative"]):
             kill_cgroup_tree(folder)
             for child in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-                child.rmdir()
-            folder.rmdir()
+                rmdir_once_released(child)
+            rmdir_once_released(folder)
 
 
 def delete_netns(name: str) -> None:
@@ -354,6 +355,20 @@ def kill_until_gone(find: Callable[[], set[int]], what: str, timeout: float = 10
         if time.monotonic() > deadline:
             raise RuntimeError(f"processes {sorted(pids)} {what} survived SIGKILL")
         time.sleep(0.05)  # the kernel reaps asynchronously: poll until they are gone
+
+
+def rmdir_once_released(folder: Path, seconds: float = 10.0) -> None:
+    """rmdir a cgroup, waiting while the kernel still releases its killed tasks (EBUSY: seen once
+    after a bench run, the cgroup empty a moment later)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            folder.rmdir()
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)  # the kernel frees a dying cgroup asynchronously: poll until it lets go
 
 
 def kill_cgroup_tree(folder: Path) -> None:
