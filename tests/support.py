@@ -179,6 +179,12 @@ def helm_tools() -> Any:
         unavailable("helm", exc)
 
 
+def pod_events(core: Any, namespace: str, pod: str, reason: str) -> list[Any]:
+    """The Events recorded on one pod for one reason (kubernetes client objects)."""
+    events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={pod}").items
+    return [event for event in events if event.reason == reason]
+
+
 def backend_audit(plane: Any, backend: str, namespace: str) -> tuple[int, dict[str, tuple[str, str]], str]:
     """``sortie-egress audit --backend``, as the controller's identity: (exit code, rows by session, stderr)."""
     credentials = plane.credentials_for_service_account("sortie-system", "sortie-egress", create=False)

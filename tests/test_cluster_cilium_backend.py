@@ -21,7 +21,7 @@ from tests.conftest import describe_install
 from tests.cluster.harness import ControlPlane, wait_for
 from tests.support import (
     MODE_EXISTS,CLI, ControllerProcess, WebhookProcess, backend_audit, control_plane_binaries, generate_certs,
-                           policy_crds, session_pod)
+                           pod_events, policy_crds, session_pod)
 from webhook.configuration import mutating_configuration
 from webhook.tamper import CILIUM_NETWORK_POLICIES, admission_policies, backend_admission_policies
 
@@ -228,8 +228,8 @@ def test_drift_by_a_listed_operator_is_repaired(plane: ControlPlane, cilium_clus
              "the controller to repair the drift")
 
 
-def test_a_cilium_policy_that_widens_a_session_is_told_and_left_alone(plane: ControlPlane, cilium_cluster: dict[str, Any],
-                                                                      tmp_path: Path) -> None:
+def test_a_cilium_policy_that_widens_a_session_is_told_and_left_alone(plane: ControlPlane,
+                                                                      cilium_cluster: dict[str, Any]) -> None:
     """CONTRACT §4 on cilium (issue 22): an allowlist that names hosts is a union with every other
     allow, so a namespace admin's CiliumNetworkPolicy that selects the session widens it: an
     EgressWidened Event on the pod, `audit` says widened, and their object is not touched."""
@@ -241,19 +241,12 @@ def test_a_cilium_policy_that_widens_a_session_is_told_and_left_alone(plane: Con
                         "egress": [{"toEntities": ["world"], "toPorts": [{"ports": [{"port": "22", "protocol": "TCP"}]}]}]}}
     custom.create_namespaced_custom_object(GROUP, VERSION, "team-a", PLURAL, ssh_out)
 
-    def told() -> list[str]:
-        events = core.list_namespaced_event("team-a", field_selector="involvedObject.name=desk-4").items
-        return [event.message for event in events if event.reason == "EgressWidened"]
-
-    assert wait_for(told, 30, "the EgressWidened Event") == [
+    told = wait_for(lambda: pod_events(core, "team-a", "desk-4", "EgressWidened"), 30, "the EgressWidened Event")
+    assert [event.message for event in told] == [
         "CiliumNetworkPolicy ssh-out: egress[0] allows TCP 22 to 0.0.0.0/0, ::/0; this pod can reach more than its "
         "egress policy allows"]
-    admin = plane.kubeconfig_for("audit-admin", plane.credentials_for_user("audit-admin", ("system:masters",)))
-    result = subprocess.run([CLI, "audit", "--kubeconfig", str(admin), "--namespace", "team-a", "--backend", "cilium"],
-                            capture_output=True, text=True, timeout=60)
-    rows = {line.split(None, 4)[1]: line.split(None, 4)[3:] for line in result.stdout.splitlines()[1:]}
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert rows["desk-4"] == ["widened", "CiliumNetworkPolicy ssh-out: egress[0] allows TCP 22 to 0.0.0.0/0, ::/0"]
+    code, rows, _ = backend_audit(plane, "cilium", "team-a")
+    assert (code, rows["s-4"]) == (1, ("widened", "CiliumNetworkPolicy ssh-out: egress[0] allows TCP 22 to 0.0.0.0/0, ::/0"))
     theirs = _read(custom, "team-a", "ssh-out")
     assert theirs is not None and theirs["spec"] == ssh_out["spec"] and "labels" not in theirs["metadata"]
 

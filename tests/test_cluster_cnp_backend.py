@@ -22,7 +22,7 @@ from tests.conftest import describe_install
 from tests.cluster.harness import ControlPlane, free_port, wait_for
 from tests.support import (
     MODE_EXISTS,CLI, ControllerProcess, WebhookProcess, backend_audit, control_plane_binaries, generate_certs,
-                           policy_crds, session_pod)
+                           pod_events, policy_crds, session_pod)
 from webhook.configuration import mutating_configuration
 from webhook.tamper import CLUSTER_NETWORK_POLICIES, admission_policies, backend_admission_policies
 
@@ -202,11 +202,8 @@ def test_an_admin_policy_that_comes_first_and_widens_a_session_is_told(plane: Co
     try:
         assert plane.kubectl("apply", "-f", "-", input=json.dumps(guard)).returncode == 0
 
-        def told() -> list[str]:
-            events = core.list_namespaced_event("team-b", field_selector="involvedObject.name=desk-5").items
-            return [event.message for event in events if event.reason == "EgressWidened"]
-
-        assert wait_for(told, 30, "the EgressWidened Event") == [
+        told = wait_for(lambda: pod_events(core, "team-b", "desk-5", "EgressWidened"), 30, "the EgressWidened Event")
+        assert [event.message for event in told] == [
             "ClusterNetworkPolicy ops-ssh: egress let-ssh (Accept) allows TCP 22 to 0.0.0.0/0; this pod can reach more "
             "than its egress policy allows"]
         code, rows, _ = backend_audit(plane, "clusternetworkpolicy", "team-b")

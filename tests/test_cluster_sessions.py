@@ -26,7 +26,7 @@ import yaml
 from tests.cluster.harness import ControlPlane, free_port, wait_for
 from tests.conftest import install_admission_policies
 from tests.netpol_eval import Packet, egress_allows
-from tests.support import CLI, MODE_EXISTS, ControllerProcess, WebhookProcess, session_pod
+from tests.support import CLI, MODE_EXISTS, ControllerProcess, WebhookProcess, pod_events, session_pod
 from tests.test_cluster_controller import (
     DNS_RULE,
     POLICY,
@@ -82,11 +82,6 @@ def controller(control_plane: ControlPlane, registered_webhook: WebhookProcess, 
         yield running
 
 
-def _events(core: Any, namespace: str, pod: str, reason: str) -> list[Any]:
-    events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={pod}").items
-    return [event for event in events if event.reason == reason]
-
-
 def _session(pod: dict[str, Any]) -> str:
     return pod["metadata"]["labels"]["sortie.io/session-id"]
 
@@ -112,7 +107,7 @@ def test_a_policy_squatting_on_the_session_name_is_adopted(control_plane: Contro
     assert adopted["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "sortie-egress"
     assert adopted["spec"]["egress"] == POLICY_EGRESS
     assert adopted["metadata"]["annotations"] == {"sortie.io/policy-digest": digest(CANONICAL)}
-    events = wait_for(lambda: _events(core, namespace, pod["metadata"]["name"], "Adopted"), 30, "the Adopted Event")
+    events = wait_for(lambda: pod_events(core, namespace, pod["metadata"]["name"], "Adopted"), 30, "the Adopted Event")
     assert events[0].type == "Normal" and f"replaced NetworkPolicy {name} (uid " in events[0].message
 
 
@@ -171,7 +166,7 @@ def test_a_pod_with_another_policy_stays_gated(control_plane: ControlPlane, cont
     core.create_namespaced_pod(namespace, first)
     wait_for(lambda: _converged(core, networking, namespace, "first"), 30, "the first pod")
     core.create_namespaced_pod(namespace, other)
-    events = wait_for(lambda: _events(core, namespace, "other", "EgressPolicyMismatch"), 30, "the mismatch Event")
+    events = wait_for(lambda: pod_events(core, namespace, "other", "EgressPolicyMismatch"), 30, "the mismatch Event")
     assert events[0].type == "Warning" and "this pod stays gated" in events[0].message
     assert "sortie.io/egress-policy" in _gates(_pod(core, namespace, "other"))
     policy = _policy(networking, namespace, "sortie-egress-" + _session(first))
@@ -228,7 +223,7 @@ def test_the_fail_closed_policy_is_written_although_the_event_is_refused(
         closed = wait_for(lambda: _policy(networking, namespace, "sortie-egress-" + _session(bad)), 30, "the policy")
         assert closed["spec"]["egress"] == [DNS_RULE]
         wait_for(lambda: controller.metric("sortie_egress_events_failed_total") >= 1, 30, "the refused Event to be counted")
-    assert _events(core, namespace, bad["metadata"]["name"], "InvalidEgressPolicy") == []
+    assert pod_events(core, namespace, bad["metadata"]["name"], "InvalidEgressPolicy") == []
 
 
 def _select(policy: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -303,7 +298,7 @@ def test_a_widening_policy_is_reported_and_left_alone(control_plane: ControlPlan
     assert _audit(controller_kubeconfig, namespace) == (0, {_session(pod): ("ok", "")})
     networking.create_namespaced_network_policy(namespace, SORTIE_SESSION_ISOLATION)
 
-    events = wait_for(lambda: _events(core, namespace, pod["metadata"]["name"], "EgressWidened"), 30, "the Event")
+    events = wait_for(lambda: pod_events(core, namespace, pod["metadata"]["name"], "EgressWidened"), 30, "the Event")
     assert events[0].type == "Warning"
     assert events[0].message.startswith("NetworkPolicy sortie-session-isolation: egress[0] allows TCP 80, TCP 443 to 0.0.0.0/0")
     wait_for(lambda: controller.metric("sortie_egress_widened_sessions") == 1, 30, "the gauge")
@@ -343,7 +338,7 @@ def test_a_policy_changed_behind_admission_turns_the_session_dns_only(
     closed = wait_for(lambda: (p := _policy(networking, namespace, policy_name)) and p["spec"]["egress"] == [DNS_RULE] and p,
                       30, "the session to be limited to DNS")
     assert closed["metadata"]["annotations"] == {"sortie.io/policy-digest": digest(CANONICAL)}  # still the admitted pin
-    events = wait_for(lambda: _events(core, namespace, name, "EgressPolicyChanged"), 30, "the Warning Event")
+    events = wait_for(lambda: pod_events(core, namespace, name, "EgressPolicyChanged"), 30, "the Warning Event")
     assert "the new policy is never enforced" in events[0].message
     assert controller.metric("sortie_egress_pin_violations_total") >= 1
 

@@ -203,10 +203,16 @@ class Traffic:
         return f"{self.protocol} {self.low}" if self.low == self.high else f"{self.protocol} {self.low}-{self.high}"
 
 
+def all_traffic() -> list[Traffic]:
+    """What a rule that names no ports allows, in every kind of policy: every port of every
+    protocol, and the protocols without ports."""
+    return [Traffic(protocol) for protocol in PORT_PROTOCOLS] + [Traffic(PORTLESS)]
+
+
 def _traffic(rule: Mapping[str, Any]) -> list[Traffic]:
     ports = rule.get("ports")
     if not ports:  # absent or empty: every port of every protocol
-        return [Traffic(protocol) for protocol in PORT_PROTOCOLS] + [Traffic(PORTLESS)]
+        return all_traffic()
     out = []
     for entry in ports:
         protocol = entry.get("protocol") or "TCP"

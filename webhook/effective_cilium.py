@@ -30,7 +30,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .effective import PORT_PROTOCOLS, PORTLESS, Addresses, Allowance, Peer, Traffic, selector_matches
+from .effective import PORT_PROTOCOLS, PORTLESS, Addresses, Allowance, Peer, Traffic, all_traffic, selector_matches
 
 _NAMESPACE_LABEL: Final = "io.kubernetes.pod.namespace"
 _SOURCES: Final = ("k8s:", "any:")
@@ -153,7 +153,7 @@ def _traffic(rule: Mapping[str, Any]) -> list[Traffic]:
     if not to_ports:
         if icmps:
             return [Traffic(PORTLESS)]
-        return [Traffic(protocol) for protocol in PORT_PROTOCOLS] + [Traffic(PORTLESS)]
+        return all_traffic()
     out = [Traffic(PORTLESS)] if icmps else []
     for entry in to_ports:
         for port in entry.get("ports") or [{}]:

@@ -21,7 +21,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .effective import PORT_PROTOCOLS, PORTLESS, Addresses, Allowance, Peer, Traffic, Widening, selector_matches, widening_by
+from .effective import PORT_PROTOCOLS, Addresses, Allowance, Peer, Traffic, Widening, all_traffic, selector_matches, widening_by
 
 _NAME_LABEL: Final = "kubernetes.io/metadata.name"
 _WIDENING_ACTIONS: Final = ("Accept", "Pass")
@@ -87,7 +87,7 @@ def _peers(rule: Mapping[str, Any]) -> list[Peer]:
 def _traffic(rule: Mapping[str, Any]) -> list[Traffic]:
     protocols = rule.get("protocols")
     if not protocols:
-        return [Traffic(protocol) for protocol in PORT_PROTOCOLS] + [Traffic(PORTLESS)]
+        return all_traffic()
     out = []
     for entry in protocols:
         if not isinstance(entry, Mapping):

@@ -202,10 +202,7 @@ def cilium_egress(policy: EgressPolicy, dns: DnsDestination,
         # The rest of the canary denied by this policy itself: its closed port blocked proves
         # that this policy is enforced, whatever another policy allows (without the deny, an
         # allow-all NetworkPolicy beside the session would hold it at its wait for ever).
-        rest = tuple((protocol, first, last) for protocol, first, last in (
-            ("TCP", 1, canary.open_port - 1), ("TCP", canary.open_port + 1, 65535), ("UDP", 1, 65535), ("SCTP", 1, 65535))
-            if first <= last)
-        deny.append({"toEndpoints": canary_pods, "toPorts": _deny_ports(rest)})
+        deny.append({"toEndpoints": canary_pods, "toPorts": _deny_ports(_rest_of((("TCP", canary.open_port),)))})
     for ports, members in grouped_by_port_set(policy.rules):
         if policy.mode == "allowlist":
             egress.extend(_destinations(members, ports))

@@ -153,6 +153,10 @@ class Controller:
         name = metadata.get("name", "")
         if name.startswith(POLICY_NAME_PREFIX):
             self.queue.add((namespace, name[len(POLICY_NAME_PREFIX):]))
+        self._enqueue_namespace(namespace)
+
+    def _enqueue_namespace(self, namespace: str) -> None:
+        """Every session with a pod in ``namespace``: another policy there may widen any of them."""
         for key in {pod_session_key(pod) for pod in self.pods.by_namespace(namespace)}:
             self.queue.add(key)
 
@@ -165,9 +169,7 @@ class Controller:
         if key is not None:
             self.queue.add(key)
         if self.options.backend == "cilium" and not is_managed(obj):
-            namespace = (obj.get("metadata") or {}).get("namespace", "")
-            for session in {pod_session_key(pod) for pod in self.pods.by_namespace(namespace)}:
-                self.queue.add(session)
+            self._enqueue_namespace((obj.get("metadata") or {}).get("namespace", ""))
         elif self.options.backend == "clusternetworkpolicy" and key is None and not is_managed(obj):
             self.enqueue_all()  # someone else's cluster policy may come before any session's
 

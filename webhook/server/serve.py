@@ -7,7 +7,6 @@ import logging
 import socket
 import threading
 from pathlib import Path
-from typing import Any
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,7 +15,7 @@ import uvicorn
 from .. import logs
 from .app import WebhookSettings, create_app
 from .fastpath import admission_protocol
-from .tls import ReloadingTLS, _stamp
+from .tls import ReloadingTLS, file_stamp
 
 log = logging.getLogger("sortie.server")
 
@@ -111,7 +110,7 @@ class PinnedFiles:
         self._stamps: tuple[object, ...] | None = None
 
     def refresh(self) -> None:
-        stamps = tuple(_stamp(path) for path in self.files)
+        stamps = tuple(file_stamp(path) for path in self.files)
         if stamps == self._stamps:
             return
         self._stamps = stamps

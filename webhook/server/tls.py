@@ -43,7 +43,7 @@ class _Stamp:
     mtime_ns: int
 
 
-def _stamp(path: Path) -> _Stamp | None:
+def file_stamp(path: Path) -> _Stamp | None:
     try:
         status = path.stat()  # follows symlinks: kubelet swaps a ..data link on Secret updates
     except OSError:
@@ -78,7 +78,7 @@ class ReloadingTLS:
     def __init__(self, context: ssl.SSLContext, files: tuple[Path, Path] | None = None, ready: bool = True,
                  on_reload: Callable[[str], None] | None = None) -> None:
         self.files = files
-        self._stamps = (_stamp(files[0]), _stamp(files[1])) if files else None
+        self._stamps = (file_stamp(files[0]), file_stamp(files[1])) if files else None
         self.reloads = 0
         self.failed_reloads = 0
         self.ready = ready
@@ -132,7 +132,7 @@ class ReloadingTLS:
         """Swap in the files' pair if they changed and form a usable pair; True if swapped."""
         if self.files is None:
             return False
-        stamps = (_stamp(self.files[0]), _stamp(self.files[1]))
+        stamps = (file_stamp(self.files[0]), file_stamp(self.files[1]))
         if stamps == self._stamps or None in stamps:
             return False
         if not self._swap(lambda: server_context(*self.files), str(self.files[0])):  # type: ignore[misc]
