@@ -18,6 +18,14 @@ step, from the create call:
 - attempts, how many got through, and the last that did, in ms after the container started:
   for a session pod, any at all breaks §6.
 
+And, from the containers' own log lines as the kubelet timestamped them (``kubectl logs
+--timestamps``, nanoseconds, same clock), where a session pod's time after its rules goes:
+
+- wait started: the injected wait's first line (its interpreter started, flags read, CAs loaded)
+- enforced: its last line (the rounds done; the container exits right after)
+- app started: the probe's first line (the kubelet saw the wait exit, created and started the
+  app container); for plain pods too
+
 Run as root on a machine with the node parts: ``.venv/bin/python bench/startup.py``
 (``--dataplane cilium`` for the Cilium node, ``--backend`` for the exact backends on it).
 """
@@ -31,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +52,7 @@ from tests.cluster.nodecluster import installed_cluster  # noqa: E402
 from tests.cluster.targets import TARGET_A  # noqa: E402
 from tests.cluster.install import switch_backend  # noqa: E402
 from tests.node_matrix import BACKENDS, pod_manifest  # noqa: E402
+from webhook.enforcement import INIT_CONTAINER_NAME  # noqa: E402
 
 DENIED = f"{TARGET_A}:80"
 POLICY = {"mode": "allowlist", "rules": [{"cidr": f"{TARGET_A}/32", "port": 443, "protocol": "TCP"}]}
@@ -62,6 +72,7 @@ class Timeline:
         self.plane = plane
         self.iptables = iptables
         self.created: dict[str, float] = {}
+        self.created_wall: dict[str, float] = {}
         self.seen: dict[str, dict[str, float]] = {}
         self.addresses: dict[str, str] = {}
         self.stop = threading.Event()
@@ -111,6 +122,7 @@ def measure(plane: ControlPlane, pods: int, seconds: float, iptables: bool = Tru
         for kind, policy in kinds.items():
             name = f"{kind}-{index}"
             timeline.created[name] = time.monotonic()
+            timeline.created_wall[name] = time.time()
             applied = plane.kubectl("apply", "-f", "-", input=json.dumps(_pod(name, policy, seconds)))
             assert applied.returncode == 0, applied.stderr
 
@@ -123,9 +135,37 @@ def measure(plane: ControlPlane, pods: int, seconds: float, iptables: bool = Tru
             "attempts": int(numbers["attempts"]), "open": int(numbers["open"]),
             "first_open_ms": int(numbers["first_open_ms"]), "last_open_ms": int(numbers["last_open_ms"]),
             **timeline.seen.get(name, {}),
+            **_log_marks(plane, name, timeline.created_wall[name]),
         })
     timeline.stop.set()
     return results
+
+
+def _stamp(line: str) -> tuple[float, str]:
+    """A ``kubectl logs --timestamps`` line: (seconds since the epoch, the text); RFC 3339 with
+    nanoseconds, which datetime reads only to microseconds."""
+    stamp, _, text = line.partition(" ")
+    seconds, _, fraction = stamp.rstrip("Z").partition(".")
+    whole = datetime.strptime(seconds, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+    return whole + float("0." + (fraction or "0")), text
+
+
+def _log_marks(plane: ControlPlane, name: str, created: float) -> dict[str, float]:
+    """Seconds after the create call of the wait's first and last lines and the app's first."""
+    marks: dict[str, float] = {}
+    wait = plane.kubectl("logs", "--timestamps", "-c", INIT_CONTAINER_NAME, name)
+    lines = [_stamp(line) for line in wait.stdout.splitlines() if line.strip()] if wait.returncode == 0 else []
+    if lines:
+        marks["wait started"] = lines[0][0] - created
+        enforced = [stamp for stamp, text in lines if "enforced in" in text]
+        if enforced:
+            marks["enforced"] = enforced[-1] - created
+    app = plane.kubectl("logs", "--timestamps", "-c", "probe", name)
+    started = [stamp for stamp, text in map(_stamp, app.stdout.splitlines()) if text.strip() == "started"] \
+        if app.returncode == 0 else []
+    if started:
+        marks["app started"] = started[0] - created
+    return marks
 
 
 def _remove_wait(plane: ControlPlane) -> None:
@@ -175,14 +215,15 @@ def main() -> int:
         results = measure(product.plane, args.pods, args.seconds, iptables=args.dataplane == "kube-router")
     print(f"dataplane {args.dataplane}, backend {args.backend}, "
           f"{'no wait injected' if args.without_wait else 'the wait injected (as shipped)'}")
-    steps = ("released", "address", "rules", "running")
-    print(f"{'kind':<8} {'pods':>4} {'attempts':>9} {'got through':>12} {'last through':>13} "
-          + "".join(f"{'create->' + step:>18}" for step in steps) + "   (medians; max in brackets)")
+    steps = ("released", "address", "rules", "wait started", "enforced", "app started", "running")
+    print(f"{'kind':<8} {'pods':>4} {'attempts':>9} {'got through':>12} {'last through':>13}   (medians; max in brackets)")
     for kind, rows in results.items():
         attempts, through = sum(r["attempts"] for r in rows), sum(r["open"] for r in rows)
         last = max((r["last_open_ms"] for r in rows), default=-1)
-        print(f"{kind:<8} {len(rows):>4} {attempts:>9} {through:>12} {str(last) + ' ms' if last >= 0 else '-':>13} "
-              + "".join(f"{_median([r.get(step) for r in rows]):>18}" for step in steps))
+        print(f"{kind:<8} {len(rows):>4} {attempts:>9} {through:>12} {str(last) + ' ms' if last >= 0 else '-':>13}")
+        for step in steps:
+            if any(step in r for r in rows):
+                print(f"    create -> {step:<14} {_median([r.get(step) for r in rows])}")
     leaked = sum(r["open"] for r in results["session"])
     control = all(r["open"] > 0 and r["first_open_ms"] < 1000 for r in results["plain"])
     print(f"session containers reached the denied destination {leaked} times; "

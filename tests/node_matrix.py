@@ -9,6 +9,7 @@ so never each other's policies.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster.harness import ControlPlane, wait_for
-from tests.cluster.node import PROBE_IMAGE
+from tests.cluster.node import NODE_IP, PROBE_IMAGE
 from tests.cluster.targets import PORTS, TARGET_A, TARGET_B, UDP_PORT
 
 CELLS = [("tcp", target, port) for target in (TARGET_A, TARGET_B) for port in PORTS] + [
@@ -30,7 +31,10 @@ DNS = ("dns", "kubernetes.default.svc.cluster.local", 53)  # a lookup through cl
 #: Service's ClusterIP. Symbolic here; probe() looks the addresses up.
 IN_CLUSTER_NAMESPACE, IN_CLUSTER_TARGET, IN_CLUSTER_PORT = "in-cluster", "in-cluster-target", 8080
 IN_CLUSTER = {("tcp", f"pod:{IN_CLUSTER_TARGET}", IN_CLUSTER_PORT), ("tcp", f"service:{IN_CLUSTER_TARGET}", IN_CLUSTER_PORT)}
-COLUMNS = CELLS + [DNS] + sorted(IN_CLUSTER)
+#: The node's own address (issue 22): the kubelet's port on NODE_IP, where the test node also
+#: serves the API server. Symbolic here (the kubelet's port is chosen at start); probe() reads it.
+NODE = ("tcp", "node:kubelet", 0)
+COLUMNS = CELLS + [DNS] + sorted(IN_CLUSTER) + [NODE]
 Cell = tuple[str, str, int]
 EVERYTHING = set(COLUMNS)
 WEB = {("tcp", target, port) for target in (TARGET_A, TARGET_B) for port in (80, 443)}
@@ -220,6 +224,14 @@ def in_cluster_address(plane: ControlPlane, symbolic: str) -> str:
     return str(address)
 
 
+@functools.lru_cache(maxsize=4)
+def kubelet_port(plane: ControlPlane) -> int:
+    """The test node's kubelet port, as the node reports it."""
+    port = plane.kubectl("get", "nodes", "-o", "jsonpath={.items[0].status.daemonEndpoints.kubeletEndpoint.Port}").stdout
+    assert port.strip().isdigit(), f"no kubelet port in the node's status: {port!r}"
+    return int(port)
+
+
 def prepare_in_cluster_target(plane: ControlPlane) -> None:
     """The in-cluster destination (once per cluster): a pod that accepts TCP 8080, and its Service."""
     labels = {"app": IN_CLUSTER_TARGET}
@@ -238,7 +250,9 @@ def prepare_in_cluster_target(plane: ControlPlane) -> None:
 def probe(plane: ControlPlane, namespace: str, pod: str, cell: Cell) -> bool:
     """From the pod: a TCP connection made, a UDP datagram echoed back, or a name resolved."""
     protocol, address, port = cell
-    if address.startswith(("pod:", "service:")):
+    if cell == NODE:
+        address, port = NODE_IP, kubelet_port(plane)
+    elif address.startswith(("pod:", "service:")):
         address = in_cluster_address(plane, address)
     command = (["/bin/busybox", "nslookup", address] if protocol == "dns"
                else ["/probe", protocol, f"{address}:{port}"])
@@ -275,6 +289,8 @@ def _column(cell: Cell) -> str:
     protocol, target, port = cell
     if protocol == "dns":
         return "dns"
+    if cell == NODE:
+        return "node"
     if ":" in target:
         return f"{target.split(':')[0][:3]}:{port}"
     return f"{protocol}/{target.rsplit('.', 1)[1]}:{port}"
@@ -461,3 +477,140 @@ def assert_look_alike_held(seen: dict[str, Any]) -> None:
     assert seen["canary"] == CANARY_NAME and seen["pinned"], seen
     assert seen["phase"] == "Pending" and seen["started"] is False, seen
     assert UNPROVEN in seen["log"] and "enforced in" not in seen["log"], seen["log"]
+
+#: The canary's replicas (the controller's pods) and its open port (the closed one is the next).
+CANARY_SELECTOR = "app.kubernetes.io/name=sortie-egress,app.kubernetes.io/component=controller"
+CANARY_OPEN_PORT = 9445
+#: Session pods started under a disturbed canary, each probing TCP TARGET_A:80 (which ALLOW_443
+#: denies) from its container's first instant for this long.
+DISTURBED_SESSIONS = 20
+DISTURBED_WATCH_SECONDS = 3.0
+#: Between two deletions of a canary replica: long enough for a replacement to start now and
+#: then, short enough that a session's wait runs through several.
+CHURN_INTERVAL = 4.0
+#: The flood: connections at once per canary port, how many in all (the host's conntrack table
+#: holds each for minutes; this stays far below its size) and for how long.
+FLOOD_WORKERS, FLOOD_LIMIT, FLOOD_SECONDS = 64, 40_000, 40.0
+
+
+def _disturbed_session(namespace: str, name: str) -> dict[str, Any]:
+    pod = pod_manifest(namespace, name, ALLOW_443)
+    pod["spec"]["containers"][0]["command"] = ["/probe", "watch", "tcp", f"{TARGET_A}:80", str(DISTURBED_WATCH_SECONDS)]
+    return pod
+
+
+def _watch_results(plane: ControlPlane, namespace: str, names: list[str], timeout: float) -> dict[str, dict[str, int]]:
+    results = {}
+    for name in names:
+        def finished(name: str = name) -> str | None:
+            lines = plane.kubectl("-n", namespace, "logs", name, "-c", "probe").stdout.splitlines()
+            return next((line for line in lines if line.startswith("attempts=")), None)
+
+        line = wait_for(finished, timeout, f"{namespace}/{name}'s probe result")
+        results[name] = {key: int(value) for key, value in (part.split("=") for part in line.split())}
+    return results
+
+
+def _running(plane: ControlPlane, namespace: str, names: list[str]) -> set[str]:
+    pods = json.loads(plane.kubectl("-n", namespace, "get", "pods", "-o", "json").stdout)["items"]
+    return {p["metadata"]["name"] for p in pods if p["metadata"]["name"] in names and p["status"].get("phase") == "Running"}
+
+
+def _wait_logs(plane: ControlPlane, namespace: str, names: list[str]) -> dict[str, str]:
+    return {name: plane.kubectl("-n", namespace, "logs", name, "-c", "sortie-egress-wait").stdout for name in names}
+
+
+def canary_churn_on_packets(plane: ControlPlane, namespace: str) -> dict[str, Any]:
+    """DISTURBED_SESSIONS session pods start while the canary's replicas are deleted one at a time
+    in a loop (``kubectl delete pod``, every CHURN_INTERVAL s, until every session runs or 180 s
+    pass). Returns each session's probe result, the deletions, how many sessions were running
+    when the last deletion was made, and the waits' logs."""
+    import threading
+
+    names = [f"churn-{index}" for index in range(DISTURBED_SESSIONS)]
+    stop, deleted = threading.Event(), []
+    running_at_last_deletion = [0]
+
+    def churn() -> None:
+        while not stop.is_set():
+            replicas = json.loads(plane.kubectl("-n", "sortie-system", "get", "pods", "-l", CANARY_SELECTOR,
+                                                "-o", "json").stdout)["items"]
+            live = sorted(p["metadata"]["name"] for p in replicas if not p["metadata"].get("deletionTimestamp"))
+            if live:
+                victim = live[len(deleted) % len(live)]
+                if plane.kubectl("-n", "sortie-system", "delete", "pod", victim, "--wait=false").returncode == 0:
+                    deleted.append(victim)
+                    running_at_last_deletion[0] = len(_running(plane, namespace, names))
+            stop.wait(CHURN_INTERVAL)
+
+    thread = threading.Thread(target=churn, daemon=True)
+    thread.start()
+    try:
+        for name in names:
+            apply(plane, _disturbed_session(namespace, name))
+        wait_for(lambda: len(_running(plane, namespace, names)) == len(names) or None, 180,
+                 "every session pod running under the canary's churn", interval=1.0)
+    finally:
+        stop.set()
+        thread.join(30)
+    results = _watch_results(plane, namespace, names, DISTURBED_WATCH_SECONDS + 120)
+    logs = _wait_logs(plane, namespace, names)
+    plane.kubectl("-n", namespace, "delete", "pod", *names, "--wait=false")
+    return {"results": results, "deleted": deleted, "running_at_last_deletion": running_at_last_deletion[0],
+            "logs": logs}
+
+
+def assert_churn_held(seen: dict[str, Any]) -> None:
+    """Written out: replicas were deleted while sessions were still starting (at least three
+    deletions, the last with sessions not yet running), every session's container ran and probed,
+    and not one of its attempts to the denied destination got through."""
+    results = seen["results"]
+    assert len(seen["deleted"]) >= 3 and seen["running_at_last_deletion"] < DISTURBED_SESSIONS, (
+        seen["deleted"], seen["running_at_last_deletion"])
+    assert all(result["attempts"] > 0 for result in results.values()), results
+    assert {name: result["open"] for name, result in results.items()} == {name: 0 for name in results}, results
+
+
+def flood_on_packets(plane: ControlPlane, namespace: str) -> dict[str, Any]:
+    """A plain pod floods both canary ports of every replica (their pod addresses, and the
+    Service) with connections for FLOOD_SECONDS; session pods are created once it floods. Returns
+    the sessions' probe results, the flood's own count, how many sessions ran before it ended, and
+    the waits' logs."""
+    replicas = json.loads(plane.kubectl("-n", "sortie-system", "get", "pods", "-l", CANARY_SELECTOR,
+                                        "-o", "json").stdout)["items"]
+    service = plane.kubectl("-n", "sortie-system", "get", "service", "sortie-egress-canary",
+                            "-o", "jsonpath={.spec.clusterIP}").stdout.strip()
+    hosts = [p["status"]["podIP"] for p in replicas if p["status"].get("podIP")] + [service]
+    targets = ",".join(f"{host}:{port}" for host in hosts for port in (CANARY_OPEN_PORT, CANARY_OPEN_PORT + 1))
+    flooder = pod_manifest(namespace, "canary-flood", None)
+    flooder["spec"]["containers"][0]["command"] = ["/probe", "flood", targets, str(FLOOD_WORKERS), str(FLOOD_LIMIT),
+                                                   str(FLOOD_SECONDS)]
+    apply(plane, flooder)
+    wait_for(lambda: "flooding" in plane.kubectl("-n", namespace, "logs", "canary-flood").stdout or None, 120,
+             "the flood started")
+    names = [f"flooded-{index}" for index in range(DISTURBED_SESSIONS // 4)]
+    for name in names:
+        apply(plane, _disturbed_session(namespace, name))
+
+    def flood_done() -> str | None:
+        return next((line for line in plane.kubectl("-n", namespace, "logs", "canary-flood").stdout.splitlines()
+                     if line.startswith("flood connections=")), None)
+
+    line = wait_for(flood_done, FLOOD_SECONDS + 60, "the flood's end")
+    running_during_flood = len(_running(plane, namespace, names))
+    results = _watch_results(plane, namespace, names, DISTURBED_WATCH_SECONDS + 180)
+    logs = _wait_logs(plane, namespace, names)
+    plane.kubectl("-n", namespace, "delete", "pod", "canary-flood", *names, "--wait=false")
+    flood = {key: int(value) for key, value in (part.split("=") for part in line.split()[1:])}
+    return {"results": results, "flood": flood, "running_during_flood": running_during_flood, "logs": logs,
+            "targets": targets, "waits_that_saw_an_overflow": sum("overflowed" in log for log in logs.values())}
+
+
+def assert_flood_held(seen: dict[str, Any]) -> None:
+    """Written out: the flood made thousands of connections to the canary (so the sessions' waits
+    ran under it), every session's container ran in the end and probed, and not one of its
+    attempts to the denied destination got through."""
+    assert seen["flood"]["connections"] >= 5_000, seen["flood"]
+    results = seen["results"]
+    assert all(result["attempts"] > 0 for result in results.values()), results
+    assert {name: result["open"] for name, result in results.items()} == {name: 0 for name in results}, results

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import random
 import threading
 import time
+import types
 from typing import Any
 
 import pytest
@@ -389,3 +391,38 @@ def test_store_lists_by_namespace() -> None:
     assert [p["metadata"]["name"] for p in store.by_namespace("a")] == ["y"]
     store.replace([], "a")
     assert store.by_namespace("a") == [] and len(store.by_namespace("b")) == 1
+
+
+class _Discovery:
+    """get_api_resources answering from a script: an exception to raise, or the resources' names."""
+
+    def __init__(self, *script: Any) -> None:
+        self.script, self.calls = list(script), 0
+
+    def get_api_resources(self, group: str, version: str, _preload_content: bool = True) -> Any:
+        self.calls += 1
+        step = self.script.pop(0)
+        if isinstance(step, BaseException):
+            raise step
+        return types.SimpleNamespace(data=json.dumps({"resources": [{"name": name} for name in step]}).encode())
+
+
+def test_discovery_tries_again_through_a_flaky_api_server_and_answers_404_with_no() -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    from webhook.controller.session_objects import _serves
+
+    slept: list[float] = []
+    flaky = _Discovery(ApiException(status=503), ConnectionResetError(), ApiException(status=429), ["ciliumnetworkpolicies"])
+    assert _serves(flaky, "cilium.io", "v2", "ciliumnetworkpolicies", sleep=slept.append) is True
+    assert (flaky.calls, slept) == (4, [0.25, 0.5, 1.0])
+    assert _serves(_Discovery(ApiException(status=404)), "cilium.io", "v2", "x", sleep=slept.append) is False
+    assert _serves(_Discovery(["other"]), "cilium.io", "v2", "x", sleep=slept.append) is False
+    forbidden = _Discovery(ApiException(status=403))
+    with pytest.raises(ApiException):
+        _serves(forbidden, "cilium.io", "v2", "x", sleep=slept.append)
+    assert forbidden.calls == 1
+    down = _Discovery(*[ApiException(status=500)] * 8)
+    with pytest.raises(ApiException):
+        _serves(down, "cilium.io", "v2", "x", sleep=lambda _: None)
+    assert down.calls == 8

@@ -100,3 +100,31 @@ def test_a_projection_without_its_kind_is_known_by_its_shape() -> None:
     projected = {"metadata": {"name": "x", "namespace": "sessions"}, "spec": {"endpointSelector": {}, "egress": []}}
     assert is_cilium_policy(projected) and not is_cilium_policy({"metadata": {}, "spec": {"podSelector": {}}})
     assert selects(projected, "sessions", LABELS)
+
+
+def ccnp(name: str, *egress: dict[str, Any], selector: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"apiVersion": "cilium.io/v2", "kind": "CiliumClusterwideNetworkPolicy", "metadata": {"name": name},
+            "spec": {"endpointSelector": {} if selector is None else selector, "egress": list(egress)}}
+
+
+def test_a_clusterwide_policy_selects_in_every_namespace_unless_it_names_one() -> None:
+    everything = {"toEntities": ["all"]}
+    assert judged(ccnp("platform-allow-all", everything)) == [
+        "CiliumClusterwideNetworkPolicy platform-allow-all: egress[0] allows TCP (all ports), UDP (all ports), "
+        "SCTP (all ports), other protocols to any destination"]
+    assert judged(ccnp("elsewhere", everything, selector={"matchLabels": {NAMESPACE: "other"}})) == []
+    assert judged(ccnp("here", everything, selector={"matchLabels": {NAMESPACE: "sessions"}}))[0] \
+        .startswith("CiliumClusterwideNetworkPolicy here: ")
+    assert judged(ccnp("other-pods", everything, selector={"matchLabels": {"k8s:app": "web"}})) == []
+    # A host policy selects nodes, not pods.
+    host = {"apiVersion": "cilium.io/v2", "kind": "CiliumClusterwideNetworkPolicy", "metadata": {"name": "host"},
+            "spec": {"nodeSelector": {}, "egress": [everything]}}
+    assert judged(host) == []
+
+
+def test_a_clusterwide_endpoint_peer_without_a_namespace_means_every_namespace() -> None:
+    """In a namespaced policy ``toEndpoints: [{}]`` is the policy's own namespace's pods; in a
+    clusterwide one, every pod of the cluster."""
+    assert judged(ccnp("every-pod", {"toEndpoints": [{}], "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]})) == [
+        'CiliumClusterwideNetworkPolicy every-pod: egress[0] allows TCP 8080 to pods selected by '
+        '{"namespaceSelector":{},"podSelector":{}}']

@@ -216,6 +216,9 @@ EXPECTED_CLUSTER_RIGHTS = {
     "pods": {"get", "list", "watch", "patch"},
     "pods/finalizers": {"update"},
     "networkpolicies.networking.k8s.io": {"get", "list", "watch", "create", "update", "patch", "delete"},
+    # Read only, judged for effective egress where Cilium runs (issue 22), whatever the backend.
+    "ciliumnetworkpolicies.cilium.io": {"get", "list", "watch"},
+    "ciliumclusterwidenetworkpolicies.cilium.io": {"get", "list", "watch"},
     "events": {"create"},
 }
 # What every authenticated identity may do (system:basic-user, discovery): not ours to grant or remove.

@@ -21,7 +21,8 @@ from tests.cluster.install import SYSTEM_NAMESPACE, switch_backend
 from tests.cluster.node import POD_SUBNET
 from tests.cluster.nodecluster import Installed, NodeUnavailable, installed_cluster
 from tests.cluster.targets import NAMES, TARGET_A, TARGET_B, TEST_ZONE
-from tests.node_matrix import (BACKENDS, COLUMNS, DNS, TABLE, apply, assert_look_alike_held, assert_shutdown_held,
+from tests.node_matrix import (BACKENDS, COLUMNS, DNS, TABLE, apply, assert_churn_held, assert_flood_held,
+                               assert_look_alike_held, assert_shutdown_held, canary_churn_on_packets, flood_on_packets,
                                look_alike_on_packets, ns, pod_manifest, prepare_round, probe, run_matrix, running_ip,
                                shutdown_on_packets, start_rows)
 from tests.support import IN_CI, control_plane_binaries
@@ -136,6 +137,25 @@ def test_a_look_alike_canary_cannot_start_a_session(cluster: CiliumCluster) -> N
     seen = look_alike_on_packets(cluster.plane, namespace, cluster.installed.cluster.node.root)
     print(cluster.backend, seen)
     assert_look_alike_held(seen)
+
+
+def test_sessions_started_while_canary_replicas_are_deleted_in_a_loop_are_held(cluster: CiliumCluster) -> None:
+    """CONTRACT §6, issue 22, on Cilium with the backend the tests before end on: 20 session pods
+    start while the canary's replicas are deleted one at a time in a loop; not one session
+    container reaches its denied destination."""
+    namespace = ns("default", cluster.use(cluster.backend))
+    seen = canary_churn_on_packets(cluster.plane, namespace)
+    print(cluster.backend, {key: value for key, value in seen.items() if key != "logs"})
+    assert_churn_held(seen)
+
+
+def test_a_flood_of_connections_to_the_canary_holds_sessions_back_never_lets_one_through(cluster: CiliumCluster) -> None:
+    """CONTRACT §6, issue 22, on Cilium: a plain pod floods both canary ports of every replica while
+    session pods start; not one session container reaches its denied destination."""
+    namespace = ns("default", cluster.use(cluster.backend))
+    seen = flood_on_packets(cluster.plane, namespace)
+    print(cluster.backend, {key: value for key, value in seen.items() if key != "logs"})
+    assert_flood_held(seen)
 
 
 # Last, and from the backend the tests before end on: each switch of backends is a rollout.

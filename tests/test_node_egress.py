@@ -23,8 +23,9 @@ from tests.cluster.host import run
 from tests.cluster.install import MUTATING_CONFIGURATION, SYSTEM_NAMESPACE, diagnose, uninstall
 from tests.cluster.nodecluster import Installed, NodeUnavailable, installed_cluster
 from tests.cluster.targets import TARGET_A
-from tests.node_matrix import (ALLOW_443, COLUMNS, EVERYTHING, SESSION, TABLE, apply, assert_look_alike_held,
-                               assert_shutdown_held, look_alike_on_packets, pod_manifest, prepare_round, run_matrix,
+from tests.node_matrix import (ALLOW_443, COLUMNS, EVERYTHING, SESSION, TABLE, apply, assert_churn_held,
+                               assert_flood_held, assert_look_alike_held, assert_shutdown_held, canary_churn_on_packets,
+                               flood_on_packets, look_alike_on_packets, pod_manifest, prepare_round, run_matrix,
                                running_ip, shutdown_on_packets, start_rows)
 from tests.support import IN_CI, control_plane_binaries
 
@@ -155,6 +156,26 @@ def test_a_look_alike_canary_cannot_start_a_session_before_its_policy(installed:
     seen = look_alike_on_packets(installed.plane, "default", installed.cluster.node.root)
     print(seen)
     assert_look_alike_held(seen)
+
+
+def test_sessions_started_while_canary_replicas_are_deleted_in_a_loop_are_held(installed: Installed) -> None:
+    """CONTRACT §6, issue 22: 20 session pods start while the canary's replicas are deleted one at
+    a time in a loop. A replica that is terminating or not yet up refuses the closed port without
+    its listener; the wait believes a refusal only between two answers of that very endpoint, so
+    not one session container reaches its denied destination. (Before the sound round, a refusal
+    from a terminating replica passed for kube-router's, before its rules existed.)"""
+    seen = canary_churn_on_packets(installed.plane, "default")
+    print({key: value for key, value in seen.items() if key != "logs"})
+    assert_churn_held(seen)
+
+
+def test_a_flood_of_connections_to_the_canary_holds_sessions_back_never_lets_one_through(installed: Installed) -> None:
+    """CONTRACT §6, issue 22: a plain pod floods both canary ports of every replica while session
+    pods start; a SYN the flood makes the canary drop looks like a dataplane that drops, so the
+    wait counts a silent closed port only while the canary's listen queues did not overflow."""
+    seen = flood_on_packets(installed.plane, "default")
+    print({key: value for key, value in seen.items() if key != "logs"})
+    assert_flood_held(seen)
 
 
 def test_a_terminating_session_keeps_its_policy_until_its_containers_stop(installed: Installed) -> None:

@@ -284,6 +284,23 @@ def cmd_controller(args: argparse.Namespace) -> int:
         raise CommandError(f"controller: {exc}") from None
 
 
+def _judged_objects(api: Any, backend: str, namespaces: list[str]) -> list[dict[str, Any]]:
+    """Others' policies of the kinds the dataplane enforces beside the backend's (Cilium's, where
+    the cluster serves them), as the controller keeps them: judged for effective egress alike."""
+    import json as _json
+
+    from kubernetes import client
+
+    from .controller.session_objects import judged_kinds
+
+    judged: list[dict[str, Any]] = []
+    for kind in judged_kinds(client.CustomObjectsApi(api), backend):
+        for namespace in ([None] if kind.list_namespaced is None else namespaces or [None]):
+            listing = kind.list_all if namespace is None or kind.list_namespaced is None else kind.list_namespaced(namespace)
+            judged += [kind.project(obj) for obj in _json.loads(listing(_preload_content=False).data)["items"]]
+    return judged
+
+
 def _backend_objects(api: Any, backend: str, namespaces: list[str]) -> tuple[Any, list[dict[str, Any]] | None, str | None]:
     """(the backend's object API, its objects as the controller keeps them, the served version) for
     audit; (None, None, None) on the networkpolicy backend, whose objects are the NetworkPolicies."""
@@ -349,6 +366,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             pods += _json.loads(pod_list.data)["items"]
             policies += _json.loads(policy_list.data)["items"]
         objects, owned, version = _backend_objects(api, args.backend, args.namespace)
+        judged = _judged_objects(api, args.backend, args.namespace)
         canary = None
         if args.canary_port:
             from .controller.canary import CANARY_SELECTOR, canary_for, project_canary_pod
@@ -362,7 +380,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot read the cluster: {exc}") from None
     rows = audit(pods, policies, args.dns, canary, args.backend, owned,
                  ClusterPolicyOptions(version, args.cluster_policy_priority) if version else ClusterPolicyOptions(),
-                 objects.name_for if objects is not None else namespaced_policy_name)
+                 objects.name_for if objects is not None else namespaced_policy_name, judged)
     sys.stdout.write(format_rows(rows))
     wrong = [row for row in rows if row.wrong]
     print(f"{len(rows)} rows, {len(wrong)} need attention (backend: {args.backend})", file=sys.stderr)

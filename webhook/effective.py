@@ -347,5 +347,6 @@ def widenings(own: Mapping[str, Any], others: Iterable[Mapping[str, Any]], names
         if selects(policy, namespace, labels):
             reasons = widening_by(cilium_allowances(policy, namespace, labels), own_spec)
             if reasons:
-                found.append(Widening((policy.get("metadata") or {}).get("name", ""), tuple(reasons), "CiliumNetworkPolicy"))
+                found.append(Widening((policy.get("metadata") or {}).get("name", ""), tuple(reasons),
+                                      str(policy.get("kind") or "CiliumNetworkPolicy")))
     return sorted(found, key=lambda w: (w.kind, w.policy))

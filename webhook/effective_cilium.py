@@ -1,4 +1,4 @@
-"""Effective egress, part two: what a CiliumNetworkPolicy lets a session pod reach.
+"""Effective egress, part two: what a CiliumNetworkPolicy (or CiliumClusterwideNetworkPolicy) lets a session pod reach.
 
 On Cilium, a CiliumNetworkPolicy's allows are a union with every NetworkPolicy's, so one that
 selects a session pod can widen it just as a NetworkPolicy can (CONTRACT §4). This module reads
@@ -20,6 +20,10 @@ Read in the direction of telling the operator:
 - a rule with no destination field allows every destination; ``toPorts`` absent allows every
   protocol (ICMP included), a port of ``0`` or a named port every port of its protocol, and
   ``ANY`` is TCP, UDP and SCTP; ``icmps`` is traffic without ports;
+- a CiliumClusterwideNetworkPolicy is read alike, except that its endpointSelector selects in
+  every namespace (a ``k8s:io.kubernetes.pod.namespace`` label narrows it) and a ``toEndpoints``
+  selector without a namespace label means pods of every namespace; a ``nodeSelector`` spec
+  (a host policy) selects no pod;
 - ``egressDeny`` and ``toRequires`` only narrow: left out (the report may then name a rule whose
   reach a deny takes back, never miss one).
 """
@@ -39,10 +43,14 @@ _UNKNOWABLE: Final = ("toFQDNs", "toServices", "toNodes", "toGroups")
 _DESTINATIONS: Final = ("toCIDR", "toCIDRSet", "toEntities", "toEndpoints", *_UNKNOWABLE)
 
 
+CLUSTERWIDE_KIND: Final = "CiliumClusterwideNetworkPolicy"
+
+
 def is_cilium_policy(policy: Mapping[str, Any]) -> bool:
-    """A CiliumNetworkPolicy (by its kind, or by its shape when a projection dropped the kind)."""
+    """A CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy (by its kind, or by its shape when a
+    projection dropped the kind: then namespaced)."""
     if policy.get("kind"):
-        return policy.get("kind") == "CiliumNetworkPolicy"
+        return policy.get("kind") in ("CiliumNetworkPolicy", CLUSTERWIDE_KIND)
     specs = _specs(policy)
     return bool(specs) and all("podSelector" not in spec for spec in specs)
 
@@ -79,10 +87,14 @@ def _plain_selector(selector: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"matchLabels": labels, "matchExpressions": expressions}
 
 
+def _clusterwide(policy: Mapping[str, Any]) -> bool:
+    return policy.get("kind") == CLUSTERWIDE_KIND
+
+
 def _selecting_specs(policy: Mapping[str, Any], namespace: str, labels: Mapping[str, str]) -> list[Mapping[str, Any]]:
-    """The specs of a CiliumNetworkPolicy (in its namespace) whose endpointSelector selects a pod
-    there with ``labels``."""
-    if (policy.get("metadata") or {}).get("namespace") != namespace:
+    """The specs of a CiliumNetworkPolicy (in its namespace) or CiliumClusterwideNetworkPolicy
+    whose endpointSelector selects a pod in ``namespace`` with ``labels``."""
+    if not _clusterwide(policy) and (policy.get("metadata") or {}).get("namespace") != namespace:
         return []
     endpoint_labels = {**labels, _NAMESPACE_LABEL: namespace}
     chosen = []
@@ -99,8 +111,9 @@ def selects(policy: Mapping[str, Any], namespace: str, labels: Mapping[str, str]
     return bool(_selecting_specs(policy, namespace, labels))
 
 
-def _endpoint_peer(selector: Mapping[str, Any]) -> Peer:
-    """A ``toEndpoints`` selector as the NetworkPolicy peer it means (effective._peers' canonical form)."""
+def _endpoint_peer(selector: Mapping[str, Any], clusterwide: bool = False) -> Peer:
+    """A ``toEndpoints`` selector as the NetworkPolicy peer it means (effective._peers' canonical
+    form); in a clusterwide policy, one without a namespace label means every namespace."""
     plain = _plain_selector(selector)
     if plain is None:
         return Peer(label=f"endpoints {json.dumps(dict(selector), sort_keys=True)}")
@@ -113,6 +126,8 @@ def _endpoint_peer(selector: Mapping[str, Any]) -> Peer:
                                               "matchExpressions": [{**e, "key": "kubernetes.io/metadata.name"}
                                                                    for e in namespace_expressions]}
         peer["namespaceSelector"] = _compact(namespace_selector)
+    elif clusterwide:
+        peer["namespaceSelector"] = {}
     return Peer(selector=json.dumps(peer, sort_keys=True, separators=(",", ":")))
 
 
@@ -121,7 +136,7 @@ def _compact(selector: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in selector.items() if value}
 
 
-def _peers(rule: Mapping[str, Any]) -> list[Peer]:
+def _peers(rule: Mapping[str, Any], clusterwide: bool = False) -> list[Peer]:
     if not any(rule.get(field) for field in _DESTINATIONS):
         return [Peer(anywhere=True)]
     peers = [Peer(addresses=Addresses.of_block({"cidr": cidr})) for cidr in rule.get("toCIDR") or []]
@@ -140,7 +155,8 @@ def _peers(rule: Mapping[str, Any]) -> list[Peer]:
             peers.append(Peer(addresses=Addresses.of_block(_EVERYWHERE[0 if entity == "world-ipv4" else 1])))
         else:
             peers.append(Peer(label=f"the Cilium entity {entity}"))
-    peers.extend(_endpoint_peer(selector) for selector in rule.get("toEndpoints") or [] if isinstance(selector, Mapping))
+    peers.extend(_endpoint_peer(selector, clusterwide)
+                 for selector in rule.get("toEndpoints") or [] if isinstance(selector, Mapping))
     for field in _UNKNOWABLE:
         if rule.get(field):
             peers.append(Peer(label=f"{field} {json.dumps(rule[field], sort_keys=True)[:120]}"))
@@ -169,11 +185,12 @@ def _traffic(rule: Mapping[str, Any]) -> list[Traffic]:
 
 
 def cilium_allowances(policy: Mapping[str, Any], namespace: str, labels: Mapping[str, str]) -> list[Allowance]:
-    """Every egress allow a CiliumNetworkPolicy gives a pod with ``labels`` in ``namespace``, in
-    order (``spec``, then the ``specs`` that select it)."""
-    return [Allowance(tuple(_peers(rule)), tuple(_traffic(rule)))
+    """Every egress allow a CiliumNetworkPolicy (or clusterwide one) gives a pod with ``labels`` in
+    ``namespace``, in order (``spec``, then the ``specs`` that select it)."""
+    clusterwide = _clusterwide(policy)
+    return [Allowance(tuple(_peers(rule, clusterwide)), tuple(_traffic(rule)))
             for spec in _selecting_specs(policy, namespace, labels)
             for rule in spec.get("egress") or [] if isinstance(rule, Mapping)]
 
 
-__all__ = ["cilium_allowances", "is_cilium_policy", "selects"]
+__all__ = ["CLUSTERWIDE_KIND", "cilium_allowances", "is_cilium_policy", "selects"]

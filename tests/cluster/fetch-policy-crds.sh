@@ -2,7 +2,8 @@
 # The CRDs of the enforcement backends (issue 14), as their projects publish them, from the Go
 # module proxy: ClusterNetworkPolicy from sigs.k8s.io/network-policy-api (v0.3.0 serves v1alpha2
 # and v1beta1; v0.2.0 serves v1alpha2 only, as Cilium 1.20 ships it; the experimental channel has
-# domainNames, the standard one does not) and CiliumNetworkPolicy from Cilium's module. The
+# domainNames, the standard one does not) and CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy
+# from Cilium's module. The
 # API server then validates what our renderers write with the real schemas. Nothing is built;
 # a warm cache exits at once.
 #
@@ -14,7 +15,9 @@ npapi_versions=(v0.3.0 v0.2.0)
 cilium_version=v1.20.2
 
 cache_root="${SORTIE_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sortie-egress}"
-out="$cache_root/policy-crds-npapi-${npapi_versions[0]}-${npapi_versions[1]}-cilium-$cilium_version"
+# The folder's name changes with what it holds (-ccnp: the clusterwide CRD too), so a cache from
+# before is fetched anew rather than trusted.
+out="$cache_root/policy-crds-npapi-${npapi_versions[0]}-${npapi_versions[1]}-cilium-$cilium_version-ccnp"
 
 # shellcheck source=build-lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/build-lib.sh"
@@ -41,7 +44,9 @@ for version in "${npapi_versions[@]}"; do
 done
 log "fetching cilium $cilium_version (its CRDs only are used)"
 dir="$(module_dir "github.com/cilium/cilium@$cilium_version")"
-cp "$dir/pkg/k8s/apis/cilium.io/client/crds/v2/ciliumnetworkpolicies.yaml" "$out/cilium-$cilium_version-ciliumnetworkpolicies.yaml"
+for plural in ciliumnetworkpolicies ciliumclusterwidenetworkpolicies; do
+  cp "$dir/pkg/k8s/apis/cilium.io/client/crds/v2/$plural.yaml" "$out/cilium-$cilium_version-$plural.yaml"
+done
 chmod 0644 "$out"/*.yaml
 printf 'network-policy-api %s\ncilium %s\nfetched_seconds %s\n' "${npapi_versions[*]}" "$cilium_version" \
   "$((SECONDS - started))" > "$out/.complete"

@@ -8,7 +8,7 @@ this pod reach more than its own".
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,10 +108,13 @@ def _session_rows(namespace: str, session_id: str, pods: list[dict[str, Any]], e
 def audit(pods: list[dict[str, Any]], policies: list[dict[str, Any]], dns: DnsDestination,
           canary: Canary | None = None, backend: str = DEFAULT_BACKEND, owned: list[dict[str, Any]] | None = None,
           cluster: ClusterPolicyOptions = ClusterPolicyOptions(),
-          name_for: Callable[[str, str], str] = namespaced_policy_name) -> list[AuditRow]:
+          name_for: Callable[[str, str], str] = namespaced_policy_name,
+          judged: Iterable[dict[str, Any]] = ()) -> list[AuditRow]:
     """Rows for every session pod and every orphaned managed policy; ``policies`` are all the
     NetworkPolicies, ``owned`` the backend's objects when they are another kind (filed under their
-    session's namespace, as the controller keeps them), ``name_for`` the session's object's name."""
+    session's namespace, as the controller keeps them), ``name_for`` the session's object's name,
+    ``judged`` others' policies of other kinds the dataplane enforces too (Cilium's, with their
+    kind: session_objects.judged_kinds), judged like the controller judges them."""
     kind = KIND_OF[backend]
     by_name = {_name(policy): policy for policy in (policies if owned is None else owned)}
     others_by_namespace: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -122,6 +125,12 @@ def audit(pods: list[dict[str, Any]], policies: list[dict[str, Any]], dns: DnsDe
         for policy in owned or []:
             if not is_managed(policy):
                 others_by_namespace[_name(policy)[0]].append(policy)
+    clusterwide = []
+    for policy in judged:
+        if is_managed(policy):
+            continue
+        namespace = (policy.get("metadata") or {}).get("namespace")
+        (others_by_namespace[namespace] if namespace else clusterwide).append(policy)
     if backend == "clusternetworkpolicy":  # NetworkPolicies cannot widen it; cluster policies first can
         foreign = [policy for policy in owned or [] if not is_managed(policy)]
         others_by_namespace = defaultdict(lambda: foreign)
@@ -134,8 +143,8 @@ def audit(pods: list[dict[str, Any]], policies: list[dict[str, Any]], dns: DnsDe
     for (namespace, session_id), members in sorted(sessions.items()):
         name = name_for(namespace, session_id)
         existing = by_name.get((namespace, name))
-        rows += _session_rows(namespace, session_id, members, existing, others_by_namespace[namespace], dns, canary,
-                              backend, cluster, name)
+        rows += _session_rows(namespace, session_id, members, existing, [*others_by_namespace[namespace], *clusterwide],
+                              dns, canary, backend, cluster, name)
     for (namespace, name), policy in sorted(by_name.items()):
         labelled = ((policy.get("metadata") or {}).get("labels") or {}).get(SESSION_ID_LABEL)
         session_id = labelled if isinstance(labelled, str) else (

@@ -27,7 +27,7 @@ from .reconciler import Conflict, Reconciler, SessionKey
 from ..render_cluster import CNP_GROUP, DEFAULT_PRIORITY
 from .desired import ClusterPolicyOptions
 from .session_objects import (cilium_network_policies, cilium_served, cluster_network_policies, cluster_policy_domain_names,
-                              cluster_policy_version, network_policies)
+                              cluster_policy_version, judged_kinds, network_policies)
 
 log = logging.getLogger("sortie.controller")
 RESYNC_SECONDS = 300.0
@@ -110,6 +110,12 @@ class Controller:
             self.objects = network_policies(self.networking)
         else:
             raise BackendUnavailable(f"unknown --backend {options.backend}")
+        # Where Cilium runs, its policies widen sessions whatever the backend: read, judged, kept.
+        self.judged_kinds = judged_kinds(client.CustomObjectsApi(self.api), options.backend)
+        self.judged = tuple(Store() for _ in self.judged_kinds)
+        if self.judged_kinds:
+            log.info("judging %s too, for effective egress", " and ".join(k.kind.removesuffix("y") + "ies"
+                                                                          for k in self.judged_kinds))
         self.stop = threading.Event()
         self.canary: CanaryProcess | None = None
         self._canary_secret_stop: threading.Event | None = None
@@ -121,7 +127,8 @@ class Controller:
         self.policies = Store(index=policy_ownership_key)
         self.queue: WorkQueue[SessionKey] = WorkQueue()
         self.reconciler = Reconciler(self.core, self.objects, self.pods, self.policies, options.dns, self.metrics,
-                                     owned=self.owned, backend=options.backend, cluster=self.cluster)
+                                     owned=self.owned, backend=options.backend, cluster=self.cluster,
+                                     judged=self.judged)
         self.canary_pods = Store()
         if options.canary_port:
             self.reconciler.canary = canary_for(options.system_namespace, options.canary_port, [])
@@ -173,6 +180,15 @@ class Controller:
         elif self.options.backend == "clusternetworkpolicy" and key is None and not is_managed(obj):
             self.enqueue_all()  # someone else's cluster policy may come before any session's
 
+    def _judged_changed(self, obj: dict[str, Any]) -> None:
+        """Someone else's Cilium policy: every session it may select (its namespace's; a clusterwide
+        one's, every session)."""
+        namespace = (obj.get("metadata") or {}).get("namespace")
+        if namespace:
+            self._enqueue_namespace(namespace)
+        else:
+            self.enqueue_all()
+
     def _canary_changed(self, _pod: dict[str, Any]) -> None:
         """A canary pod came, went or got its address: every session policy cuts out the new set."""
         canary = canary_for(self.options.system_namespace, self.options.canary_port, self.canary_pods.items())
@@ -208,6 +224,15 @@ class Controller:
                 owned = self.objects.list_all if namespace is None else self.objects.list_namespaced(namespace)
                 informers.append(Informer(f"{self.objects.kind.lower()}-{suffix}", owned, self.objects.project, self.owned,
                                           self._owned_changed, self.stop, namespace, restarted))
+            for kind, store in zip(self.judged_kinds, self.judged):
+                if kind.list_namespaced is not None:
+                    listing = kind.list_all if namespace is None else kind.list_namespaced(namespace)
+                    informers.append(Informer(f"judged-{kind.kind.lower()}-{suffix}", listing, kind.project, store,
+                                              self._judged_changed, self.stop, namespace, restarted))
+        for kind, store in zip(self.judged_kinds, self.judged):
+            if kind.cluster_scoped:  # whatever --namespace says: it may select a pod in any namespace
+                informers.append(Informer(f"judged-{kind.kind.lower()}", kind.list_all, kind.project, store,
+                                          self._judged_changed, self.stop, None, self._watch_restarted))
         return informers
 
     def _watch_restarted(self, reason: str) -> None:

@@ -65,6 +65,9 @@ class Reconciler:
     #: The backend's objects by (namespace, name); None: they are NetworkPolicies, kept in ``policies``.
     owned: Store | None = None
     backend: str = DEFAULT_BACKEND
+    #: Someone else's policies of other kinds the dataplane enforces too (session_objects.judged_kinds:
+    #: Cilium's, where it runs), each kind's store; cluster-scoped ones are kept under "".
+    judged: tuple[Store, ...] = ()
     cluster: ClusterPolicyOptions = field(default_factory=ClusterPolicyOptions)
     #: The enforcement canary every session policy opens and cuts out; its addresses follow the
     #: canary pods (Controller._canary_changed). None: no canary (nothing waits on one).
@@ -152,6 +155,9 @@ class Reconciler:
                 others = self.policies.by_index((key[0], False))  # someone else's policies in the namespace
                 if self.backend == "cilium" and self.owned is not None:  # and their CiliumNetworkPolicies
                     others = [*others, *(obj for obj in self.owned.by_namespace(key[0]) if not is_managed(obj))]
+                for store in self.judged:  # and, where Cilium runs, its policies of every kind
+                    others = [*others, *(obj for obj in (*store.by_namespace(key[0]), *store.by_namespace(""))
+                                         if not is_managed(obj))]
             for pod in plan.enforced_pods:
                 labels = self._labels(pod)
                 for widening in effective_widenings(self.backend, plan.reference, others, key[0], labels,

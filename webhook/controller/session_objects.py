@@ -10,6 +10,7 @@ json.loads, and custom objects have none).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -165,18 +166,80 @@ def cluster_policy_domain_names(custom: Any, version: str) -> str | None:
     return None
 
 
-def _serves(custom: Any, group: str, version: str, plural: str) -> bool:
-    from kubernetes.client.exceptions import ApiException
+#: Discovery at start-up, through a flaky API server: how often and how long apart (doubling).
+DISCOVERY_ATTEMPTS, DISCOVERY_FIRST_DELAY = 8, 0.25
 
-    try:
-        reply = custom.get_api_resources(group, version, _preload_content=False)
-    except ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise
-    return any(resource.get("name") == plural for resource in json.loads(reply.data).get("resources", []))
+
+def _serves(custom: Any, group: str, version: str, plural: str, sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Discovery: whether ``group/version`` has ``plural``. A 404 is "no"; a dropped connection, a
+    429 or a 5xx is tried again (a controller must not die of one at start-up, nor guess);
+    anything else, or the last failure, is raised."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    delay = DISCOVERY_FIRST_DELAY
+    for attempt in range(DISCOVERY_ATTEMPTS):
+        try:
+            reply = custom.get_api_resources(group, version, _preload_content=False)
+            return any(resource.get("name") == plural for resource in json.loads(reply.data).get("resources", []))
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            if (exc.status != 429 and (exc.status or 0) < 500) or attempt + 1 == DISCOVERY_ATTEMPTS:
+                raise
+        except (HTTPError, OSError, ValueError):
+            if attempt + 1 == DISCOVERY_ATTEMPTS:
+                raise
+        sleep(delay)
+        delay *= 2
+    raise AssertionError("unreachable")
 
 
 def cilium_served(custom: Any) -> bool:
     """Whether the API server serves CiliumNetworkPolicy in ``cilium.io/v2`` (discovery)."""
     return _serves(custom, CILIUM_GROUP, CILIUM_VERSION, CILIUM_PLURAL)
+
+
+CILIUM_CLUSTERWIDE_PLURAL = "ciliumclusterwidenetworkpolicies"
+
+
+@dataclass(frozen=True)
+class JudgedKind:
+    """Someone else's policies of a kind the dataplane enforces beside the backend's own: read and
+    judged for effective egress (effective_cilium.py), never written."""
+
+    kind: str
+    list_all: Callable[..., Any]
+    #: None: cluster-scoped (kept under the namespace "", judged for every session).
+    list_namespaced: Callable[[str], Callable[..., Any]] | None
+
+    @property
+    def cluster_scoped(self) -> bool:
+        return self.list_namespaced is None
+
+    def project(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """As the controller keeps a policy, with its kind (the judge reads a clusterwide policy's
+        selectors differently, and list items need not carry their kind)."""
+        projected = project_policy(obj)
+        projected["kind"] = self.kind
+        return projected
+
+
+def judged_kinds(custom: Any, backend: str) -> list[JudgedKind]:
+    """What Cilium also enforces beside the backend's objects, where the cluster serves it:
+    CiliumNetworkPolicies (on the networkpolicy backend: on the cilium backend they are the
+    backend's kind, kept with its own objects) and CiliumClusterwideNetworkPolicies. None on the
+    clusternetworkpolicy backend: its Admin-tier policy is judged against other Admin-tier ones."""
+    if backend == "clusternetworkpolicy":
+        return []
+    group = (CILIUM_GROUP, CILIUM_VERSION)
+    kinds = []
+    if backend == "networkpolicy" and cilium_served(custom):
+        kinds.append(JudgedKind(
+            "CiliumNetworkPolicy", partial(custom.list_cluster_custom_object, *group, CILIUM_PLURAL),
+            lambda namespace: partial(custom.list_namespaced_custom_object, *group, namespace, CILIUM_PLURAL)))
+    if _serves(custom, CILIUM_GROUP, CILIUM_VERSION, CILIUM_CLUSTERWIDE_PLURAL):
+        kinds.append(JudgedKind(
+            "CiliumClusterwideNetworkPolicy", partial(custom.list_cluster_custom_object, *group, CILIUM_CLUSTERWIDE_PLURAL),
+            None))
+    return kinds

@@ -5,7 +5,13 @@
 //	probe watch tcp|udp HOST:PORT SECONDS
 //	                      from its first instant, try again and again for SECONDS and print one
 //	                      line: attempts, how many got through, and when the first and last did
-//	                      (milliseconds since start); then sleep, so the pod stays for its logs
+//	                      (milliseconds since start); then sleep, so the pod stays for its logs.
+//	                      A line "started" comes first, at once, for the log's timestamp
+//	probe flood HOST:PORT[,HOST:PORT...] WORKERS MAX SECONDS
+//	                      WORKERS connections per address at once, each closed and made again
+//	                      (a pause of 10 ms between), at most MAX in all, for SECONDS; prints
+//	                      "flooding" at once and "flood connections=N failed=M" at the end,
+//	                      then sleeps. MAX keeps the host's conntrack table far from full
 //
 // Exit 1 when blocked (refused, unreachable, or no answer within the timeout), 2 on bad usage.
 // Debian's busybox nc has neither -z nor -u, hence this (built by the test node, packed into
@@ -16,6 +22,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -55,6 +64,7 @@ func udp(address string) error {
 
 func watch(check func(string) error, address string, seconds float64) {
 	started := time.Now()
+	fmt.Println("started") // the container's first instant, for a log timestamp (bench/startup.py)
 	attempts, open := 0, 0
 	first, last := int64(-1), int64(-1)
 	for time.Since(started).Seconds() < seconds {
@@ -75,7 +85,48 @@ func watch(check func(string) error, address string, seconds float64) {
 	}
 }
 
+func flood(addresses []string, workers int, limit int64, seconds float64) {
+	deadline := time.Now().Add(time.Duration(seconds * float64(time.Second)))
+	var made, failed, dialled atomic.Int64
+	var group sync.WaitGroup
+	fmt.Println("flooding")
+	for _, address := range addresses {
+		for i := 0; i < workers; i++ {
+			group.Add(1)
+			go func(address string) {
+				defer group.Done()
+				for time.Now().Before(deadline) && dialled.Add(1) <= limit {
+					connection, err := net.DialTimeout("tcp", address, timeout)
+					if err != nil {
+						failed.Add(1)
+					} else {
+						made.Add(1)
+						connection.Close()
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+			}(address)
+		}
+	}
+	group.Wait()
+	fmt.Printf("flood connections=%d failed=%d\n", made.Load(), failed.Load())
+	for {
+		time.Sleep(time.Hour)
+	}
+}
+
 func main() {
+	if len(os.Args) == 6 && os.Args[1] == "flood" {
+		var workers int
+		var limit int64
+		var seconds float64
+		_, errWorkers := fmt.Sscanf(os.Args[3], "%d", &workers)
+		_, errLimit := fmt.Sscanf(os.Args[4], "%d", &limit)
+		_, errSeconds := fmt.Sscanf(os.Args[5], "%g", &seconds)
+		if errWorkers == nil && errLimit == nil && errSeconds == nil && workers > 0 {
+			flood(strings.Split(os.Args[2], ","), workers, limit, seconds)
+		}
+	}
 	if len(os.Args) == 5 && os.Args[1] == "watch" {
 		var seconds float64
 		if _, err := fmt.Sscanf(os.Args[4], "%g", &seconds); err == nil && (os.Args[2] == "tcp" || os.Args[2] == "udp") {
@@ -87,7 +138,8 @@ func main() {
 		}
 	}
 	if len(os.Args) != 3 || (os.Args[1] != "tcp" && os.Args[1] != "udp") {
-		fmt.Fprintln(os.Stderr, "usage: probe tcp|udp HOST:PORT | probe watch tcp|udp HOST:PORT SECONDS")
+		fmt.Fprintln(os.Stderr, "usage: probe tcp|udp HOST:PORT | probe watch tcp|udp HOST:PORT SECONDS | "+
+			"probe flood HOST:PORT[,...] WORKERS MAX SECONDS")
 		os.Exit(2)
 	}
 	check := tcp
