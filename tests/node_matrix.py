@@ -9,7 +9,6 @@ so never each other's policies.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -224,12 +223,16 @@ def in_cluster_address(plane: ControlPlane, symbolic: str) -> str:
     return str(address)
 
 
-@functools.lru_cache(maxsize=4)
+_KUBELET_PORTS: dict[int, int] = {}
+
+
 def kubelet_port(plane: ControlPlane) -> int:
-    """The test node's kubelet port, as the node reports it."""
-    port = plane.kubectl("get", "nodes", "-o", "jsonpath={.items[0].status.daemonEndpoints.kubeletEndpoint.Port}").stdout
-    assert port.strip().isdigit(), f"no kubelet port in the node's status: {port!r}"
-    return int(port)
+    """The test node's kubelet port, as the node reports it (read once per control plane)."""
+    if id(plane) not in _KUBELET_PORTS:
+        port = plane.kubectl("get", "nodes", "-o", "jsonpath={.items[0].status.daemonEndpoints.kubeletEndpoint.Port}").stdout
+        assert port.strip().isdigit(), f"no kubelet port in the node's status: {port!r}"
+        _KUBELET_PORTS[id(plane)] = int(port)
+    return _KUBELET_PORTS[id(plane)]
 
 
 def prepare_in_cluster_target(plane: ControlPlane) -> None:
