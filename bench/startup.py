@@ -197,6 +197,9 @@ def main() -> int:
     parser.add_argument("--dataplane", choices=["kube-router", "cilium"], default="kube-router")
     parser.add_argument("--backend", choices=BACKENDS, default="networkpolicy",
                         help="the product's backend (cilium and clusternetworkpolicy need --dataplane cilium)")
+    parser.add_argument("--enforcement-wait", choices=["required", "auto"], default="required",
+                        help="auto: install the backend's -auto example (manifests/examples/cilium-auto: no wait on the "
+                             "cilium backend, the session baseline instead)")
     parser.add_argument("--without-wait", action="store_true",
                         help="remove --enforcement-canary from the webhook (docs/operations.md): no wait is injected, "
                              "so what is measured is the dataplane's own start-up behaviour")
@@ -207,14 +210,14 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="sortie-bench-startup-"))
     with installed_cluster(workdir, dataplane=args.dataplane) as product:
-        if args.backend != "networkpolicy":
-            switch_backend(product.plane, workdir / "backend-overlay", product.image, args.backend)
+        if args.backend != "networkpolicy" or args.enforcement_wait != "required":
+            switch_backend(product.plane, workdir / "backend-overlay", product.image, args.backend, args.enforcement_wait)
         if args.without_wait:
             _remove_wait(product.plane)
         wait_for(lambda: product.plane.kubectl("get", "serviceaccount", "default").returncode == 0, 30, "default SA")
         results = measure(product.plane, args.pods, args.seconds, iptables=args.dataplane == "kube-router")
     print(f"dataplane {args.dataplane}, backend {args.backend}, "
-          f"{'no wait injected' if args.without_wait else 'the wait injected (as shipped)'}")
+          f"{'no wait injected' if args.without_wait else 'enforcementWait auto' if args.enforcement_wait == 'auto' else 'the wait injected (as shipped)'}")
     steps = ("released", "address", "rules", "wait started", "enforced", "app started", "running")
     print(f"{'kind':<8} {'pods':>4} {'attempts':>9} {'got through':>12} {'last through':>13}   (medians; max in brackets)")
     for kind, rows in results.items():

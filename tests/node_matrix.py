@@ -617,3 +617,36 @@ def assert_flood_held(seen: dict[str, Any]) -> None:
     results = seen["results"]
     assert all(result["attempts"] > 0 for result in results.values()), results
     assert {name: result["open"] for name, result in results.items()} == {name: 0 for name in results}, results
+
+
+def startup_on_packets(plane: ControlPlane, namespace: str, sessions: int = 4, plains: int = 2) -> dict[str, Any]:
+    """CONTRACT §6 from a container's first instant: session pods (ALLOW_443) and plain pods whose
+    only container tries TCP TARGET_A:80 from its first instant for DISTURBED_WATCH_SECONDS.
+    Returns each pod's probe result and each session pod's init containers."""
+    names = {f"first-instant-session-{i}": ALLOW_443 for i in range(sessions)}
+    names.update({f"first-instant-plain-{i}": None for i in range(plains)})
+    for name, policy in names.items():
+        pod = pod_manifest(namespace, name, policy)
+        pod["spec"]["containers"][0]["command"] = ["/probe", "watch", "tcp", f"{TARGET_A}:80", str(DISTURBED_WATCH_SECONDS)]
+        apply(plane, pod)
+    results = _watch_results(plane, namespace, list(names), DISTURBED_WATCH_SECONDS + 120)
+    inits = {}
+    for name, policy in names.items():
+        if policy:
+            pod = json.loads(plane.kubectl("-n", namespace, "get", "pod", name, "-o", "json").stdout)
+            inits[name] = [c["name"] for c in pod["spec"].get("initContainers") or []]
+    plane.kubectl("-n", namespace, "delete", "pod", *names, "--wait=false")
+    return {"results": results, "init_containers": inits}
+
+
+def assert_startup_held(seen: dict[str, Any], waits: list[str]) -> None:
+    """Written out: every session container probed and not one attempt got through; every plain
+    one got through within its first second (or the probe measured nothing); each session pod
+    carried exactly ``waits`` as its init containers."""
+    results = seen["results"]
+    sessions = {name: r for name, r in results.items() if "session" in name}
+    plains = {name: r for name, r in results.items() if "plain" in name}
+    assert all(r["attempts"] > 0 for r in sessions.values()), results
+    assert {name: r["open"] for name, r in sessions.items()} == {name: 0 for name in sessions}, results
+    assert all(r["open"] > 0 and 0 <= r["first_open_ms"] < 1000 for r in plains.values()), results
+    assert seen["init_containers"] == {name: waits for name in sessions}, seen["init_containers"]

@@ -428,6 +428,7 @@ def _differences(kustomized: list[dict[str, Any]], charted: list[dict[str, Any]]
     ("overlays/self-managed", ()),
     ("overlays/cert-manager", ("--set", "certificates.mode=certManager")),
     ("examples/cilium", ("--set", "backend=cilium")),
+    ("examples/cilium-auto", ("--set", "backend=cilium", "--set", "enforcementWait.auto=true")),
     ("examples/clusternetworkpolicy", ("--set", "backend=clusternetworkpolicy")),
 ])
 def test_chart_defaults_equal_the_kustomize_overlay(helm: dict[str, Path], major: str, overlay: str,

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.cluster.harness import ControlPlane, wait_for
-from tests.support import control_plane_binaries, helm_tools
+from tests.support import control_plane_binaries, helm_tools, policy_crds
 from webhook.configuration import mutating_configuration
 from webhook.tamper import admission_policies
 
@@ -23,10 +23,11 @@ ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
 KUSTOMIZATIONS = ["base", "overlays/self-managed", "overlays/cert-manager", "examples/session-namespace", "examples/cilium",
-                  "examples/clusternetworkpolicy", "."]
+                  "examples/cilium-auto", "examples/clusternetworkpolicy", "."]
 # Custom resources have no schema in kubernetes-validate; they are checked by the
 # API server (with their CRDs installed) in the dry-run test below.
-CUSTOM_KINDS = {("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate")}
+CUSTOM_KINDS = {("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate"),
+                ("cilium.io/v2", "CiliumClusterwideNetworkPolicy")}
 
 
 
@@ -189,7 +190,12 @@ def own_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane
         if "cert-manager.io" in crd.name:
             applied = plane.kubectl("apply", "--server-side", "-f", str(crd))
             assert applied.returncode == 0, applied.stderr
-    wait_for(lambda: plane.kubectl("get", "certificates.cert-manager.io", "-A").returncode == 0, 30, "the CRDs")
+    # Cilium's clusterwide policy CRD: examples/cilium-auto ships the session baseline.
+    applied = plane.kubectl("apply", "--server-side", "-f",
+                            str(policy_crds() / "cilium-v1.20.2-ciliumclusterwidenetworkpolicies.yaml"))
+    assert applied.returncode == 0, applied.stderr
+    wait_for(lambda: plane.kubectl("get", "certificates.cert-manager.io", "-A").returncode == 0
+             and plane.kubectl("get", "ciliumclusterwidenetworkpolicies").returncode == 0, 30, "the CRDs")
     assert plane.kubectl("create", "namespace", "sessions").returncode == 0
     # A server-side dry run persists nothing, so the Namespace it would create does
     # not exist for the objects in it: kubectl's known limit. Operators create it first too.

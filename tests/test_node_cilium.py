@@ -22,7 +22,8 @@ from tests.cluster.node import POD_SUBNET
 from tests.cluster.nodecluster import Installed, NodeUnavailable, installed_cluster
 from tests.cluster.targets import NAMES, TARGET_A, TARGET_B, TEST_ZONE
 from tests.node_matrix import (BACKENDS, COLUMNS, DNS, TABLE, apply, assert_churn_held, assert_flood_held,
-                               assert_look_alike_held, assert_shutdown_held, canary_churn_on_packets, flood_on_packets,
+                               assert_look_alike_held, assert_shutdown_held, assert_startup_held, canary_churn_on_packets,
+                               flood_on_packets, startup_on_packets,
                                look_alike_on_packets, ns, pod_manifest, prepare_round, probe, run_matrix, running_ip,
                                shutdown_on_packets, start_rows)
 from tests.support import IN_CI, control_plane_binaries
@@ -169,3 +170,21 @@ def test_a_terminating_session_keeps_its_policy_until_its_containers_stop(cluste
     results, deletion = shutdown_on_packets(cluster.plane, namespace)
     print(backend, results, deletion)
     assert_shutdown_held(results, deletion, backend, namespace)
+
+
+def test_with_enforcement_wait_auto_no_denied_connection_gets_through(cluster: CiliumCluster) -> None:
+    """Issue 22, enforcementWait auto, last (one more rollout): the cilium backend without the wait
+    (manifests/examples/cilium-auto). The session baseline puts every session pod in default-deny
+    egress before its own policy may have reached the agent, and the controller releases pods only
+    once the baseline has settled: no session pod carries the wait, and not one attempt from a
+    session container's first instant gets through; plain pods get through at once."""
+    plane = cluster.plane
+    switch_backend(plane, cluster.scratch / "overlay-cilium-auto", cluster.installed.image, "cilium", wait_mode="auto")
+    cluster.backend = "cilium (enforcementWait auto)"
+    if "cilium" not in cluster.prepared:
+        prepare_round(plane, TAGS["cilium"], cluster.scratch, with_fail_closed=False)
+        cluster.prepared.add("cilium")
+    assert plane.kubectl("get", "ciliumclusterwidenetworkpolicy", "sortie-egress-session-baseline").returncode == 0
+    seen = startup_on_packets(plane, ns("default", TAGS["cilium"]))
+    print(seen)
+    assert_startup_held(seen, waits=[])

@@ -25,8 +25,8 @@ but is not valid JSON is enforced by the controller as DNS only, never wider.
 
 The parameter, as for tamper protection, is the controller's ServiceAccount; its annotations
 say which backend the install runs (``sortie.io/backend``: the kind a policy author must be
-able to create) and whether it injects the wait (``sortie.io/enforcement-wait: off`` where it
-does not). A missing parameter refuses session pods (and only them: the object selector).
+able to create) and whether session pods must carry the wait (``sortie.io/enforcement-wait``:
+``off``, ``auto`` or ``required``, read as enforcement.wait_needed reads it). A missing parameter refuses session pods (and only them: the object selector).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 from .constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, SCHEDULING_GATE, SESSION_ID_LABEL
-from .enforcement import INIT_CONTAINER_NAME
+from .enforcement import INIT_CONTAINER_NAME, SELF_ENFORCING_BACKENDS
 from .pod_shape import CONTAINER_LISTS, NETWORK_CAPABILITIES
 from .tamper import (CILIUM_NETWORK_POLICIES, CLUSTER_NETWORK_POLICIES, NETWORK_POLICIES, _policy, binding,
                      cel_string)
@@ -146,8 +146,11 @@ def pod_creation_policy() -> dict[str, Any]:
         {"name": "mode", "expression": f"object.metadata.?labels[?{mode}].orValue('')"},
         {"name": "hasPolicy", "expression": (
             f"variables.mode != '' || !variables.annotation.matches({cel_string(NO_POLICY_PATTERN)})")},
+        # enforcement.wait_needed in CEL: "off" never, "auto" but on the self-enforcing backends.
+        {"name": "waitMode", "expression": f"params.metadata.?annotations[?{cel_string(WAIT_ANNOTATION)}].orValue('required')"},
         {"name": "waitRequired", "expression": (
-            f"params.metadata.?annotations[?{cel_string(WAIT_ANNOTATION)}].orValue('required') != 'off'")},
+            f"variables.waitMode != 'off' && !(variables.waitMode == 'auto'"
+            f" && {_BACKEND} in {_cel_list(list(SELF_ENFORCING_BACKENDS))})")},
         {"name": "waitFirst", "expression": (
             f"object.spec.?initContainers.orValue([]).size() > 0 && {first}.name == {wait}"
             f" && {first}.?command.orValue([]).size() >= 3 && {first}.command[0] == 'python'"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -113,6 +114,13 @@ def _render_for(backend: str, session: Any, policy: Any, dns: DnsDestination) ->
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    if args.session_baseline:
+        from . import session_baseline
+
+        sys.stdout.write(_dump(session_baseline.render(args.dns), args.output))
+        return 0
+    if not args.file:
+        raise CommandError("render needs -f FILE (a pod), or --session-baseline")
     outcome = _report(load_manifest(args.file), args.backend)
     if isinstance(outcome, int):
         return outcome
@@ -273,11 +281,11 @@ def cmd_controller(args: argparse.Namespace) -> int:
         namespaces=list(args.namespace), dns=args.dns, kubeconfig=args.kubeconfig, workers=args.workers,
         metrics_port=args.metrics_port or None, leader_elect=args.leader_elect, system_namespace=args.system_namespace,
         certificates=certificates, canary_port=args.canary_port, canary_tls_secret=canary_secret, backend=args.backend,
-        cluster_policy_priority=args.cluster_policy_priority,
+        cluster_policy_priority=args.cluster_policy_priority, enforcement_wait=args.enforcement_wait,
     )
     logs.event("starting", component="controller", version=__version__, namespaces=options.namespaces or "all",
                dns=str(args.dns), leader_elect=args.leader_elect, system_namespace=args.system_namespace,
-               backend=args.backend)
+               backend=args.backend, enforcement_wait=args.enforcement_wait)
     try:
         return run(options)
     except (OSError, TimeoutError, ValueError) as exc:
@@ -410,9 +418,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _enforcement_wait(args: argparse.Namespace) -> Any:
     """The init container to inject, from --enforcement-canary/-port/-image; None without a canary."""
-    from .enforcement import EnforcementWait
+    from .enforcement import EnforcementWait, wait_needed
 
     if not args.enforcement_canary:
+        return None
+    if not wait_needed(args.enforcement_wait, args.backend):
+        logging.getLogger("sortie.webhook").info(
+            "--enforcement-wait %s on the %s backend: no wait is injected (the dataplane judges a pod's first packet; "
+            "the controller releases pods only while the session baseline is in place)", args.enforcement_wait,
+            args.backend)
         return None
     if not args.enforcement_image:
         raise CommandError("--enforcement-canary needs --enforcement-image (or $SORTIE_EGRESS_IMAGE): the image "
@@ -487,6 +501,27 @@ def _backend_flag(parser: argparse.ArgumentParser) -> None:
                              "enforce exactly is refused; webhook and controller must agree ($SORTIE_EGRESS_BACKEND)")
 
 
+def _wait_mode(text: str) -> str:
+    """An --enforcement-wait mode, checked also when it comes from $SORTIE_EGRESS_ENFORCEMENT_WAIT."""
+    from .enforcement import WAIT_MODES
+
+    if text not in WAIT_MODES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an enforcement-wait mode (choose from {', '.join(WAIT_MODES)}; "
+                                         "$SORTIE_EGRESS_ENFORCEMENT_WAIT counts too)")
+    return text
+
+
+def _wait_mode_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--enforcement-wait", type=_wait_mode, metavar="{required,auto,off}",
+                        default=os.environ.get("SORTIE_EGRESS_ENFORCEMENT_WAIT", "required"),
+                        help="required (default): the webhook injects the wait (with --enforcement-canary); auto: "
+                             "not on the cilium backend, whose dataplane judges a pod's first packet, where the "
+                             "controller instead releases a pod only while the session baseline "
+                             "(CiliumClusterwideNetworkPolicy sortie-egress-session-baseline) is in place; off: "
+                             "never. Webhook, controller and the controller ServiceAccount's "
+                             "sortie.io/enforcement-wait must agree ($SORTIE_EGRESS_ENFORCEMENT_WAIT)")
+
+
 def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=os.environ.get("SORTIE_HOST", "0.0.0.0"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("SORTIE_PORT", "8443")))
@@ -515,6 +550,7 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
                              "certificate), pinned in every injected wait with the certificate's first DNS name; "
                              "default: ca.crt beside --tls-cert, or the --tls-secret's ca.crt")
     _backend_flag(parser)
+    _wait_mode_flag(parser)
     parser.add_argument("--enforcement-image", default=os.environ.get("SORTIE_EGRESS_IMAGE"),
                         help="the image of the injected init container (default: $SORTIE_EGRESS_IMAGE)")
 
@@ -540,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True)
     _system_namespace_flag(controller)
     _backend_flag(controller)
+    _wait_mode_flag(controller)
     controller.add_argument("--cluster-policy-priority", type=_cnp_priority, default=DEFAULT_PRIORITY,
                             help="clusternetworkpolicy backend: the Admin-tier priority of session policies, 0-1000 "
                                  "(lower wins: give your own cluster-wide guardrails lower numbers; default "
@@ -583,7 +620,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
 
     render = commands.add_parser("render", help="print the policy object the controller will create for a pod")
-    render.add_argument("-f", "--file", required=True, help="Pod manifest, YAML or JSON; - for stdin")
+    what = render.add_mutually_exclusive_group(required=True)
+    what.add_argument("-f", "--file", help="Pod manifest, YAML or JSON; - for stdin")
+    what.add_argument("--session-baseline", action="store_true",
+                      help="print the session baseline for --dns instead (enforcementWait auto on the cilium backend)")
     render.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     render.add_argument("--dns", type=_dns, default=DnsDestination(), help="DNS destination: cluster, any, CIDR,..., or cluster,CIDR,... (a node-local cache too)")
     _backend_flag(render)

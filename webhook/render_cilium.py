@@ -69,7 +69,9 @@ def _name_selector(fqdn: str) -> dict[str, str]:
     return {"matchPattern": "**." + fqdn[2:]} if fqdn.startswith("*.") else {"matchName": fqdn}
 
 
-def _dns_rules(dns: DnsDestination, proxied: bool) -> list[dict[str, Any]]:
+def dns_rules(dns: DnsDestination, proxied: bool) -> list[dict[str, Any]]:
+    """The egress rules that let a session pod resolve names as ``dns`` says (``proxied``: through
+    Cilium's DNS proxy, which FQDN rules need)."""
     to_ports: dict[str, Any] = {"ports": [{"port": "53", "protocol": "UDP"}, {"port": "53", "protocol": "TCP"}]}
     if proxied:
         to_ports["rules"] = {"dns": [{"matchPattern": "*"}]}
@@ -193,7 +195,7 @@ def allowlist_complement(policy: EgressPolicy, dns: DnsDestination) -> list[dict
 def cilium_egress(policy: EgressPolicy, dns: DnsDestination,
                   canary: Canary | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(egress, egressDeny) of a session's CiliumNetworkPolicy."""
-    egress = _dns_rules(dns, proxied=policy.names_hosts)
+    egress = dns_rules(dns, proxied=policy.names_hosts)
     deny: list[dict[str, Any]] = []
     if canary is not None:
         canary_pods = [_selector(canary.namespace, dict(canary.pod_labels))]
@@ -239,4 +241,5 @@ def render_cilium_network_policy(pod: SessionPod, policy: EgressPolicy, dns: Dns
     }
 
 
-__all__ = ["CILIUM_API_VERSION", "cilium_egress", "in_cluster_deny", "render_cilium_network_policy"]
+__all__ = ["CILIUM_API_VERSION", "cilium_egress", "dns_rules", "in_cluster_deny", "render_cilium_network_policy"]
+

@@ -23,11 +23,13 @@ DEPLOYMENTS = ("sortie-egress-webhook", "sortie-egress-controller")
 MUTATING_CONFIGURATION = "sortie-egress"
 
 
-def write_overlay(folder: Path, image: str, backend: str = "networkpolicy") -> Path:
+def write_overlay(folder: Path, image: str, backend: str = "networkpolicy", wait_mode: str = "required") -> Path:
     """An operator's overlay of ``manifests/`` (or, for another backend, of the shipped example
-    that installs it, ``manifests/examples/<backend>``) that sets only the image."""
+    that installs it, ``manifests/examples/<backend>``, ``<backend>-auto`` with enforcementWait
+    auto) that sets only the image."""
     name, tag = image.rsplit(":", 1)
-    base = MANIFESTS if backend == "networkpolicy" else MANIFESTS / "examples" / backend
+    example = backend if wait_mode == "required" else f"{backend}-{wait_mode}"
+    base = MANIFESTS if example == "networkpolicy" else MANIFESTS / "examples" / example
     if not base.is_dir():
         raise ValueError(f"no shipped install for the {backend} backend ({base})")
     folder.mkdir(parents=True, exist_ok=True)
@@ -74,10 +76,11 @@ def install(plane: ControlPlane, overlay: Path, timeout: float = 180) -> float:
     return time.monotonic() - started
 
 
-def switch_backend(plane: ControlPlane, folder: Path, image: str, backend: str) -> Path:
-    """What an operator does to change backends: ``kubectl apply -k`` of the backend's install,
-    then wait until both Deployments have rolled out (no pod of the old settings left)."""
-    overlay = write_overlay(folder, image, backend)
+def switch_backend(plane: ControlPlane, folder: Path, image: str, backend: str, wait_mode: str = "required") -> Path:
+    """What an operator does to change backends: ``kubectl apply -k`` of the backend's install
+    (with ``wait_mode`` auto: the example with the enforcement-wait-auto component), then wait
+    until both Deployments have rolled out (no pod of the old settings left)."""
+    overlay = write_overlay(folder, image, backend, wait_mode)
     result = plane.kubectl("apply", "-k", str(overlay), timeout=120)
     if result.returncode != 0:
         raise RuntimeError(f"kubectl apply -k {overlay} failed: {result.stderr}")
@@ -92,7 +95,9 @@ def switch_backend(plane: ControlPlane, folder: Path, image: str, backend: str) 
         ours = [p for p in pods if p["metadata"]["name"].startswith(tuple(f"{d}-" for d in DEPLOYMENTS))]
         envs = [{e["name"]: e.get("value") for e in c.get("env", [])} for p in ours for c in p["spec"]["containers"]]
         wanted = None if backend == "networkpolicy" else backend
-        return all(env.get("SORTIE_EGRESS_BACKEND") == wanted for env in envs)
+        mode = None if wait_mode == "required" else wait_mode
+        return all(env.get("SORTIE_EGRESS_BACKEND") == wanted and env.get("SORTIE_EGRESS_ENFORCEMENT_WAIT") == mode
+                   for env in envs)
 
     wait_for(only_new_pods, 120, f"only pods with the {backend} backend in {SYSTEM_NAMESPACE}")
     return overlay

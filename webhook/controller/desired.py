@@ -59,6 +59,7 @@ ADOPTED = "Adopted"
 WIDENED = "EgressWidened"
 CONFLICT = "EgressPolicyConflict"
 JOINED_WITHOUT_POLICY = "EgressPolicyMissing"
+BASELINE_MISSING = "EnforcementBaselineMissing"
 
 
 def policy_digest(canonical: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import signal
 import socket
@@ -13,7 +14,9 @@ from functools import partial
 from typing import Any
 
 from ..backends import DEFAULT_BACKEND
+from .. import session_baseline
 from ..constants import POLICY_NAME_PREFIX, SESSION_ID_LABEL
+from ..enforcement import INIT_CONTAINER_NAME, init_container_names, wait_needed
 from ..kube.client import api_client
 from ..kube.informer import Informer, Store
 from ..render import DnsDestination
@@ -26,8 +29,8 @@ from .queue import WorkQueue
 from .reconciler import Conflict, Reconciler, SessionKey
 from ..render_cluster import CNP_GROUP, DEFAULT_PRIORITY
 from .desired import ClusterPolicyOptions
-from .session_objects import (cilium_network_policies, cilium_served, cluster_network_policies, cluster_policy_domain_names,
-                              cluster_policy_version, judged_kinds, network_policies)
+from .session_objects import (JudgedKind, cilium_network_policies, cilium_served, cluster_network_policies,
+                              cluster_policy_domain_names, cluster_policy_version, judged_kinds, network_policies)
 
 log = logging.getLogger("sortie.controller")
 RESYNC_SECONDS = 300.0
@@ -63,6 +66,9 @@ class ControllerOptions:
     backend: str = DEFAULT_BACKEND
     #: clusternetworkpolicy: the Admin-tier priority of session policies (lower wins).
     cluster_policy_priority: int = DEFAULT_PRIORITY
+    #: enforcement.WAIT_MODES: with "auto" on the cilium backend, pods without the wait are
+    #: released only while the session baseline is in place (session_baseline.py).
+    enforcement_wait: str = "required"
 
 
 class BackendUnavailable(ValueError):
@@ -110,12 +116,11 @@ class Controller:
             self.objects = network_policies(self.networking)
         else:
             raise BackendUnavailable(f"unknown --backend {options.backend}")
-        # Where Cilium runs, its policies widen sessions whatever the backend: read, judged, kept.
-        self.judged_kinds = judged_kinds(client.CustomObjectsApi(self.api), options.backend)
-        self.judged = tuple(Store() for _ in self.judged_kinds)
-        if self.judged_kinds:
-            log.info("judging %s too, for effective egress", " and ".join(k.kind.removesuffix("y") + "ies"
-                                                                          for k in self.judged_kinds))
+        # Found at start() (discovery is a request): where Cilium runs, its policies widen sessions
+        # whatever the backend, read, judged, kept; and the session baseline, where it is verified.
+        self.judged_kinds: list[JudgedKind] = []
+        self.judged: tuple[Store, ...] = ()
+        self.baseline: Store | None = None
         self.stop = threading.Event()
         self.canary: CanaryProcess | None = None
         self._canary_secret_stop: threading.Event | None = None
@@ -182,12 +187,26 @@ class Controller:
 
     def _judged_changed(self, obj: dict[str, Any]) -> None:
         """Someone else's Cilium policy: every session it may select (its namespace's; a clusterwide
-        one's, every session)."""
-        namespace = (obj.get("metadata") or {}).get("namespace")
+        one's, every session). The session baseline: every session now, and again once it has
+        settled (pods held for it are released then)."""
+        metadata = obj.get("metadata") or {}
+        namespace = metadata.get("namespace")
         if namespace:
             self._enqueue_namespace(namespace)
-        else:
-            self.enqueue_all()
+            return
+        self.enqueue_all()
+        if self.baseline is not None and metadata.get("name") == session_baseline.NAME:
+            timer = threading.Timer(session_baseline.SETTLE_SECONDS + 0.5, self.enqueue_all)
+            timer.daemon = True
+            timer.start()
+
+    def _baseline_hold(self, pod: dict[str, Any]) -> str | None:
+        """Why a pod without the wait stays gated (--enforcement-wait auto), or None."""
+        if INIT_CONTAINER_NAME in (init_container_names(pod) or []):
+            return None  # admitted with the wait: it proves enforcement itself
+        assert self.baseline is not None
+        found = self.baseline.get(("", session_baseline.NAME))
+        return session_baseline.problem(found, self.options.dns, dt.datetime.now(dt.timezone.utc))
 
     def _canary_changed(self, _pod: dict[str, Any]) -> None:
         """A canary pod came, went or got its address: every session policy cuts out the new set."""
@@ -224,16 +243,39 @@ class Controller:
                 owned = self.objects.list_all if namespace is None else self.objects.list_namespaced(namespace)
                 informers.append(Informer(f"{self.objects.kind.lower()}-{suffix}", owned, self.objects.project, self.owned,
                                           self._owned_changed, self.stop, namespace, restarted))
+        return informers
+
+    def _discover_judged_kinds(self) -> None:
+        """Which of Cilium's policy kinds the cluster serves (judged_kinds), their stores and
+        informers, and the session baseline's store with --enforcement-wait auto on a backend
+        that leaves the wait out; BackendUnavailable if that baseline's kind is not served."""
+        from kubernetes import client
+
+        self.judged_kinds = judged_kinds(client.CustomObjectsApi(self.api), self.options.backend)
+        self.judged = tuple(Store() for _ in self.judged_kinds)
+        self.reconciler.judged = self.judged
+        if self.judged_kinds:
+            log.info("judging %s too, for effective egress", " and ".join(k.kind.removesuffix("y") + "ies"
+                                                                          for k in self.judged_kinds))
+        if self.options.enforcement_wait == "auto" and not wait_needed("auto", self.options.backend):
+            self.baseline = next((store for kind, store in zip(self.judged_kinds, self.judged)
+                                  if kind.kind == session_baseline.KIND), None)
+            if self.baseline is None:
+                raise BackendUnavailable(
+                    f"--enforcement-wait auto on the {self.options.backend} backend needs the session baseline, a "
+                    f"{session_baseline.KIND} (cilium.io/v2), which this cluster does not serve")
+            self.reconciler.hold_release = self._baseline_hold
+        for namespace in self.options.namespaces or [None]:
             for kind, store in zip(self.judged_kinds, self.judged):
                 if kind.list_namespaced is not None:
                     listing = kind.list_all if namespace is None else kind.list_namespaced(namespace)
-                    informers.append(Informer(f"judged-{kind.kind.lower()}-{suffix}", listing, kind.project, store,
-                                              self._judged_changed, self.stop, namespace, restarted))
+                    self.informers.append(Informer(f"judged-{kind.kind.lower()}-{namespace or 'all'}", listing,
+                                                   kind.project, store, self._judged_changed, self.stop, namespace,
+                                                   self._watch_restarted))
         for kind, store in zip(self.judged_kinds, self.judged):
             if kind.cluster_scoped:  # whatever --namespace says: it may select a pod in any namespace
-                informers.append(Informer(f"judged-{kind.kind.lower()}", kind.list_all, kind.project, store,
-                                          self._judged_changed, self.stop, None, self._watch_restarted))
-        return informers
+                self.informers.append(Informer(f"judged-{kind.kind.lower()}", kind.list_all, kind.project, store,
+                                               self._judged_changed, self.stop, None, self._watch_restarted))
 
     def _watch_restarted(self, reason: str) -> None:
         self.metrics.watch_restarts.labels(reason).inc()
@@ -316,6 +358,7 @@ class Controller:
         return True, "ok"
 
     def start(self, sync_timeout: float = 60.0) -> None:
+        self._discover_judged_kinds()
         self._last_resync = time.monotonic()
         if self.options.canary_port:
             self.canary = CanaryProcess(self.options.canary_host, self.options.canary_port)

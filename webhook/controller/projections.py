@@ -46,7 +46,11 @@ def project_pod(pod: dict[str, Any]) -> dict[str, Any]:
     projected["annotations"] = annotations
     return {
         "metadata": projected,
-        "spec": {"schedulingGates": (pod.get("spec") or {}).get("schedulingGates")},
+        # The init containers' names only: whether the pod carries our wait (session_baseline.py).
+        "spec": {"schedulingGates": (pod.get("spec") or {}).get("schedulingGates"),
+                 "initContainers": [{"name": sys.intern(str(container.get("name", "")))}
+                                    for container in (pod.get("spec") or {}).get("initContainers") or []
+                                    if isinstance(container, dict)]},
         "status": {"phase": (pod.get("status") or {}).get("phase")},
     }
 

@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from ..backends import DEFAULT_BACKEND
@@ -29,6 +30,7 @@ from .desired import (
     CONFLICT,
     ClusterPolicyOptions,
     WIDENED,
+    BASELINE_MISSING,
     Note,
     SessionPlan,
     effective_widenings,
@@ -68,6 +70,9 @@ class Reconciler:
     #: Someone else's policies of other kinds the dataplane enforces too (session_objects.judged_kinds:
     #: Cilium's, where it runs), each kind's store; cluster-scoped ones are kept under "".
     judged: tuple[Store, ...] = ()
+    #: Why a pod must stay gated although its policy is written (main.Controller._baseline_hold:
+    #: no wait and no session baseline in place yet); None: nothing holds pods back.
+    hold_release: Callable[[dict[str, Any]], str | None] | None = None
     cluster: ClusterPolicyOptions = field(default_factory=ClusterPolicyOptions)
     #: The enforcement canary every session policy opens and cuts out; its addresses follow the
     #: canary pods (Controller._canary_changed). None: no canary (nothing waits on one).
@@ -121,6 +126,13 @@ class Reconciler:
         for pod, mode in plan.labels:
             writes[id(pod)] = (pod, mode, False)
         for pod in plan.release:
+            held = self.hold_release(pod) if self.hold_release is not None else None
+            if held is not None:
+                self._tell(key, Note(pod, "Warning", BASELINE_MISSING,
+                                     f"{held}: this pod carries no enforcement wait (--enforcement-wait auto), so it "
+                                     "stays gated until the session baseline is in place"))
+                done.append("held")
+                continue
             writes[id(pod)] = (pod, writes.get(id(pod), (pod, None, False))[1], True)
         for pod, mode, release in writes.values():
             if self._patch_pod(pod, mode, release):

@@ -222,6 +222,10 @@ class JudgedKind:
         selectors differently, and list items need not carry their kind)."""
         projected = project_policy(obj)
         projected["kind"] = self.kind
+        projected["spec"] = obj.get("spec")  # ours too: the session baseline is verified by its spec
+        created = (obj.get("metadata") or {}).get("creationTimestamp")
+        if created:
+            projected["metadata"]["creationTimestamp"] = created
         return projected
 
 
