@@ -99,12 +99,25 @@ def _everything_but(cells: set[Cell]) -> set[Cell]:
 TABLE: list[Row] = [
     # No other policy in the namespace: the session's own policy is all there is.
     Row("default", "plain", None, {}, EVERYTHING),
-    Row("default", "allow-443", ALLOW_443, {}, {("tcp", TARGET_A, 443), DNS}),
+    # KNOWN HOLE (issue 22, found by the node column in session 11): on Cilium the clusternetworkpolicy
+    # backend's final Deny (`networks` 0.0.0.0/0 and ::/0, and `pods`) does not cover the node's own
+    # addresses (Cilium matches no CIDR against its host and remote-node identities, and its `nodes`
+    # peer needs --enable-node-selector-labels, without which it refuses the whole policy), so the
+    # Admin tier passes the session's traffic to its node on to NetworkPolicies; where none selects
+    # the session (here: default; the baseline and sortie-chart namespaces' policies do), an
+    # allowlist session reaches its node's kubelet. Written as observed so the matrix stays a net;
+    # docs/security.md, "Inside the cluster", says it, and closing it is the next step.
+    Row("default", "allow-443", ALLOW_443, {}, {("tcp", TARGET_A, 443), DNS},
+        {"cilium/clusternetworkpolicy": {("tcp", TARGET_A, 443), DNS, NODE}}),
     Row("default", "allow-range", {"mode": "allowlist", "rules": [{"cidr": f"{TARGET_B}/32", "port": 443, "end_port": 8443}]},
-        {}, {("tcp", TARGET_B, 443), ("tcp", TARGET_B, 8443), DNS}),
+        {}, {("tcp", TARGET_B, 443), ("tcp", TARGET_B, 8443), DNS},
+        {"cilium/clusternetworkpolicy": {("tcp", TARGET_B, 443), ("tcp", TARGET_B, 8443), DNS, NODE}}),
     Row("default", "allow-udp", {"mode": "allowlist", "rules": [{"cidr": f"{TARGET_A}/32", "port": 53, "protocol": "UDP"}]},
-        {}, {("udp", TARGET_A, 53), DNS}),
-    Row("default", "allow-no-port", {"mode": "allowlist", "rules": [{"cidr": "198.18.1.0/24"}]}, {}, EVERYTHING - IN_CLUSTER),
+        {}, {("udp", TARGET_A, 53), DNS}, {"cilium/clusternetworkpolicy": {("udp", TARGET_A, 53), DNS, NODE}}),
+    # 198.18.1.0/24 holds the targets, not the node (198.18.0.1): its kubelet stays closed (but for
+    # the hole above).
+    Row("default", "allow-no-port", {"mode": "allowlist", "rules": [{"cidr": "198.18.1.0/24"}]}, {},
+        EVERYTHING - IN_CLUSTER - {NODE}, {"cilium/clusternetworkpolicy": EVERYTHING - IN_CLUSTER}),
     # A denylist allows "everything else" by address (0.0.0.0/0 but the denied): kube-router
     # matches pods by address, Cilium does not match its own endpoints by CIDR, so on Cilium the
     # cluster's pods stay closed to a denylist session unless it is on clusternetworkpolicy (whose
@@ -112,15 +125,16 @@ TABLE: list[Row] = [
     # Fail closed: less than the denylist promises, never more.
     Row("default", "deny-a", {"mode": "denylist", "rules": [{"cidr": f"{TARGET_A}/32"}]}, {},
         {cell for cell in COLUMNS if cell[1] != TARGET_A},
-        {f"cilium/{backend}": {cell for cell in COLUMNS if cell[1] != TARGET_A} - IN_CLUSTER
+        {f"cilium/{backend}": {cell for cell in COLUMNS if cell[1] != TARGET_A} - IN_CLUSTER - {NODE}
          for backend in ("networkpolicy", "cilium")}),
     # A denylist with a port: a NetworkPolicy can only deny the whole network (with a warning);
     # the exact backends deny that one port and nothing else.
     Row("default", "deny-a-443", DENY_A_443, {}, {cell for cell in COLUMNS if cell[1] != TARGET_A},
         {**{backend: _everything_but({("tcp", TARGET_A, 443)}) for backend in EXACT_BACKENDS},
-         "cilium/networkpolicy": {cell for cell in COLUMNS if cell[1] != TARGET_A} - IN_CLUSTER,
-         "cilium/cilium": _everything_but({("tcp", TARGET_A, 443)} | IN_CLUSTER)}),
-    Row("default", "empty-allowlist", {"mode": "allowlist", "rules": []}, {}, {DNS}),
+         "cilium/networkpolicy": {cell for cell in COLUMNS if cell[1] != TARGET_A} - IN_CLUSTER - {NODE},
+         "cilium/cilium": _everything_but({("tcp", TARGET_A, 443), NODE} | IN_CLUSTER)}),
+    Row("default", "empty-allowlist", {"mode": "allowlist", "rules": []}, {}, {DNS},
+        {"cilium/clusternetworkpolicy": {DNS, NODE}}),
     # Created before the product was installed, with an annotation admission would refuse:
     # the controller backfills it with a DNS-only policy (CONTRACT §3).
     Row("default", "fail-closed", INVALID_ANNOTATION, {}, {DNS}, before_install=True),
@@ -147,8 +161,11 @@ TABLE: list[Row] = [
     # session (reported as widened); on the exact backends the session's own policy stands, the
     # canary's closed port and the cluster's pods included (an allowlist denies every pod but DNS
     # and the canary; a denylist leaves them to the allow-all, as it promises).
+    # The node's addresses are left to the allows on cilium (a node-local DNS cache lives there), so
+    # the allow-all opens the session's node to it (reported as widened); on clusternetworkpolicy
+    # the hole above.
     Row("widening", "widened-allow-443", ALLOW_443, {}, HELD,
-        {backend: {("tcp", TARGET_A, 443), DNS} for backend in EXACT_BACKENDS}),
+        {backend: {("tcp", TARGET_A, 443), DNS, NODE} for backend in EXACT_BACKENDS}),
     Row("widening", "widened-deny-a-443", DENY_A_443, {}, HELD,
         {backend: _everything_but({("tcp", TARGET_A, 443)}) for backend in EXACT_BACKENDS}),
     # Beside it, a pod of no session: the allow-all policy's own effect, so "held" above is

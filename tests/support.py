@@ -225,3 +225,21 @@ def cert_manager_tool() -> Path:
     if not os.access(binary, os.X_OK):
         unavailable("cert-manager", f"{script} left no {binary}")
     return binary
+
+
+def register_webhook_and_namespace(plane: Any, webhook: WebhookProcess, cert_dir: Path, namespace: str) -> Any:
+    """Our webhook registered in ``plane`` (trusted through the CA in ``cert_dir``), and
+    ``namespace`` created with its default ServiceAccount there (pods need it): the CoreV1Api."""
+    import base64
+
+    from kubernetes import client
+
+    from webhook.configuration import mutating_configuration
+
+    api = plane.admin.api_client()
+    client.AdmissionregistrationV1Api(api).create_mutating_webhook_configuration(
+        mutating_configuration(url=webhook.url, ca_bundle=base64.b64encode((cert_dir / "ca.crt").read_bytes()).decode()))
+    core = client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": namespace}})
+    wait_for(lambda: core.read_namespaced_service_account("default", namespace), 30, "the default ServiceAccount")
+    return core

@@ -10,7 +10,6 @@ controller as processes; expectations written out by hand.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,7 @@ import yaml
 
 from tests.cluster.harness import ControlPlane, wait_for
 from tests.support import (ControllerProcess, WebhookProcess, backend_audit, control_plane_binaries, generate_certs,
-                           pod_events, policy_crds, session_pod)
-from webhook.configuration import mutating_configuration
+                           pod_events, policy_crds, register_webhook_and_namespace, session_pod)
 from webhook.tamper import admission_policies
 
 pytestmark = pytest.mark.cluster
@@ -57,19 +55,14 @@ def installed(plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> 
     webhook = WebhookProcess(work / "certs", work / "webhook.log").start()
     controller = None
     try:
-        api = plane.admin.api_client()
-        client.AdmissionregistrationV1Api(api).create_mutating_webhook_configuration(
-            mutating_configuration(url=webhook.url, ca_bundle=base64.b64encode((work / "certs" / "ca.crt").read_bytes()).decode()))
-        core = client.CoreV1Api(api)
-        core.create_namespace({"metadata": {"name": "team-j"}})
-        wait_for(lambda: core.read_namespaced_service_account("default", "team-j"), 30, "the default ServiceAccount")
+        core = register_webhook_and_namespace(plane, webhook, work / "certs", "team-j")
         credentials = plane.credentials_for_service_account("sortie-system", "sortie-egress", create=False)
         controller = ControllerProcess(plane.kubeconfig_for("sortie-egress-controller", credentials),
                                        work / "controller.log", extra_args=("--no-leader-elect",)).start()
         log = work / "controller.log"
         wait_for(lambda: "judging CiliumNetworkPolicies and CiliumClusterwideNetworkPolicies" in log.read_text()
                  or None, 30, "the controller to find Cilium's policy kinds")
-        yield core, client.CustomObjectsApi(api)
+        yield core, client.CustomObjectsApi(plane.admin.api_client())
     finally:
         if controller is not None:
             controller.stop()

@@ -5,7 +5,6 @@ says why this is sound; the packets are in tests/test_node_cilium.py). Expectati
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +15,7 @@ import yaml
 
 from tests.cluster.harness import ControlPlane, wait_for
 from tests.support import (ControllerProcess, WebhookProcess, control_plane_binaries, generate_certs, pod_events,
-                           policy_crds, session_pod)
-from webhook.configuration import mutating_configuration
+                           policy_crds, register_webhook_and_namespace, session_pod)
 from webhook.tamper import CILIUM_NETWORK_POLICIES, admission_policies, backend_admission_policies
 
 pytestmark = pytest.mark.cluster
@@ -62,12 +60,7 @@ def installed(plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> 
         "--enforcement-image", "registry.invalid/sortie-egress:1")).start()
     controller = None
     try:
-        api = plane.admin.api_client()
-        client.AdmissionregistrationV1Api(api).create_mutating_webhook_configuration(
-            mutating_configuration(url=webhook.url, ca_bundle=base64.b64encode((work / "certs" / "ca.crt").read_bytes()).decode()))
-        core = client.CoreV1Api(api)
-        core.create_namespace({"metadata": {"name": NAMESPACE}})
-        wait_for(lambda: core.read_namespaced_service_account("default", NAMESPACE), 30, "the default ServiceAccount")
+        core = register_webhook_and_namespace(plane, webhook, work / "certs", NAMESPACE)
         probe = session_pod(policy=POLICY, namespace=NAMESPACE)
         wait_for(lambda: (core.create_namespaced_pod(NAMESPACE, probe, dry_run="All").metadata.labels or {})
                  .get("sortie.io/egress-mode") == "allowlist", 30, "the webhook to be called")
@@ -75,7 +68,7 @@ def installed(plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> 
         controller = ControllerProcess(plane.kubeconfig_for("sortie-egress-controller", credentials), work / "controller.log",
                                        extra_args=("--backend", "cilium", "--enforcement-wait", "auto",
                                                    "--no-leader-elect")).start()
-        yield core, client.CustomObjectsApi(api)
+        yield core, client.CustomObjectsApi(plane.admin.api_client())
     finally:
         if controller is not None:
             controller.stop()
