@@ -303,8 +303,8 @@ def _judged_objects(api: Any, backend: str, namespaces: list[str]) -> list[dict[
 
     judged: list[dict[str, Any]] = []
     for kind in judged_kinds(client.CustomObjectsApi(api), backend):
-        for namespace in ([None] if kind.list_namespaced is None else namespaces or [None]):
-            listing = kind.list_all if namespace is None or kind.list_namespaced is None else kind.list_namespaced(namespace)
+        for namespace in ([None] if kind.cluster_scoped else namespaces or [None]):
+            listing = kind.listing(namespace)
             judged += [kind.project(obj) for obj in _json.loads(listing(_preload_content=False).data)["items"]]
     return judged
 

@@ -132,8 +132,7 @@ class Controller:
         self.policies = Store(index=policy_ownership_key)
         self.queue: WorkQueue[SessionKey] = WorkQueue()
         self.reconciler = Reconciler(self.core, self.objects, self.pods, self.policies, options.dns, self.metrics,
-                                     owned=self.owned, backend=options.backend, cluster=self.cluster,
-                                     judged=self.judged)
+                                     owned=self.owned, backend=options.backend, cluster=self.cluster)
         self.canary_pods = Store()
         if options.canary_port:
             self.reconciler.canary = canary_for(options.system_namespace, options.canary_port, [])
@@ -265,17 +264,12 @@ class Controller:
                     f"--enforcement-wait auto on the {self.options.backend} backend needs the session baseline, a "
                     f"{session_baseline.KIND} (cilium.io/v2), which this cluster does not serve")
             self.reconciler.hold_release = self._baseline_hold
-        for namespace in self.options.namespaces or [None]:
-            for kind, store in zip(self.judged_kinds, self.judged):
-                if kind.list_namespaced is not None:
-                    listing = kind.list_all if namespace is None else kind.list_namespaced(namespace)
-                    self.informers.append(Informer(f"judged-{kind.kind.lower()}-{namespace or 'all'}", listing,
-                                                   kind.project, store, self._judged_changed, self.stop, namespace,
-                                                   self._watch_restarted))
         for kind, store in zip(self.judged_kinds, self.judged):
-            if kind.cluster_scoped:  # whatever --namespace says: it may select a pod in any namespace
-                self.informers.append(Informer(f"judged-{kind.kind.lower()}", kind.list_all, kind.project, store,
-                                               self._judged_changed, self.stop, None, self._watch_restarted))
+            # A cluster-scoped kind: one informer, whatever --namespace says (it may select a pod anywhere).
+            for namespace in [None] if kind.cluster_scoped else self.options.namespaces or [None]:
+                self.informers.append(Informer(f"judged-{kind.kind.lower()}-{namespace or 'all'}", kind.listing(namespace),
+                                               kind.project, store, self._judged_changed, self.stop, namespace,
+                                               self._watch_restarted))
 
     def _watch_restarted(self, reason: str) -> None:
         self.metrics.watch_restarts.labels(reason).inc()

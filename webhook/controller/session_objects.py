@@ -217,6 +217,10 @@ class JudgedKind:
     def cluster_scoped(self) -> bool:
         return self.list_namespaced is None
 
+    def listing(self, namespace: str | None) -> Callable[..., Any]:
+        """The list call for ``namespace`` (None: every namespace); a cluster-scoped kind's is one call."""
+        return self.list_all if namespace is None or self.list_namespaced is None else self.list_namespaced(namespace)
+
     def project(self, obj: dict[str, Any]) -> dict[str, Any]:
         """As the controller keeps a policy, with its kind (the judge reads a clusterwide policy's
         selectors differently, and list items need not carry their kind)."""
