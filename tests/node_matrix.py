@@ -505,8 +505,11 @@ CANARY_OPEN_PORT = 9445
 #: denies) from its container's first instant for this long.
 DISTURBED_SESSIONS = 20
 DISTURBED_WATCH_SECONDS = 3.0
-#: Between two deletions of a canary replica: long enough for a replacement to start now and
-#: then, short enough that a session's wait runs through several.
+#: Between two deletions of a canary replica, and never the last Ready one (as a drain under a
+#: PodDisruptionBudget of minAvailable 1 goes): a replica is always terminating or starting
+#: somewhere, yet the sessions can make progress however slowly the machine starts a
+#: replacement. (Deleting any replica on a fixed clock starved them on a slow CI machine: when a
+#: replacement needs longer than the interval, no replica is ever Ready.)
 CHURN_INTERVAL = 4.0
 #: The flood: connections at once per canary port, how many in all (the host's conntrack table
 #: holds each for minutes; this stays far below its size) and for how long.
@@ -536,15 +539,19 @@ def _running(plane: ControlPlane, namespace: str, names: list[str]) -> set[str]:
     return {p["metadata"]["name"] for p in pods if p["metadata"]["name"] in names and p["status"].get("phase") == "Running"}
 
 
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in pod.get("status", {}).get("conditions", []))
+
+
 def _wait_logs(plane: ControlPlane, namespace: str, names: list[str]) -> dict[str, str]:
     return {name: plane.kubectl("-n", namespace, "logs", name, "-c", "sortie-egress-wait").stdout for name in names}
 
 
 def canary_churn_on_packets(plane: ControlPlane, namespace: str) -> dict[str, Any]:
     """DISTURBED_SESSIONS session pods start while the canary's replicas are deleted one at a time
-    in a loop (``kubectl delete pod``, every CHURN_INTERVAL s, until every session runs or 180 s
-    pass). Returns each session's probe result, the deletions (each with how many sessions were
-    running when it was made), and the waits' logs."""
+    in a loop (``kubectl delete pod``, every CHURN_INTERVAL s, never the last Ready one, until every
+    session runs or 180 s pass). Returns each session's probe result,
+    the deletions (each with how many sessions were running when it was made), and the waits' logs."""
     import threading
 
     names = [f"churn-{index}" for index in range(DISTURBED_SESSIONS)]
@@ -554,12 +561,17 @@ def canary_churn_on_packets(plane: ControlPlane, namespace: str) -> dict[str, An
         while not stop.is_set():
             replicas = json.loads(plane.kubectl("-n", "sortie-system", "get", "pods", "-l", CANARY_SELECTOR,
                                                 "-o", "json").stdout)["items"]
-            live = sorted(p["metadata"]["name"] for p in replicas if not p["metadata"].get("deletionTimestamp"))
-            if live:
-                victim = live[len(deleted) % len(live)]
-                running = len(_running(plane, namespace, names))
-                if plane.kubectl("-n", "sortie-system", "delete", "pod", victim, "--wait=false").returncode == 0:
-                    deleted.append((victim, running))
+            live = [p for p in replicas if not p["metadata"].get("deletionTimestamp")]
+            # Any replica but the last Ready one (a starting replacement too), as a
+            # PodDisruptionBudget of minAvailable 1 would allow.
+            victims = sorted(p["metadata"]["name"] for p in live if any(_ready(q) for q in live if q is not p))
+            if not victims:
+                stop.wait(0.5)  # no replica is Ready: the next deletion waits for one
+                continue
+            victim = victims[len(deleted) % len(victims)]
+            running = len(_running(plane, namespace, names))
+            if plane.kubectl("-n", "sortie-system", "delete", "pod", victim, "--wait=false").returncode == 0:
+                deleted.append((victim, running))
             stop.wait(CHURN_INTERVAL)
 
     thread = threading.Thread(target=churn, daemon=True)
@@ -567,8 +579,14 @@ def canary_churn_on_packets(plane: ControlPlane, namespace: str) -> dict[str, An
     try:
         for name in names:
             apply(plane, _disturbed_session(namespace, name))
-        wait_for(lambda: len(_running(plane, namespace, names)) == len(names) or None, 180,
-                 "every session pod running under the canary's churn", interval=1.0)
+        try:
+            wait_for(lambda: len(_running(plane, namespace, names)) == len(names) or None, 180,
+                     "every session pod running under the canary's churn", interval=1.0)
+        except TimeoutError as exc:  # say what the churn did and where the waits stood
+            pending = sorted(set(names) - _running(plane, namespace, names))
+            tails = {name: log.splitlines()[-3:] for name, log in _wait_logs(plane, namespace, pending[:3]).items()}
+            raise TimeoutError(f"{exc}: {len(deleted)} deletions {deleted}; not running {pending}; "
+                               f"their waits end {tails}") from None
     finally:
         stop.set()
         thread.join(30)
