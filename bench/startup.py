@@ -211,7 +211,8 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="sortie-bench-startup-"))
     with installed_cluster(workdir, dataplane=args.dataplane) as product:
         if args.backend != "networkpolicy" or args.enforcement_wait != "required":
-            switch_backend(product.plane, workdir / "backend-overlay", product.image, args.backend, args.enforcement_wait)
+            switch_backend(product.plane, workdir / "backend-overlay", product.image, args.backend, args.enforcement_wait,
+                           args.dataplane)
         if args.without_wait:
             _remove_wait(product.plane)
         wait_for(lambda: product.plane.kubectl("get", "serviceaccount", "default").returncode == 0, 30, "default SA")

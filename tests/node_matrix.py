@@ -99,25 +99,18 @@ def _everything_but(cells: set[Cell]) -> set[Cell]:
 TABLE: list[Row] = [
     # No other policy in the namespace: the session's own policy is all there is.
     Row("default", "plain", None, {}, EVERYTHING),
-    # KNOWN HOLE (issue 22, found by the node column in session 11): on Cilium the clusternetworkpolicy
-    # backend's final Deny (`networks` 0.0.0.0/0 and ::/0, and `pods`) does not cover the node's own
-    # addresses (Cilium matches no CIDR against its host and remote-node identities, and its `nodes`
-    # peer needs --enable-node-selector-labels, without which it refuses the whole policy), so the
-    # Admin tier passes the session's traffic to its node on to NetworkPolicies; where none selects
-    # the session (here: default; the baseline and sortie-chart namespaces' policies do), an
-    # allowlist session reaches its node's kubelet. Written as observed so the matrix stays a net;
-    # docs/security.md, "Inside the cluster", says it, and closing it is the next step.
-    Row("default", "allow-443", ALLOW_443, {}, {("tcp", TARGET_A, 443), DNS},
-        {"cilium/clusternetworkpolicy": {("tcp", TARGET_A, 443), DNS, NODE}}),
+    # An allowlist never reaches the node. On Cilium with the clusternetworkpolicy backend that takes
+    # the node guard (webhook/node_guard.py): the final Admin-tier Deny does not match a node there,
+    # and no NetworkPolicy selects these sessions, so before the guard (session 11) every one of
+    # them reached its node's kubelet.
+    Row("default", "allow-443", ALLOW_443, {}, {("tcp", TARGET_A, 443), DNS}),
     Row("default", "allow-range", {"mode": "allowlist", "rules": [{"cidr": f"{TARGET_B}/32", "port": 443, "end_port": 8443}]},
-        {}, {("tcp", TARGET_B, 443), ("tcp", TARGET_B, 8443), DNS},
-        {"cilium/clusternetworkpolicy": {("tcp", TARGET_B, 443), ("tcp", TARGET_B, 8443), DNS, NODE}}),
+        {}, {("tcp", TARGET_B, 443), ("tcp", TARGET_B, 8443), DNS}),
     Row("default", "allow-udp", {"mode": "allowlist", "rules": [{"cidr": f"{TARGET_A}/32", "port": 53, "protocol": "UDP"}]},
-        {}, {("udp", TARGET_A, 53), DNS}, {"cilium/clusternetworkpolicy": {("udp", TARGET_A, 53), DNS, NODE}}),
-    # 198.18.1.0/24 holds the targets, not the node (198.18.0.1): its kubelet stays closed (but for
-    # the hole above).
+        {}, {("udp", TARGET_A, 53), DNS}),
+    # 198.18.1.0/24 holds the targets, not the node (198.18.0.1): its kubelet stays closed.
     Row("default", "allow-no-port", {"mode": "allowlist", "rules": [{"cidr": "198.18.1.0/24"}]}, {},
-        EVERYTHING - IN_CLUSTER - {NODE}, {"cilium/clusternetworkpolicy": EVERYTHING - IN_CLUSTER}),
+        EVERYTHING - IN_CLUSTER - {NODE}),
     # A denylist allows "everything else" by address (0.0.0.0/0 but the denied): kube-router
     # matches pods by address, Cilium does not match its own endpoints by CIDR, so on Cilium the
     # cluster's pods stay closed to a denylist session unless it is on clusternetworkpolicy (whose
@@ -133,8 +126,7 @@ TABLE: list[Row] = [
         {**{backend: _everything_but({("tcp", TARGET_A, 443)}) for backend in EXACT_BACKENDS},
          "cilium/networkpolicy": {cell for cell in COLUMNS if cell[1] != TARGET_A} - IN_CLUSTER - {NODE},
          "cilium/cilium": _everything_but({("tcp", TARGET_A, 443), NODE} | IN_CLUSTER)}),
-    Row("default", "empty-allowlist", {"mode": "allowlist", "rules": []}, {}, {DNS},
-        {"cilium/clusternetworkpolicy": {DNS, NODE}}),
+    Row("default", "empty-allowlist", {"mode": "allowlist", "rules": []}, {}, {DNS}),
     # Created before the product was installed, with an annotation admission would refuse:
     # the controller backfills it with a DNS-only policy (CONTRACT §3).
     Row("default", "fail-closed", INVALID_ANNOTATION, {}, {DNS}, before_install=True),
@@ -161,11 +153,10 @@ TABLE: list[Row] = [
     # session (reported as widened); on the exact backends the session's own policy stands, the
     # canary's closed port and the cluster's pods included (an allowlist denies every pod but DNS
     # and the canary; a denylist leaves them to the allow-all, as it promises).
-    # The node's addresses are left to the allows on cilium (a node-local DNS cache lives there), so
-    # the allow-all opens the session's node to it (reported as widened); on clusternetworkpolicy
-    # the hole above.
+    # The node stays closed to the allowlist: the node guard's deny wins over the allow-all (before
+    # it, the allow-all opened the session's node on both exact backends).
     Row("widening", "widened-allow-443", ALLOW_443, {}, HELD,
-        {backend: {("tcp", TARGET_A, 443), DNS, NODE} for backend in EXACT_BACKENDS}),
+        {backend: {("tcp", TARGET_A, 443), DNS} for backend in EXACT_BACKENDS}),
     Row("widening", "widened-deny-a-443", DENY_A_443, {}, HELD,
         {backend: _everything_but({("tcp", TARGET_A, 443)}) for backend in EXACT_BACKENDS}),
     # Beside it, a pod of no session: the allow-all policy's own effect, so "held" above is

@@ -227,6 +227,12 @@ def cert_manager_tool() -> Path:
     return binary
 
 
+def held_by_our_gate(core: Any, namespace: str, name: str) -> bool:
+    """Whether the pod still carries our scheduling gate (the controller has not released it)."""
+    gates = core.read_namespaced_pod(name, namespace).spec.scheduling_gates or []
+    return any(gate.name == "sortie.io/egress-policy" for gate in gates)
+
+
 def register_webhook_and_namespace(plane: Any, webhook: WebhookProcess, cert_dir: Path, namespace: str) -> Any:
     """Our webhook registered in ``plane`` (trusted through the CA in ``cert_dir``), and
     ``namespace`` created with its default ServiceAccount there (pods need it): the CoreV1Api."""

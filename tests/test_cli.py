@@ -225,3 +225,17 @@ def test_a_backend_from_the_environment_is_checked_like_the_flag(tmp_path: Path)
     assert subprocess.run([CLI, "check", "-f", manifest], capture_output=True, text=True, env=env).returncode == 0
     flag = subprocess.run([CLI, "check", "-f", manifest, "--backend", "bogus"], capture_output=True, text=True)
     assert flag.returncode == 2 and "'bogus' is not a backend" in flag.stderr
+
+
+def test_render_prints_the_node_guard_for_the_dns_it_is_given() -> None:
+    """What an operator with another --dns applies instead of the shipped file (docs/operations.md)."""
+    shipped = run("render", "--node-guard", "-o", "json")
+    assert shipped.returncode == 0, shipped.stderr
+    assert json.loads(shipped.stdout)["spec"]["egressDeny"] == [{"toEntities": ["host", "remote-node", "health"]}]
+    node_local = run("render", "--node-guard", "--dns", "cluster,169.254.20.10", "-o", "json")
+    assert node_local.returncode == 0, node_local.stderr
+    [deny] = json.loads(node_local.stdout)["spec"]["egressDeny"]
+    assert [p for entry in deny["toPorts"] for p in entry["ports"] if p["protocol"] == "UDP"] == [
+        {"port": "1", "protocol": "UDP", "endPort": 52}, {"port": "54", "protocol": "UDP", "endPort": 65535}]
+    both = run("render", "--node-guard", "--session-baseline")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr, both.stderr

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from tests.cluster.harness import ControlPlane, wait_for
-from tests.support import (ControllerProcess, WebhookProcess, control_plane_binaries, generate_certs, pod_events,
-                           policy_crds, register_webhook_and_namespace, session_pod)
+from tests.support import (ControllerProcess, WebhookProcess, control_plane_binaries, generate_certs,
+                           held_by_our_gate, pod_events, policy_crds, register_webhook_and_namespace, session_pod)
 from webhook.tamper import CILIUM_NETWORK_POLICIES, admission_policies, backend_admission_policies
 
 pytestmark = pytest.mark.cluster
@@ -39,7 +39,8 @@ def _annotate(plane: ControlPlane, *annotations: str) -> None:
 
 @pytest.fixture(scope="module")
 def installed(plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """As manifests/examples/cilium-auto installs it, but the baseline, which each test applies."""
+    """As manifests/examples/cilium-auto installs it (the node guard with it), but the baseline,
+    which each test applies."""
     from kubernetes import client
 
     for plural in ("ciliumnetworkpolicies", "ciliumclusterwidenetworkpolicies"):
@@ -52,6 +53,8 @@ def installed(plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> 
     applied = plane.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(policies))
     assert applied.returncode == 0, applied.stderr
     _annotate(plane, "sortie.io/backend=cilium", "sortie.io/enforcement-wait=auto")
+    guard = ROOT / "manifests" / "components" / "cilium-node-guard" / "node-guard.yaml"
+    assert plane.kubectl("apply", "-f", str(guard)).returncode == 0
     work = tmp_path_factory.mktemp("wait-auto-processes")
     generate_certs(work / "certs")
     # The webhook as the component runs it: a canary is configured, but auto leaves the wait out here.
@@ -75,11 +78,6 @@ def installed(plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> 
         webhook.stop()
 
 
-def _gated(core: Any, name: str) -> bool:
-    gates = core.read_namespaced_pod(name, NAMESPACE).spec.scheduling_gates or []
-    return any(gate.name == "sortie.io/egress-policy" for gate in gates)
-
-
 def test_without_the_baseline_a_session_pod_is_admitted_without_the_wait_and_held(plane: ControlPlane,
                                                                                     installed: Any) -> None:
     core, _ = installed
@@ -93,16 +91,16 @@ def test_without_the_baseline_a_session_pod_is_admitted_without_the_wait_and_hel
     assert [event.message for event in told] == [
         "the CiliumClusterwideNetworkPolicy sortie-egress-session-baseline does not exist: this pod carries no "
         "enforcement wait (--enforcement-wait auto), so it stays gated until the session baseline is in place"]
-    assert _gated(core, "desk-a")  # its CiliumNetworkPolicy exists by now; the gate still holds
+    assert held_by_our_gate(core, NAMESPACE, "desk-a")  # its CiliumNetworkPolicy exists by now; the gate still holds
 
 
 def test_the_baseline_as_shipped_releases_held_pods_once_settled_and_a_changed_one_holds_them(
         plane: ControlPlane, installed: Any) -> None:
     core, custom = installed
     assert plane.kubectl("apply", "-f", str(BASELINE)).returncode == 0
-    wait_for(lambda: not _gated(core, "desk-a"), 30, "desk-a released once the baseline settled")
+    wait_for(lambda: not held_by_our_gate(core, NAMESPACE, "desk-a"), 30, "desk-a released once the baseline settled")
     core.create_namespaced_pod(NAMESPACE, session_pod(name="desk-b", session_id="s-b", policy=POLICY, namespace=NAMESPACE))
-    wait_for(lambda: not _gated(core, "desk-b"), 30, "desk-b released at once")
+    wait_for(lambda: not held_by_our_gate(core, NAMESPACE, "desk-b"), 30, "desk-b released at once")
     # A cluster admin widens the baseline: it no longer stands in for the wait.
     widened = [{"op": "replace", "path": "/spec/egress", "value": [{"toEntities": ["all"]}]}]
     assert plane.kubectl("patch", "ciliumclusterwidenetworkpolicy", "sortie-egress-session-baseline", "--type=json",
@@ -115,7 +113,7 @@ def test_the_baseline_as_shipped_releases_held_pods_once_settled_and_a_changed_o
         "the CiliumClusterwideNetworkPolicy sortie-egress-session-baseline differs from the one this controller's "
         "--dns needs (cluster): this pod carries no enforcement wait (--enforcement-wait auto), so it stays gated "
         "until the session baseline is in place"]
-    assert _gated(core, "desk-c")
+    assert held_by_our_gate(core, NAMESPACE, "desk-c")
 
 
 def test_auto_requires_the_wait_on_every_other_backend(plane: ControlPlane, installed: Any) -> None:

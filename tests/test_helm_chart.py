@@ -27,7 +27,8 @@ VALUES_FILES = sorted((CHART / "ci").glob("*-values.yaml"))
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
 MAJORS = ["helm3", "helm4"]
 # Kinds with no schema in kubernetes-validate: the cluster test dry-runs them against their real CRDs.
-CUSTOM_KINDS = {"cert-manager.io/v1", "monitoring.coreos.com/v1"}
+# Validated against their own CRDs by the API server instead (tests/test_helm_cluster.py).
+CUSTOM_KINDS = {"cert-manager.io/v1", "monitoring.coreos.com/v1", "cilium.io/v2"}
 # Helm's standard labels: the only thing the parity comparison ignores.
 HELM_LABELS = {"helm.sh/chart", "app.kubernetes.io/instance", "app.kubernetes.io/version"}
 
@@ -430,6 +431,9 @@ def _differences(kustomized: list[dict[str, Any]], charted: list[dict[str, Any]]
     ("examples/cilium", ("--set", "backend=cilium")),
     ("examples/cilium-auto", ("--set", "backend=cilium", "--set", "enforcementWait.auto=true")),
     ("examples/clusternetworkpolicy", ("--set", "backend=clusternetworkpolicy")),
+    # Where Cilium is the dataplane (helm sees its clusterwide kind served): the node guard too.
+    ("examples/cilium-clusternetworkpolicy", ("--set", "backend=clusternetworkpolicy", "--api-versions",
+                                              "cilium.io/v2/CiliumClusterwideNetworkPolicy")),
 ])
 def test_chart_defaults_equal_the_kustomize_overlay(helm: dict[str, Path], major: str, overlay: str,
                                                     values: tuple[str, ...]) -> None:
@@ -463,3 +467,49 @@ def test_the_parity_check_sees_a_drift(helm: dict[str, Path]) -> None:
     drifted = rendered(helm["helm3"], "--set", "controller.extraArgs={--workers,2}")
     problems = _differences(kustomized, drifted)
     assert len(problems) == 1 and "sortie-egress-controller" in problems[0] and re.search(r"\+.*--workers", problems[0])
+
+
+# --- the node guard (webhook/node_guard.py): where the chart ships it, and which one ----------
+
+CILIUM_SERVED = ("--api-versions", "cilium.io/v2/CiliumClusterwideNetworkPolicy")
+
+
+def _guards(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [doc["spec"] for doc in docs if doc["kind"] == "CiliumClusterwideNetworkPolicy"
+            and doc["metadata"]["name"] == "sortie-egress-node-guard"]
+
+
+@pytest.mark.parametrize(("values", "shipped"), [
+    (("--set", "backend=cilium"), True),
+    (("--set", "backend=cilium", *CILIUM_SERVED), True),
+    (("--set", "backend=clusternetworkpolicy"), False),  # Cilium not seen: another dataplane
+    (("--set", "backend=clusternetworkpolicy", *CILIUM_SERVED), True),
+    (("--set", "backend=clusternetworkpolicy", "--set", "ciliumNodeGuard=true"), True),
+    (("--set", "backend=cilium", "--set", "ciliumNodeGuard=false"), False),
+    (("--set", "backend=networkpolicy", *CILIUM_SERVED), False),  # Cilium matches no CIDR against nodes there
+    (("--set", "backend=networkpolicy", "--set", "ciliumNodeGuard=true"), False),
+])
+def test_the_node_guard_is_shipped_where_the_controller_requires_it(helm: dict[str, Path], values: tuple[str, ...],
+                                                                     shipped: bool) -> None:
+    guards = _guards(rendered(helm["helm3"], *values))
+    assert len(guards) == (1 if shipped else 0), guards
+
+
+@pytest.mark.parametrize(("dns", "port_53_left"), [
+    ((), False),
+    (("--set", "dns.nodeLocal={169.254.20.10}"), True),
+    (("--set", "dns.destination=any"), True),
+    (("--set", "dns.destination=cidrs", "--set", "dns.cidrs={10.0.0.10/32}"), True),
+])
+def test_the_node_guard_follows_the_dns_settings(helm: dict[str, Path], dns: tuple[str, ...], port_53_left: bool) -> None:
+    [guard] = _guards(rendered(helm["helm3"], "--set", "backend=cilium", *dns))
+    assert guard["endpointSelector"] == {"matchLabels": {"k8s:sortie.io/egress-mode": "allowlist"}}
+    assert guard["enableDefaultDeny"] == {"egress": False, "ingress": False}
+    [deny] = guard["egressDeny"]
+    assert deny["toEntities"] == ["host", "remote-node", "health"]
+    if port_53_left:
+        ports = {(p["protocol"], p["port"], p.get("endPort")) for entry in deny["toPorts"] for p in entry["ports"]}
+        assert ports == {("TCP", "1", 52), ("TCP", "54", 65535), ("UDP", "1", 52), ("UDP", "54", 65535),
+                         ("SCTP", "0", None)}
+    else:
+        assert "toPorts" not in deny

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from tests.cluster.harness import ControlPlane, free_port, wait_for
-from tests.support import CLI, MODE_EXISTS, ControllerProcess, control_plane_binaries, helm_tools, session_pod
+from tests.support import (CLI, MODE_EXISTS, ControllerProcess, control_plane_binaries, helm_tools, policy_crds,
+                           session_pod)
 
 pytestmark = pytest.mark.cluster
 
@@ -64,11 +65,13 @@ def _create_namespaces(plane: ControlPlane, *names: str) -> None:
 
 def test_every_ci_values_file_is_accepted_by_the_api_server(plane: ControlPlane, tools: Any) -> None:
     """A server-side dry run (strict field validation) of every rendering, custom kinds included."""
-    for crd in tools.crds:
+    # Cilium's clusterwide kind too: the cilium backend's values ship the node guard.
+    for crd in [*tools.crds, policy_crds() / "cilium-v1.20.2-ciliumclusterwidenetworkpolicies.yaml"]:
         applied = plane.kubectl("apply", "--server-side", "-f", str(crd))
         assert applied.returncode == 0, applied.stderr
-    wait_for(lambda: plane.kubectl("get", "certificates.cert-manager.io,servicemonitors.monitoring.coreos.com", "-A")
-             .returncode == 0, 30, "the CRDs to be served")
+    wait_for(lambda: plane.kubectl("get", "certificates.cert-manager.io,servicemonitors.monitoring.coreos.com,"
+                                   "ciliumclusterwidenetworkpolicies.cilium.io", "-A").returncode == 0,
+             30, "the CRDs to be served")
     _create_namespaces(plane, NAMESPACE, "sessions", "sessions-eu")
     for values in VALUES_FILES:
         rendered = subprocess.run([str(tools.helm3), "template", "sortie-egress", str(CHART), "-n", NAMESPACE,

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
 KUSTOMIZATIONS = ["base", "overlays/self-managed", "overlays/cert-manager", "examples/session-namespace", "examples/cilium",
-                  "examples/cilium-auto", "examples/clusternetworkpolicy", "."]
+                  "examples/cilium-auto", "examples/clusternetworkpolicy", "examples/cilium-clusternetworkpolicy", "."]
 # Custom resources have no schema in kubernetes-validate; they are checked by the
 # API server (with their CRDs installed) in the dry-run test below.
 CUSTOM_KINDS = {("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate"),
@@ -190,7 +190,7 @@ def own_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane
         if "cert-manager.io" in crd.name:
             applied = plane.kubectl("apply", "--server-side", "-f", str(crd))
             assert applied.returncode == 0, applied.stderr
-    # Cilium's clusterwide policy CRD: examples/cilium-auto ships the session baseline.
+    # Cilium's clusterwide policy CRD: the Cilium examples ship the node guard, cilium-auto the session baseline.
     applied = plane.kubectl("apply", "--server-side", "-f",
                             str(policy_crds() / "cilium-v1.20.2-ciliumclusterwidenetworkpolicies.yaml"))
     assert applied.returncode == 0, applied.stderr

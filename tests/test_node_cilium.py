@@ -48,7 +48,8 @@ class CiliumCluster:
         """Switch the install to ``backend`` (if it is not already) and prepare its round's
         namespaces; returns the round's namespace tag."""
         if backend != self.backend:
-            switch_backend(self.plane, self.scratch / f"overlay-{backend}", self.installed.image, backend)
+            switch_backend(self.plane, self.scratch / f"overlay-{backend}", self.installed.image, backend,
+                           dataplane="cilium")
             self.backend = backend
         if backend not in self.prepared:
             prepare_round(self.plane, TAGS[backend], self.scratch, with_fail_closed=False)
@@ -179,7 +180,8 @@ def test_with_enforcement_wait_auto_no_denied_connection_gets_through(cluster: C
     once the baseline has settled: no session pod carries the wait, and not one attempt from a
     session container's first instant gets through; plain pods get through at once."""
     plane = cluster.plane
-    switch_backend(plane, cluster.scratch / "overlay-cilium-auto", cluster.installed.image, "cilium", wait_mode="auto")
+    switch_backend(plane, cluster.scratch / "overlay-cilium-auto", cluster.installed.image, "cilium", wait_mode="auto",
+                   dataplane="cilium")
     cluster.backend = "cilium (enforcementWait auto)"
     if "cilium" not in cluster.prepared:
         prepare_round(plane, TAGS["cilium"], cluster.scratch, with_fail_closed=False)

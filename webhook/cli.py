@@ -114,13 +114,14 @@ def _render_for(backend: str, session: Any, policy: Any, dns: DnsDestination) ->
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    if args.session_baseline:
-        from . import session_baseline
+    if args.session_baseline or args.node_guard:
+        from . import node_guard, session_baseline
 
-        sys.stdout.write(_dump(session_baseline.render(args.dns), args.output))
+        shipped = session_baseline if args.session_baseline else node_guard
+        sys.stdout.write(_dump(shipped.render(args.dns), args.output))
         return 0
     if not args.file:
-        raise CommandError("render needs -f FILE (a pod), or --session-baseline")
+        raise CommandError("render needs -f FILE (a pod), --session-baseline or --node-guard")
     outcome = _report(load_manifest(args.file), args.backend)
     if isinstance(outcome, int):
         return outcome
@@ -345,6 +346,32 @@ def _backend_objects(api: Any, backend: str, namespaces: list[str]) -> tuple[Any
     return objects, owned, version
 
 
+def _node_guard_problem(api: Any, backend: str, dns: DnsDestination) -> str | None:
+    """Why the node guard cannot be relied on, where the controller requires it (the exact backends,
+    a cluster that serves Cilium's clusterwide kind); None otherwise."""
+    import datetime as dt
+
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from . import node_guard
+    from .controller.session_objects import clusterwide_kind
+
+    if backend not in ("cilium", "clusternetworkpolicy"):
+        return None
+    custom = client.CustomObjectsApi(api)
+    if clusterwide_kind(custom) is None:
+        return None
+    try:
+        found = json.loads(custom.get_cluster_custom_object("cilium.io", "v2", "ciliumclusterwidenetworkpolicies",
+                                                            node_guard.NAME, _preload_content=False).data)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        found = None
+    return node_guard.problem(found, dns, dt.datetime.now(dt.timezone.utc))
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     import json as _json
 
@@ -375,6 +402,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             policies += _json.loads(policy_list.data)["items"]
         objects, owned, version = _backend_objects(api, args.backend, args.namespace)
         judged = _judged_objects(api, args.backend, args.namespace)
+        guard_problem = _node_guard_problem(api, args.backend, args.dns)
         canary = None
         if args.canary_port:
             from .controller.canary import CANARY_SELECTOR, canary_for, project_canary_pod
@@ -388,7 +416,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot read the cluster: {exc}") from None
     rows = audit(pods, policies, args.dns, canary, args.backend, owned,
                  ClusterPolicyOptions(version, args.cluster_policy_priority) if version else ClusterPolicyOptions(),
-                 objects.name_for if objects is not None else namespaced_policy_name, judged)
+                 objects.name_for if objects is not None else namespaced_policy_name, judged, guard_problem)
     sys.stdout.write(format_rows(rows))
     wrong = [row for row in rows if row.wrong]
     print(f"{len(rows)} rows, {len(wrong)} need attention (backend: {args.backend})", file=sys.stderr)
@@ -624,6 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("-f", "--file", help="Pod manifest, YAML or JSON; - for stdin")
     what.add_argument("--session-baseline", action="store_true",
                       help="print the session baseline for --dns instead (enforcementWait auto on the cilium backend)")
+    what.add_argument("--node-guard", action="store_true",
+                      help="print the node guard for --dns instead (Cilium, cilium and clusternetworkpolicy backends)")
     render.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     render.add_argument("--dns", type=_dns, default=DnsDestination(), help="DNS destination: cluster, any, CIDR,..., or cluster,CIDR,... (a node-local cache too)")
     _backend_flag(render)

@@ -109,7 +109,7 @@ def _destinations(rules: list[Rule], port_set: tuple[tuple[str, int, int], ...],
     return rendered
 
 
-def _deny_ports(ports: tuple[tuple[str, int, int], ...]) -> list[dict[str, Any]]:
+def deny_ports(ports: tuple[tuple[str, int, int], ...]) -> list[dict[str, Any]]:
     entries = []
     for protocol, first, last in ports:
         entry: dict[str, Any] = {"port": "0" if (first, last) == (1, 65535) else str(first), "protocol": protocol}
@@ -119,7 +119,7 @@ def _deny_ports(ports: tuple[tuple[str, int, int], ...]) -> list[dict[str, Any]]
     return [{"ports": entries[start:start + _PORTS_PER_ENTRY]} for start in range(0, len(entries), _PORTS_PER_ENTRY)]
 
 
-def _rest_of(protocol_ports: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int, int], ...]:
+def every_port_but(protocol_ports: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int, int], ...]:
     """Every TCP, UDP and SCTP port but the given (protocol, port) pairs, as port ranges."""
     rest = []
     for protocol in ("TCP", "UDP", "SCTP"):
@@ -162,12 +162,12 @@ def in_cluster_deny(dns: DnsDestination, canary: Canary | None) -> list[dict[str
     if dns.kind == "cluster":
         exempt.append(("kube-system", {"k8s-app": "kube-dns"}))
         deny.append({"toEndpoints": [_selector("kube-system", {"k8s-app": "kube-dns"})],
-                     "toPorts": _deny_ports(_rest_of((("UDP", 53), ("TCP", 53))))})
+                     "toPorts": deny_ports(every_port_but((("UDP", 53), ("TCP", 53))))})
     if canary is not None:
         exempt.append((canary.namespace, dict(canary.pod_labels)))  # its own rule denies the rest of it
     if dns.kind == "any":
         # Port 53 anywhere, cluster pods included: they are denied every other port.
-        deny.append({"toEndpoints": _all_but(exempt), "toPorts": _deny_ports(_rest_of((("UDP", 53), ("TCP", 53))))})
+        deny.append({"toEndpoints": _all_but(exempt), "toPorts": deny_ports(every_port_but((("UDP", 53), ("TCP", 53))))})
     else:
         deny.append({"toEndpoints": _all_but(exempt)})
     return deny
@@ -187,7 +187,7 @@ def allowlist_complement(policy: EgressPolicy, dns: DnsDestination) -> list[dict
         rule: dict[str, Any] = {"toCIDRSet": [{"cidr": region.network,
                                                **({"except": list(region.excepted)} if region.excepted else {})}]}
         if region.ports is not None:
-            rule["toPorts"] = _deny_ports(region.ports)
+            rule["toPorts"] = deny_ports(region.ports)
         deny.append(rule)
     return deny
 
@@ -204,7 +204,7 @@ def cilium_egress(policy: EgressPolicy, dns: DnsDestination,
         # The rest of the canary denied by this policy itself: its closed port blocked proves
         # that this policy is enforced, whatever another policy allows (without the deny, an
         # allow-all NetworkPolicy beside the session would hold it at its wait for ever).
-        deny.append({"toEndpoints": canary_pods, "toPorts": _deny_ports(_rest_of((("TCP", canary.open_port),)))})
+        deny.append({"toEndpoints": canary_pods, "toPorts": deny_ports(every_port_but((("TCP", canary.open_port),)))})
     for ports, members in grouped_by_port_set(policy.rules):
         if policy.mode == "allowlist":
             egress.extend(_destinations(members, ports))
@@ -241,5 +241,6 @@ def render_cilium_network_policy(pod: SessionPod, policy: EgressPolicy, dns: Dns
     }
 
 
-__all__ = ["CILIUM_API_VERSION", "cilium_egress", "dns_rules", "in_cluster_deny", "render_cilium_network_policy"]
+__all__ = ["CILIUM_API_VERSION", "cilium_egress", "deny_ports", "dns_rules", "every_port_but", "in_cluster_deny",
+           "render_cilium_network_policy"]
 

@@ -57,30 +57,41 @@ def _created(metadata: Mapping[str, Any]) -> dt.datetime | None:
         return None
 
 
+def shipped_problem(found: Mapping[str, Any] | None, name: str, spec_problem: str | None,
+                    now: dt.datetime) -> str | None:
+    """Why a clusterwide policy the install ships cannot be relied on yet, or None: present, not
+    being deleted, its spec as expected (``spec_problem`` None: the caller compared it, as only
+    it knows which fields may differ), and older than SETTLE_SECONDS, time for every node's agent
+    to have it. Shared by the session baseline and the node guard (node_guard.py)."""
+    if found is None:
+        return f"the {KIND} {name} does not exist"
+    metadata = found.get("metadata") or {}
+    if metadata.get("deletionTimestamp"):
+        return f"the {KIND} {name} is being deleted"
+    if spec_problem is not None:
+        return spec_problem
+    created = _created(metadata)
+    if created is None:
+        return f"the {KIND} {name} has no creation time"
+    age = (now - created).total_seconds()
+    if age < SETTLE_SECONDS:
+        return f"the {KIND} {name} is younger than {SETTLE_SECONDS:.0f} s (time for every node's agent to have it)"
+    return None
+
+
 def problem(found: Mapping[str, Any] | None, dns: DnsDestination, now: dt.datetime) -> str | None:
     """Why the baseline cannot be relied on yet (for the hold's Event), or None: present, not
     being deleted, selecting and allowing exactly what :func:`render` says, default deny not
     switched off, and older than SETTLE_SECONDS."""
-    if found is None:
-        return f"the {KIND} {NAME} does not exist"
-    metadata = found.get("metadata") or {}
-    if metadata.get("deletionTimestamp"):
-        return f"the {KIND} {NAME} is being deleted"
-    spec = found.get("spec")
+    spec = (found or {}).get("spec")
     expected = render(dns)["spec"]
+    spec_problem = None
     if not isinstance(spec, Mapping) or set(spec) - _HARMLESS or spec.get("endpointSelector") != expected["endpointSelector"] \
             or spec.get("egress") != expected["egress"]:
-        return f"the {KIND} {NAME} differs from the one this controller's --dns needs ({dns})"
-    default_deny = spec.get("enableDefaultDeny")
-    if isinstance(default_deny, Mapping) and default_deny.get("egress") is False:
-        return f"the {KIND} {NAME} switches egress default deny off"
-    created = _created(metadata)
-    if created is None:
-        return f"the {KIND} {NAME} has no creation time"
-    age = (now - created).total_seconds()
-    if age < SETTLE_SECONDS:
-        return f"the {KIND} {NAME} is younger than {SETTLE_SECONDS:.0f} s (time for every node's agent to have it)"
-    return None
+        spec_problem = f"the {KIND} {NAME} differs from the one this controller's --dns needs ({dns})"
+    elif isinstance(spec.get("enableDefaultDeny"), Mapping) and spec["enableDefaultDeny"].get("egress") is False:
+        spec_problem = f"the {KIND} {NAME} switches egress default deny off"
+    return shipped_problem(found, NAME, spec_problem, now)
 
 
-__all__ = ["KIND", "NAME", "SETTLE_SECONDS", "problem", "render"]
+__all__ = ["KIND", "NAME", "SETTLE_SECONDS", "problem", "render", "shipped_problem"]

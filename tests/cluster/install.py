@@ -23,12 +23,16 @@ DEPLOYMENTS = ("sortie-egress-webhook", "sortie-egress-controller")
 MUTATING_CONFIGURATION = "sortie-egress"
 
 
-def write_overlay(folder: Path, image: str, backend: str = "networkpolicy", wait_mode: str = "required") -> Path:
+def write_overlay(folder: Path, image: str, backend: str = "networkpolicy", wait_mode: str = "required",
+                  dataplane: str = "kube-router") -> Path:
     """An operator's overlay of ``manifests/`` (or, for another backend, of the shipped example
     that installs it, ``manifests/examples/<backend>``, ``<backend>-auto`` with enforcementWait
-    auto) that sets only the image."""
+    auto, ``cilium-<backend>`` where the dataplane is Cilium and such an example exists) that sets
+    only the image."""
     name, tag = image.rsplit(":", 1)
     example = backend if wait_mode == "required" else f"{backend}-{wait_mode}"
+    if dataplane == "cilium" and (MANIFESTS / "examples" / f"cilium-{example}").is_dir():
+        example = f"cilium-{example}"
     base = MANIFESTS if example == "networkpolicy" else MANIFESTS / "examples" / example
     if not base.is_dir():
         raise ValueError(f"no shipped install for the {backend} backend ({base})")
@@ -76,11 +80,13 @@ def install(plane: ControlPlane, overlay: Path, timeout: float = 180) -> float:
     return time.monotonic() - started
 
 
-def switch_backend(plane: ControlPlane, folder: Path, image: str, backend: str, wait_mode: str = "required") -> Path:
+def switch_backend(plane: ControlPlane, folder: Path, image: str, backend: str, wait_mode: str = "required",
+                   dataplane: str = "kube-router") -> Path:
     """What an operator does to change backends: ``kubectl apply -k`` of the backend's install
-    (with ``wait_mode`` auto: the example with the enforcement-wait-auto component), then wait
-    until both Deployments have rolled out (no pod of the old settings left)."""
-    overlay = write_overlay(folder, image, backend, wait_mode)
+    (with ``wait_mode`` auto: the example with the enforcement-wait-auto component; on Cilium, its
+    Cilium example where there is one), then wait until both Deployments have rolled out (no pod
+    of the old settings left)."""
+    overlay = write_overlay(folder, image, backend, wait_mode, dataplane)
     result = plane.kubectl("apply", "-k", str(overlay), timeout=120)
     if result.returncode != 0:
         raise RuntimeError(f"kubectl apply -k {overlay} failed: {result.stderr}")

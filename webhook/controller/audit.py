@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backends import DEFAULT_BACKEND
-from ..constants import POLICY_NAME_PREFIX, SESSION_ID_LABEL
+from ..constants import EGRESS_MODE_LABEL, POLICY_NAME_PREFIX, SESSION_ID_LABEL
 from ..render import Canary, DnsDestination
 from .desired import (
     INVALID_POLICY,
@@ -32,7 +32,8 @@ from .desired import (
 )
 from .session_objects import namespaced_policy_name
 
-WRONG = ("missing", "drifted", "gated", "unlabelled", "invalid", "orphan", "conflict", "mismatch", "changed", "widened")
+WRONG = ("missing", "drifted", "gated", "unlabelled", "invalid", "orphan", "conflict", "mismatch", "changed", "widened",
+         "unguarded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +56,7 @@ def _name(obj: dict[str, Any]) -> tuple[str, str]:
 
 def _session_rows(namespace: str, session_id: str, pods: list[dict[str, Any]], existing: dict[str, Any] | None,
                   others: list[dict[str, Any]], dns: DnsDestination, canary: Canary | None, backend: str,
-                  cluster: ClusterPolicyOptions, name: str) -> list[AuditRow]:
+                  cluster: ClusterPolicyOptions, name: str, node_guard_problem: str | None) -> list[AuditRow]:
     plan = plan_session(pods, existing, dns, canary, backend, cluster)
     kind = KIND_OF[backend]
     policy_name = name
@@ -98,6 +99,8 @@ def _session_rows(namespace: str, session_id: str, pods: list[dict[str, Any]], e
                 backend, plan.reference, others, namespace, pod["metadata"].get("labels") or {}, cluster.priority)
             if widened:
                 row("widened", "; ".join(w.describe() for w in widened))
+            elif node_guard_problem is not None and (pod["metadata"].get("labels") or {}).get(EGRESS_MODE_LABEL) == "allowlist":
+                row("unguarded", f"{node_guard_problem}: this allowlist session may reach the cluster's nodes")
             elif enforced_for(pod, backend).invalid_reason:
                 row("invalid", notes.get((id(pod), INVALID_POLICY), "invalid egress policy, DNS only"))
             else:
@@ -109,12 +112,14 @@ def audit(pods: list[dict[str, Any]], policies: list[dict[str, Any]], dns: DnsDe
           canary: Canary | None = None, backend: str = DEFAULT_BACKEND, owned: list[dict[str, Any]] | None = None,
           cluster: ClusterPolicyOptions = ClusterPolicyOptions(),
           name_for: Callable[[str, str], str] = namespaced_policy_name,
-          judged: Iterable[dict[str, Any]] = ()) -> list[AuditRow]:
+          judged: Iterable[dict[str, Any]] = (), node_guard_problem: str | None = None) -> list[AuditRow]:
     """Rows for every session pod and every orphaned managed policy; ``policies`` are all the
     NetworkPolicies, ``owned`` the backend's objects when they are another kind (filed under their
     session's namespace, as the controller keeps them), ``name_for`` the session's object's name,
     ``judged`` others' policies of other kinds the dataplane enforces too (Cilium's, with their
-    kind: session_objects.judged_kinds), judged like the controller judges them."""
+    kind: session_objects.judged_kinds), judged like the controller judges them; ``node_guard_problem``
+    why the node guard cannot be relied on (node_guard.problem), where it is required: every running
+    allowlist session is then ``unguarded``."""
     kind = KIND_OF[backend]
     by_name = {_name(policy): policy for policy in (policies if owned is None else owned)}
     others_by_namespace: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -144,7 +149,7 @@ def audit(pods: list[dict[str, Any]], policies: list[dict[str, Any]], dns: DnsDe
         name = name_for(namespace, session_id)
         existing = by_name.get((namespace, name))
         rows += _session_rows(namespace, session_id, members, existing, [*others_by_namespace[namespace], *clusterwide],
-                              dns, canary, backend, cluster, name)
+                              dns, canary, backend, cluster, name, node_guard_problem)
     for (namespace, name), policy in sorted(by_name.items()):
         labelled = ((policy.get("metadata") or {}).get("labels") or {}).get(SESSION_ID_LABEL)
         session_id = labelled if isinstance(labelled, str) else (

@@ -60,6 +60,8 @@ WIDENED = "EgressWidened"
 CONFLICT = "EgressPolicyConflict"
 JOINED_WITHOUT_POLICY = "EgressPolicyMissing"
 BASELINE_MISSING = "EnforcementBaselineMissing"
+#: An allowlist session held on Cilium until the node guard is in place (node_guard.py).
+NODE_GUARD_MISSING = "NodeGuardMissing"
 
 
 def policy_digest(canonical: str) -> str:

@@ -14,7 +14,7 @@ from functools import partial
 from typing import Any
 
 from ..backends import DEFAULT_BACKEND
-from .. import session_baseline
+from .. import node_guard, session_baseline
 from ..constants import POLICY_NAME_PREFIX, SESSION_ID_LABEL
 from ..enforcement import INIT_CONTAINER_NAME, init_container_names, wait_needed
 from ..kube.client import api_client
@@ -29,8 +29,10 @@ from .queue import WorkQueue
 from .reconciler import Conflict, Reconciler, SessionKey
 from ..render_cluster import CNP_GROUP, DEFAULT_PRIORITY
 from .desired import ClusterPolicyOptions
+from .desired import BASELINE_MISSING, NODE_GUARD_MISSING
 from .session_objects import (JudgedKind, cilium_network_policies, cilium_served, cluster_network_policies,
-                              cluster_policy_domain_names, cluster_policy_version, judged_kinds, network_policies)
+                              cluster_policy_domain_names, cluster_policy_version, clusterwide_kind, judged_kinds,
+                              network_policies)
 
 log = logging.getLogger("sortie.controller")
 RESYNC_SECONDS = 300.0
@@ -117,10 +119,13 @@ class Controller:
         else:
             raise BackendUnavailable(f"unknown --backend {options.backend}")
         # Found at start() (discovery is a request): where Cilium runs, its policies widen sessions
-        # whatever the backend, read, judged, kept; and the session baseline, where it is verified.
+        # whatever the backend, read, judged, kept; and its clusterwide policies, where the ones
+        # the install ships are verified (the session baseline, the node guard).
         self.judged_kinds: list[JudgedKind] = []
         self.judged: tuple[Store, ...] = ()
-        self.baseline: Store | None = None
+        self.clusterwide: Store | None = None
+        self.baseline_required = False
+        self.node_guard_required = False
         self.stop = threading.Event()
         self.canary: CanaryProcess | None = None
         self._canary_secret_stop: threading.Event | None = None
@@ -194,18 +199,28 @@ class Controller:
             self._enqueue_namespace(namespace)
             return
         self.enqueue_all()
-        if self.baseline is not None and metadata.get("name") == session_baseline.NAME:
+        if metadata.get("name") in (session_baseline.NAME, node_guard.NAME):
             timer = threading.Timer(session_baseline.SETTLE_SECONDS + 0.5, self.enqueue_all)
             timer.daemon = True
             timer.start()
 
-    def _baseline_hold(self, pod: dict[str, Any]) -> str | None:
-        """Why a pod without the wait stays gated (--enforcement-wait auto), or None."""
-        if INIT_CONTAINER_NAME in (init_container_names(pod) or []):
-            return None  # admitted with the wait: it proves enforcement itself
-        assert self.baseline is not None
-        found = self.baseline.get(("", session_baseline.NAME))
-        return session_baseline.problem(found, self.options.dns, dt.datetime.now(dt.timezone.utc))
+    def _release_hold(self, pod: dict[str, Any], mode: str | None) -> tuple[str, str] | None:
+        """Why a session pod (whose mode label will say ``mode``) stays gated although its policy is
+        written, as an Event's (reason, message), or None: without the wait (--enforcement-wait
+        auto), until the session baseline is in place; an allowlist on Cilium, until the node guard is."""
+        assert self.clusterwide is not None
+        now = dt.datetime.now(dt.timezone.utc)
+        if self.baseline_required and INIT_CONTAINER_NAME not in (init_container_names(pod) or []):
+            held = session_baseline.problem(self.clusterwide.get(("", session_baseline.NAME)), self.options.dns, now)
+            if held is not None:
+                return BASELINE_MISSING, (f"{held}: this pod carries no enforcement wait (--enforcement-wait auto), so it "
+                                          "stays gated until the session baseline is in place")
+        if self.node_guard_required and mode == "allowlist":
+            held = node_guard.problem(self.clusterwide.get(("", node_guard.NAME)), self.options.dns, now)
+            if held is not None:
+                return NODE_GUARD_MISSING, (f"{held}: on Cilium an allowlist session is released only while the node guard "
+                                            "keeps every node closed to it")
+        return None
 
     def _canary_changed(self, _pod: dict[str, Any]) -> None:
         """A canary pod came, went or got its address: every session policy cuts out the new set."""
@@ -246,25 +261,38 @@ class Controller:
 
     def _discover_judged_kinds(self) -> None:
         """Which of Cilium's policy kinds the cluster serves (judged_kinds), their stores and
-        informers, and the session baseline's store with --enforcement-wait auto on a backend
-        that leaves the wait out; BackendUnavailable if that baseline's kind is not served."""
+        informers; where clusterwide ones are served, which of the policies the install ships are
+        required (the node guard on the exact backends, the session baseline with
+        --enforcement-wait auto on a backend that leaves the wait out; BackendUnavailable if that
+        baseline's kind is not served)."""
         from kubernetes import client
 
-        self.judged_kinds = judged_kinds(client.CustomObjectsApi(self.api), self.options.backend)
+        custom = client.CustomObjectsApi(self.api)
+        self.judged_kinds = judged_kinds(custom, self.options.backend)
         self.judged = tuple(Store() for _ in self.judged_kinds)
         self.reconciler.judged = self.judged
         if self.judged_kinds:
             log.info("judging %s too, for effective egress", " and ".join(k.kind.removesuffix("y") + "ies"
                                                                           for k in self.judged_kinds))
-        if self.options.enforcement_wait == "auto" and not wait_needed("auto", self.options.backend):
-            self.baseline = next((store for kind, store in zip(self.judged_kinds, self.judged)
-                                  if kind.kind == session_baseline.KIND), None)
-            if self.baseline is None:
-                raise BackendUnavailable(
-                    f"--enforcement-wait auto on the {self.options.backend} backend needs the session baseline, a "
-                    f"{session_baseline.KIND} (cilium.io/v2), which this cluster does not serve")
-            self.reconciler.hold_release = self._baseline_hold
-        for kind, store in zip(self.judged_kinds, self.judged):
+        kinds = list(zip(self.judged_kinds, self.judged))
+        self.clusterwide = next((store for kind, store in kinds if kind.kind == session_baseline.KIND), None)
+        if self.clusterwide is None and self.options.backend == "clusternetworkpolicy":
+            kind = clusterwide_kind(custom)  # not judged (the Admin tier comes first), but the node guard is read
+            if kind is not None:
+                self.clusterwide = Store()
+                kinds.append((kind, self.clusterwide))
+        self.baseline_required = self.options.enforcement_wait == "auto" and not wait_needed("auto", self.options.backend)
+        if self.baseline_required and self.clusterwide is None:
+            raise BackendUnavailable(
+                f"--enforcement-wait auto on the {self.options.backend} backend needs the session baseline, a "
+                f"{session_baseline.KIND} (cilium.io/v2), which this cluster does not serve")
+        self.node_guard_required = self.clusterwide is not None and self.options.backend in ("cilium", "clusternetworkpolicy")
+        if self.node_guard_required:
+            log.info("Cilium: allowlist sessions are released only while the %s %s is in place",
+                     node_guard.KIND, node_guard.NAME)
+        if self.baseline_required or self.node_guard_required:
+            self.reconciler.hold_release = self._release_hold
+        for kind, store in kinds:
             # A cluster-scoped kind: one informer, whatever --namespace says (it may select a pod anywhere).
             for namespace in [None] if kind.cluster_scoped else self.options.namespaces or [None]:
                 self.informers.append(Informer(f"judged-{kind.kind.lower()}-{namespace or 'all'}", kind.listing(namespace),

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..backends import DEFAULT_BACKEND
-from ..constants import MANAGED_BY_LABEL, POLICY_NAME_PREFIX, SESSION_ID_LABEL
+from ..constants import EGRESS_MODE_LABEL, MANAGED_BY_LABEL, POLICY_NAME_PREFIX, SESSION_ID_LABEL
 from ..render_cluster import CLUSTER_POLICY_PREFIX
 from ..kube.informer import Store
 from ..patch import pointer
@@ -30,7 +30,6 @@ from .desired import (
     CONFLICT,
     ClusterPolicyOptions,
     WIDENED,
-    BASELINE_MISSING,
     Note,
     SessionPlan,
     effective_widenings,
@@ -70,9 +69,10 @@ class Reconciler:
     #: Someone else's policies of other kinds the dataplane enforces too (session_objects.judged_kinds:
     #: Cilium's, where it runs), each kind's store; cluster-scoped ones are kept under "".
     judged: tuple[Store, ...] = ()
-    #: Why a pod must stay gated although its policy is written (main.Controller._baseline_hold:
-    #: no wait and no session baseline in place yet); None: nothing holds pods back.
-    hold_release: Callable[[dict[str, Any]], str | None] | None = None
+    #: Why a pod must stay gated although its policy is written, as an Event's (reason, message)
+    #: (main.Controller._release_hold: no wait and no session baseline in place yet, or an
+    #: allowlist on Cilium without the node guard); None: nothing holds pods back.
+    hold_release: Callable[[dict[str, Any], str | None], tuple[str, str] | None] | None = None
     cluster: ClusterPolicyOptions = field(default_factory=ClusterPolicyOptions)
     #: The enforcement canary every session policy opens and cuts out; its addresses follow the
     #: canary pods (Controller._canary_changed). None: no canary (nothing waits on one).
@@ -126,11 +126,12 @@ class Reconciler:
         for pod, mode in plan.labels:
             writes[id(pod)] = (pod, mode, False)
         for pod in plan.release:
-            held = self.hold_release(pod) if self.hold_release is not None else None
+            # The mode it will carry once released: its label, or the one this write adds.
+            labels = (pod.get("metadata") or {}).get("labels") or {}
+            mode = writes.get(id(pod), (pod, None, False))[1] or labels.get(EGRESS_MODE_LABEL)
+            held = self.hold_release(pod, mode) if self.hold_release is not None else None
             if held is not None:
-                self._tell(key, Note(pod, "Warning", BASELINE_MISSING,
-                                     f"{held}: this pod carries no enforcement wait (--enforcement-wait auto), so it "
-                                     "stays gated until the session baseline is in place"))
+                self._tell(key, Note(pod, "Warning", *held))
                 done.append("held")
                 continue
             writes[id(pod)] = (pod, writes.get(id(pod), (pod, None, False))[1], True)

@@ -246,8 +246,17 @@ def judged_kinds(custom: Any, backend: str) -> list[JudgedKind]:
         kinds.append(JudgedKind(
             "CiliumNetworkPolicy", partial(custom.list_cluster_custom_object, *group, CILIUM_PLURAL),
             lambda namespace: partial(custom.list_namespaced_custom_object, *group, namespace, CILIUM_PLURAL)))
-    if _serves(custom, CILIUM_GROUP, CILIUM_VERSION, CILIUM_CLUSTERWIDE_PLURAL):
-        kinds.append(JudgedKind(
-            "CiliumClusterwideNetworkPolicy", partial(custom.list_cluster_custom_object, *group, CILIUM_CLUSTERWIDE_PLURAL),
-            None))
+    clusterwide = clusterwide_kind(custom)
+    if clusterwide is not None:
+        kinds.append(clusterwide)
     return kinds
+
+
+def clusterwide_kind(custom: Any) -> JudgedKind | None:
+    """CiliumClusterwideNetworkPolicies, where the cluster serves them: judged on the networkpolicy
+    and cilium backends; on every backend, where the session baseline and the node guard live."""
+    if not _serves(custom, CILIUM_GROUP, CILIUM_VERSION, CILIUM_CLUSTERWIDE_PLURAL):
+        return None
+    return JudgedKind("CiliumClusterwideNetworkPolicy",
+                      partial(custom.list_cluster_custom_object, CILIUM_GROUP, CILIUM_VERSION, CILIUM_CLUSTERWIDE_PLURAL),
+                      None)
