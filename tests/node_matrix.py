@@ -502,6 +502,10 @@ DISTURBED_WATCH_SECONDS = 3.0
 #: replacement. (Deleting any replica on a fixed clock starved them on a slow CI machine: when a
 #: replacement needs longer than the interval, no replica is ever Ready.)
 CHURN_INTERVAL = 4.0
+#: At most this many deletions: each may take the controller's leader with it (a new one takes
+#: over in seconds), so an endless churn makes the sessions' start as slow as the machine is; ten
+#: keep it disturbed for the first 40 s or more, and the test's length bounded.
+CHURN_DELETIONS = 10
 #: The flood: connections at once per canary port, how many in all (the host's conntrack table
 #: holds each for minutes; this stays far below its size) and for how long.
 FLOOD_WORKERS, FLOOD_LIMIT, FLOOD_SECONDS = 64, 40_000, 40.0
@@ -541,7 +545,7 @@ def _wait_logs(plane: ControlPlane, namespace: str, names: list[str]) -> dict[st
 def canary_churn_on_packets(plane: ControlPlane, namespace: str) -> dict[str, Any]:
     """DISTURBED_SESSIONS session pods start while the canary's replicas are deleted one at a time
     in a loop (``kubectl delete pod``, every CHURN_INTERVAL s, never the last Ready one, until every
-    session runs or 180 s pass). Returns each session's probe result,
+    session runs, CHURN_DELETIONS are made or 180 s pass). Returns each session's probe result,
     the deletions (each with how many sessions were running when it was made), and the waits' logs."""
     import threading
 
@@ -549,7 +553,7 @@ def canary_churn_on_packets(plane: ControlPlane, namespace: str) -> dict[str, An
     stop, deleted = threading.Event(), []
 
     def churn() -> None:
-        while not stop.is_set():
+        while not stop.is_set() and len(deleted) < CHURN_DELETIONS:
             replicas = json.loads(plane.kubectl("-n", "sortie-system", "get", "pods", "-l", CANARY_SELECTOR,
                                                 "-o", "json").stdout)["items"]
             live = [p for p in replicas if not p["metadata"].get("deletionTimestamp")]
