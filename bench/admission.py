@@ -30,7 +30,7 @@ weighs on every server alike instead of on whichever ran in it.
     python bench/admission.py [--seconds 5] [--rounds 3] [--connections 1,16,64] [--policies same|distinct]
                               [--json out.json]
 
-A script, not a test: figures depend on the machine; the README records them.
+A script, not a test: figures depend on the machine; docs/benchmarks.md records them.
 """
 
 from __future__ import annotations

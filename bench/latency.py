@@ -15,7 +15,7 @@ answers, as in a burst of sessions: oha sends one body). Server CPU per request 
     cargo install oha --version 1.16.0 --locked --root ~/.cache/sortie-egress/oha-1.16.0
     .venv/bin/python bench/latency.py [--rates 2000,5000] [--seconds 20] [--rounds 3] [--connections 16]
 
-A script, not a test: the README records its figures.
+A script, not a test: docs/benchmarks.md records its figures (the README the headline ones).
 """
 
 from __future__ import annotations

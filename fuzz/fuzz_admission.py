@@ -1,6 +1,6 @@
 """Coverage-guided fuzzing (atheris) of annotation parsing and AdmissionReview handling.
 
-    python fuzz/fuzz_admission.py policy -runs=1000000      # the documented run (README)
+    python fuzz/fuzz_admission.py policy -runs=1000000      # the documented run (docs/testing.md)
     python fuzz/fuzz_admission.py review -runs=1000000
     python fuzz/fuzz_admission.py policy -runs=20000 -seed=1  # what CI runs (tests/test_fuzz.py)
 

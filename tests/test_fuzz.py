@@ -1,4 +1,4 @@
-"""A short run of the coverage-guided fuzzer in CI; the documented long run is in the README."""
+"""A short run of the coverage-guided fuzzer in CI; the documented long run is in docs/testing.md."""
 
 from __future__ import annotations
 
