@@ -317,6 +317,19 @@ def test_a_truthful_open_port_and_a_refused_closed_port_pass_several_rounds(fake
     assert fakes[0].count == 3 * (1 + 3)
 
 
+def test_the_closed_probes_window_scales_with_the_handshake_not_with_the_canarys_answer(fakes: list[FakeCanary]) -> None:
+    """A slow canary process (0.3 s to answer) says nothing about how fast the endpoint's kernel
+    answers a handshake: the closed probe's window follows the open port's handshake, so a
+    dropping dataplane costs each round the 0.25 s floor, not ten times the canary's answer."""
+    from webhook.wait import CLOSED_WAIT_FACTOR, CLOSED_WAIT_FLOOR
+
+    port = free_port_pair()
+    fakes.append(FakeCanary(port, lambda _: (0.3, CANARY_TOKEN + status(local="127.0.0.1", peer="127.0.0.1").encode())))
+    answer = ask("127.0.0.1", port, 2.0)
+    assert answer.status is not None and answer.seconds >= 0.3, answer
+    assert CLOSED_WAIT_FACTOR * answer.handshake < CLOSED_WAIT_FLOOR, answer  # a loopback handshake: well under 25 ms
+
+
 @pytest.mark.parametrize("closed_reply", [(0.4, CANARY_TOKEN), (0.0, b""), (0.0, b"anything else")],
                          ids=["late-token", "silent", "other-bytes"])
 def test_a_closed_port_that_completes_a_handshake_is_never_blocked(fakes: list[FakeCanary],

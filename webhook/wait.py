@@ -34,8 +34,12 @@ from .canary_protocol import CANARY_TOKEN, MAX_STATUS_BYTES, CanaryStatus, Close
 from .enforcement import DEFAULT_OPEN_PORT, closed_port
 
 #: How long the closed port may take to answer before it counts as a candidate for blocked, at
-#: least, and as a multiple of the open port's answer: a dataplane that drops (rather than
-#: rejects) makes the closed probe wait this long each round.
+#: least, and as a multiple of the open port's TCP handshake on the same endpoint just before: a
+#: dataplane that drops (rather than rejects) makes the closed probe wait this long each round.
+#: The handshake, not the whole TLS answer: the closed port is only ever asked for a handshake,
+#: which the endpoint's kernel answers as fast as it answered the open port's (the canary
+#: process's own time, which TLS adds, plays no part), and the round believes a timeout only
+#: between two answers that show that closed listener up with its queues not overflowing.
 CLOSED_WAIT_FLOOR = 0.25
 CLOSED_WAIT_FACTOR = 10.0
 RETRY_INTERVAL = 0.05
@@ -51,6 +55,7 @@ class Answer:
     seconds: float
     own: str = ""  # this pod's address on the connection
     error: str = ""
+    handshake: float = 0.0  # of the seconds, the TCP handshake's
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +109,7 @@ def ask(address: str, port: int, timeout: float, trust: Trust | None = None) -> 
     started = time.monotonic()
     try:
         with socket.create_connection((address, port), timeout=timeout) as raw:
+            handshake = time.monotonic() - started
             own = raw.getsockname()[0]
             if trust is None:
                 received = _read_answer(raw, started, timeout)
@@ -114,9 +120,9 @@ def ask(address: str, port: int, timeout: float, trust: Trust | None = None) -> 
         return Answer(None, time.monotonic() - started, error=_error(exc))
     seconds = time.monotonic() - started
     if not received.startswith(CANARY_TOKEN):
-        return Answer(None, seconds, own, "no token")
+        return Answer(None, seconds, own, "no token", handshake)
     status = parse_status(received[len(CANARY_TOKEN):])
-    return Answer(status, seconds, own, "" if status else "no status")
+    return Answer(status, seconds, own, "" if status else "no status", handshake)
 
 
 def try_closed(address: str, port: int, timeout: float) -> ClosedProbe:
@@ -141,7 +147,7 @@ def enforced_once(host: str, port: int, trust: Trust | None = None) -> tuple[boo
     before = ask(endpoint, port, 2.0, trust)
     if before.status is None:
         return False, f"canary endpoint {endpoint}:{port} did not answer ({before.error})"
-    closed = try_closed(endpoint, closed_port(port), timeout=max(CLOSED_WAIT_FLOOR, CLOSED_WAIT_FACTOR * before.seconds))
+    closed = try_closed(endpoint, closed_port(port), timeout=max(CLOSED_WAIT_FLOOR, CLOSED_WAIT_FACTOR * before.handshake))
     after = ask(endpoint, port, 2.0, trust)
     return judge_round(endpoint, port, before.own, before.status, closed, after.status)
 
