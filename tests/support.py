@@ -248,4 +248,15 @@ def register_webhook_and_namespace(plane: Any, webhook: WebhookProcess, cert_dir
     core = client.CoreV1Api(api)
     core.create_namespace({"metadata": {"name": namespace}})
     wait_for(lambda: core.read_namespaced_service_account("default", namespace), 30, "the default ServiceAccount")
+    # The API server calls a new webhook configuration only once its informer has it.
+    probe = session_pod(policy={"mode": "allowlist"}, namespace=namespace)
+    wait_for(lambda: (core.create_namespaced_pod(namespace, probe, dry_run="All").metadata.labels or {})
+             .get("sortie.io/egress-mode") == "allowlist", 30, "the webhook to be called")
     return core
+
+
+def controller_as_installed(plane: Any, log_path: Path, *args: str) -> ControllerProcess:
+    """``sortie-egress controller`` under the shipped ServiceAccount's token (its RBAC, its
+    admission-policy identity), started."""
+    credentials = plane.credentials_for_service_account("sortie-system", "sortie-egress", create=False)
+    return ControllerProcess(plane.kubeconfig_for("sortie-egress-controller", credentials), log_path, args).start()

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from tests.cluster.harness import ControlPlane, wait_for
-from tests.support import (ControllerProcess, WebhookProcess, backend_audit, control_plane_binaries, generate_certs,
-                           pod_events, policy_crds, register_webhook_and_namespace, session_pod)
+from tests.support import (WebhookProcess, backend_audit, control_plane_binaries, controller_as_installed, generate_certs,
+                           held_by_our_gate, pod_events, policy_crds, register_webhook_and_namespace, session_pod)
 from webhook.tamper import admission_policies
 
 pytestmark = pytest.mark.cluster
@@ -56,9 +56,7 @@ def installed(plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> 
     controller = None
     try:
         core = register_webhook_and_namespace(plane, webhook, work / "certs", "team-j")
-        credentials = plane.credentials_for_service_account("sortie-system", "sortie-egress", create=False)
-        controller = ControllerProcess(plane.kubeconfig_for("sortie-egress-controller", credentials),
-                                       work / "controller.log", extra_args=("--no-leader-elect",)).start()
+        controller = controller_as_installed(plane, work / "controller.log", "--no-leader-elect")
         log = work / "controller.log"
         wait_for(lambda: "judging CiliumNetworkPolicies and CiliumClusterwideNetworkPolicies" in log.read_text()
                  or None, 30, "the controller to find Cilium's policy kinds")
@@ -69,16 +67,13 @@ def installed(plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> 
         webhook.stop()
 
 
-def _released(core: Any, namespace: str, name: str) -> bool:
-    gates = core.read_namespaced_pod(name, namespace).spec.scheduling_gates or []
-    return not any(gate.name == "sortie.io/egress-policy" for gate in gates)
 
 
 def test_cilium_policies_that_select_a_session_are_told_on_the_networkpolicy_backend(plane: ControlPlane,
                                                                                     installed: Any) -> None:
     core, custom = installed
     core.create_namespaced_pod("team-j", session_pod(name="desk-j", session_id="s-j", policy=POLICY, namespace="team-j"))
-    wait_for(lambda: _released(core, "team-j", "desk-j"), 30, "the gate to be released")
+    wait_for(lambda: not held_by_our_gate(core, "team-j", "desk-j"), 30, "the gate to be released")
     code, rows, _ = backend_audit(plane, "networkpolicy", "team-j")
     assert (code, rows["s-j"]) == (0, ("ok", ""))
 

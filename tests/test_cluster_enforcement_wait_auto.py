@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.cluster.harness import ControlPlane, wait_for
-from tests.support import (ControllerProcess, WebhookProcess, control_plane_binaries, generate_certs,
+from tests.support import (WebhookProcess, control_plane_binaries, controller_as_installed, generate_certs,
                            held_by_our_gate, pod_events, policy_crds, register_webhook_and_namespace, session_pod)
 from webhook.tamper import CILIUM_NETWORK_POLICIES, admission_policies, backend_admission_policies
 
@@ -64,13 +64,8 @@ def installed(plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> 
     controller = None
     try:
         core = register_webhook_and_namespace(plane, webhook, work / "certs", NAMESPACE)
-        probe = session_pod(policy=POLICY, namespace=NAMESPACE)
-        wait_for(lambda: (core.create_namespaced_pod(NAMESPACE, probe, dry_run="All").metadata.labels or {})
-                 .get("sortie.io/egress-mode") == "allowlist", 30, "the webhook to be called")
-        credentials = plane.credentials_for_service_account("sortie-system", "sortie-egress", create=False)
-        controller = ControllerProcess(plane.kubeconfig_for("sortie-egress-controller", credentials), work / "controller.log",
-                                       extra_args=("--backend", "cilium", "--enforcement-wait", "auto",
-                                                   "--no-leader-elect")).start()
+        controller = controller_as_installed(plane, work / "controller.log", "--backend", "cilium", "--enforcement-wait",
+                                             "auto", "--no-leader-elect")
         yield core, client.CustomObjectsApi(plane.admin.api_client())
     finally:
         if controller is not None:

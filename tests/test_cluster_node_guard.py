@@ -17,8 +17,8 @@ import yaml
 
 from tests.conftest import describe_install
 from tests.cluster.harness import ControlPlane, wait_for
-from tests.support import (ControllerProcess, WebhookProcess, backend_audit, control_plane_binaries, generate_certs,
-                           held_by_our_gate, pod_events, policy_crds, register_webhook_and_namespace,
+from tests.support import (WebhookProcess, backend_audit, control_plane_binaries, controller_as_installed,
+                           generate_certs, held_by_our_gate, pod_events, policy_crds, register_webhook_and_namespace,
                            session_pod)
 from webhook.tamper import CLUSTER_NETWORK_POLICIES, admission_policies, backend_admission_policies
 
@@ -53,12 +53,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Contro
         webhook = WebhookProcess(work / "certs", work / "webhook.log",
                                  extra_args=("--backend", "clusternetworkpolicy")).start()
         core = register_webhook_and_namespace(plane, webhook, work / "certs", NAMESPACE)
-        probe = session_pod(policy=ALLOWLIST, namespace=NAMESPACE)
-        wait_for(lambda: (core.create_namespaced_pod(NAMESPACE, probe, dry_run="All").metadata.labels or {})
-                 .get("sortie.io/egress-mode") == "allowlist", 30, "the webhook to be called")
-        credentials = plane.credentials_for_service_account("sortie-system", "sortie-egress", create=False)
-        controller = ControllerProcess(plane.kubeconfig_for("sortie-egress-controller", credentials), work / "controller.log",
-                                       extra_args=("--backend", "clusternetworkpolicy", "--no-leader-elect")).start()
+        controller = controller_as_installed(plane, work / "controller.log", "--backend", "clusternetworkpolicy",
+                                             "--no-leader-elect")
         yield plane, core
     finally:
         if controller is not None:
