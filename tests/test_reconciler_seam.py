@@ -1,0 +1,169 @@
+"""The reconciler's writes against the in-memory object API (tests/fake_api.py): create and
+release, repair, adopt, retire, conflicts, holds and Events, in milliseconds. What the API server
+itself does is proven by the control-plane tests; here, what the reconciler does with it. The
+expected NetworkPolicy is written out by hand (test_controller_unit's helpers)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from tests.fake_api import FakeCore, FakeObjects
+from tests.test_controller_unit import CANONICAL, DNS_RULE, POLICY, RULE_443, expected_policy, owner, pod_with, sha
+from webhook.controller.metrics import ControllerMetrics
+from webhook.controller.projections import pod_session_key, policy_ownership_key, project_policy, project_pod
+from webhook.controller.reconciler import Conflict, Reconciler
+from webhook.kube.informer import Store
+from webhook.render import DnsDestination
+
+KEY = ("ns", "s1")
+NAME = "sortie-egress-s1"
+OURS = expected_policy([DNS_RULE, RULE_443], sha(CANONICAL), [owner("p1", "uid-1", True)])
+
+
+class World:
+    """The fake API, the controller's stores fed from it as its informers would be, a reconciler."""
+
+    def __init__(self, *pods: dict[str, Any]) -> None:
+        self.core, self.policies_api = FakeCore(), FakeObjects()
+        self.pods, self.policies = Store(index=pod_session_key), Store(index=policy_ownership_key)
+        for pod in pods:
+            self.pods.put(project_pod(self.core.pods.put(pod)))
+        self.metrics = ControllerMetrics()
+        self.reconciler = Reconciler(self.core, self.policies_api.session_objects(), self.pods, self.policies,
+                                     DnsDestination(), self.metrics)
+
+    def someone_stores(self, policy: dict[str, Any]) -> dict[str, Any]:
+        """A write by someone else, seen by the policy informer."""
+        stored = self.policies_api.put(policy)
+        self.policies.put(project_policy(stored))
+        return stored
+
+    def policy(self) -> dict[str, Any] | None:
+        found = self.policies_api.get("ns", NAME)
+        if found is not None:
+            for key in ("uid", "resourceVersion"):
+                found["metadata"].pop(key)
+        return found
+
+    def gated(self, name: str = "p1") -> bool:
+        pod = self.core.pods.get("ns", name)
+        assert pod is not None
+        return any(gate["name"] == "sortie.io/egress-policy" for gate in pod["spec"].get("schedulingGates") or [])
+
+    def reasons(self) -> list[str]:
+        return [event["reason"] for event in self.core.events]
+
+
+def test_a_new_session_gets_its_policy_then_its_gate_lifted_in_two_writes() -> None:
+    world = World(pod_with(POLICY))
+    assert world.reconciler.reconcile(KEY) == "created+released"
+    assert world.policy() == OURS
+    assert not world.gated()
+    assert world.policies_api.writes == [("create", "ns", NAME)] and world.core.pods.writes == [("patch", "ns", "p1")]
+    # Written through to the stores: the reconcile its own writes trigger writes nothing.
+    assert world.reconciler.reconcile(KEY) == "noop"
+    assert len(world.policies_api.writes) == 1 and len(world.core.pods.writes) == 1
+
+
+def test_a_policy_edited_behind_our_back_is_repaired_and_keeps_labels_others_added() -> None:
+    world = World(pod_with(POLICY))
+    world.reconciler.reconcile(KEY)
+    edited = copy.deepcopy(world.policies_api.get("ns", NAME))
+    assert edited is not None
+    edited["spec"]["egress"].append({"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]})  # widened
+    edited["metadata"]["labels"]["team"] = "blue"
+    world.someone_stores(edited)
+    assert world.reconciler.reconcile(KEY) == "repaired"
+    assert world.policy() == {**OURS, "metadata": {**OURS["metadata"], "labels": {**OURS["metadata"]["labels"], "team": "blue"}}}
+
+
+def test_a_squatter_with_our_name_is_adopted_whole() -> None:
+    world = World(pod_with(POLICY))
+    world.someone_stores({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                          "metadata": {"name": NAME, "namespace": "ns", "labels": {"team": "blue"}},
+                          "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}})
+    assert world.reconciler.reconcile(KEY) == "adopted+released"
+    assert world.policy() == OURS  # an adopted policy is ours alone: the squatter's labels go
+    assert world.reasons() == ["Adopted"]
+
+
+def test_a_session_whose_pods_are_gone_has_its_policy_retired_then_deleted() -> None:
+    world = World(pod_with(POLICY))
+    world.reconciler.reconcile(KEY)
+    world.pods.remove(("ns", "p1"))
+    assert world.reconciler.reconcile(KEY) == "deleted"
+    # First the managed-by label off (an update the controller may make, guarded by the uid it
+    # read), then the delete with that uid as its precondition.
+    assert world.policies_api.writes[1:] == [("patch", "ns", NAME), ("delete", "ns", NAME)]
+    assert world.policy() is None and world.policies.get(("ns", NAME)) is None
+
+
+def test_a_policy_replaced_by_another_object_meanwhile_is_not_deleted() -> None:
+    world = World(pod_with(POLICY))
+    world.reconciler.reconcile(KEY)
+    world.pods.remove(("ns", "p1"))
+    stale = world.policies.get(("ns", NAME))
+    assert stale is not None
+    world.policies_api.objects.pop(("ns", NAME))  # deleted and created again under the same name
+    world.policies_api.put({**OURS, "metadata": {**OURS["metadata"], "uid": "uid-new"}})
+    with pytest.raises(Conflict):
+        world.reconciler.reconcile(KEY)
+    assert world.policies_api.get("ns", NAME) is not None
+
+
+def test_a_write_on_a_stale_version_is_a_conflict_and_nothing_is_released() -> None:
+    world = World(pod_with(POLICY))
+    stored = world.someone_stores({**copy.deepcopy(OURS), "spec": {"podSelector": {}, "policyTypes": ["Egress"]}})
+    world.policies_api.put(stored)  # changed again: the store's version is now behind
+    with pytest.raises(Conflict):
+        world.reconciler.reconcile(KEY)
+    assert world.gated() and world.core.pods.writes == []  # the gate stays until the policy is right
+
+
+def test_a_pod_that_changed_meanwhile_is_a_conflict() -> None:
+    world = World(pod_with(POLICY))
+    pod = world.core.pods.get("ns", "p1")
+    assert pod is not None
+    pod["spec"]["schedulingGates"] = []  # someone else lifted it; our test-guarded removal fails
+    world.core.pods.put(pod)
+    with pytest.raises(Conflict):
+        world.reconciler.reconcile(KEY)
+
+
+def test_a_hold_keeps_the_gate_with_the_policy_written_and_tells_once() -> None:
+    world = World(pod_with(POLICY))
+    seen: list[str | None] = []
+
+    def hold(_pod: dict[str, Any], mode: str | None) -> tuple[str, str] | None:
+        seen.append(mode)
+        return ("NodeGuardMissing", "the guard is missing")
+
+    world.reconciler.hold_release = hold
+    assert world.reconciler.reconcile(KEY) == "created+held"
+    assert world.reconciler.reconcile(KEY) == "held"
+    assert world.policy() == OURS and world.gated()
+    assert seen == ["allowlist", "allowlist"] and world.reasons() == ["NodeGuardMissing"]  # one Event, not two
+
+
+def test_the_hold_sees_the_mode_a_backfilled_pod_is_about_to_get() -> None:
+    world = World(pod_with(POLICY, mode=None))
+    seen: list[str | None] = []
+    world.reconciler.hold_release = lambda _pod, mode: seen.append(mode) or None
+    world.reconciler.reconcile(KEY)
+    assert seen == ["allowlist"]
+    pod = world.core.pods.get("ns", "p1")
+    assert pod is not None and pod["metadata"]["labels"]["sortie.io/egress-mode"] == "allowlist"
+
+
+def test_a_refused_event_never_undoes_or_delays_enforcement() -> None:
+    world = World(pod_with(POLICY))
+    world.core.refuse_events = True
+    world.someone_stores({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                          "metadata": {"name": NAME, "namespace": "ns"},
+                          "spec": {"podSelector": {}, "policyTypes": ["Egress"]}})
+    assert world.reconciler.reconcile(KEY) == "adopted+released"
+    assert world.policy() == OURS and not world.gated()
+    assert world.metrics.events_failed._value.get() == 1
