@@ -46,7 +46,7 @@ CANARY_POD_LABELS = {"app.kubernetes.io/name": "sortie-egress", "app.kubernetes.
 WAIT_MODES = ("required", "auto", "off")
 #: Backends whose dataplane judges a pod's first packet by the policy it holds when the pod gets
 #: its network (Cilium: its CNI returns only once the endpoint's policy is built), so that with
-#: the session baseline (render_cilium.render_session_baseline: every session pod is in
+#: the session baseline (session_baseline.render: every session pod is in
 #: default-deny egress before its own policy reaches the node) ``auto`` needs no wait there.
 SELF_ENFORCING_BACKENDS = ("cilium",)
 

@@ -1,5 +1,6 @@
-"""The companion controller: every session pod gets exactly its NetworkPolicy, then its gate goes.
+"""The companion controller: every session pod gets exactly its policy object (a NetworkPolicy, or
+the chosen backend's kind), then its gate goes.
 
-Split like the webhook: ``desired`` decides (pure), ``cache`` and ``queue``
-hold state, ``reconciler`` does the writes, ``main`` wires it to a cluster.
+Split like the webhook: ``desired`` decides (pure), the informers' stores (kube/informer.py) and
+``queue`` hold state, ``reconciler`` does the writes, ``main`` wires it to a cluster.
 """

@@ -108,7 +108,7 @@ class Note:
 class SessionPlan:
     """Everything one reconcile of a session should bring about."""
 
-    policy: dict[str, Any] | None = None  # the NetworkPolicy to have; None: none of ours
+    policy: dict[str, Any] | None = None  # the policy object to have (the backend's kind); None: none of ours
     delete: bool = False  # delete the existing (managed) policy
     adopt: bool = False  # the existing policy is someone else's, with our name: replace it
     pin_violated: bool = False

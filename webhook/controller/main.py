@@ -64,7 +64,7 @@ class ControllerOptions:
     #: (namespace, name) of the Secret whose pair the canary's open port serves (the webhook's
     #: serving Secret: the waits are pinned to it). None: the canary cannot prove who it is.
     canary_tls_secret: tuple[str, str] | None = None
-    #: What enforces sessions (backends.py): the controller serves networkpolicy and cilium.
+    #: What enforces sessions (backends.py): networkpolicy, cilium or clusternetworkpolicy.
     backend: str = DEFAULT_BACKEND
     #: clusternetworkpolicy: the Admin-tier priority of session policies (lower wins).
     cluster_policy_priority: int = DEFAULT_PRIORITY

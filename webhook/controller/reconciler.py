@@ -1,4 +1,4 @@
-"""Reconciling one session: its NetworkPolicy first, then labels and gates, Events last.
+"""Reconciling one session: its policy object first, then labels and gates, Events last.
 
 A session is keyed by (namespace, session id), so the pods and the policy they
 name meet in one place however their events arrive. ``desired.plan_session``
