@@ -432,15 +432,21 @@ threading.Event().wait()
 LOOK_ALIKE_POLICY = {"mode": "allowlist", "rules": [{"cidr": "198.18.1.0/24"}]}
 
 
-def look_alike_on_packets(plane: ControlPlane, namespace: str, node_root: Path) -> dict[str, Any]:
-    """A session pod whose creator points the canary's name at a look-alike (``hostAliases``) that
-    its own policy lets it reach. Returns what was seen: the pod's phase, whether its container
-    ever started, and its wait's log. The look-alike runs under ``node_root``, so the host ledger
-    stops it even if this is interrupted."""
+#: How a pod's creator points the canary's name at the look-alike: its own /etc/hosts entry, or
+#: its own resolver (``dnsPolicy: None``: the targets' DNS server, which answers the canary's name
+#: under its zone with the look-alike's address; ndots 5 makes the search domain come first).
+LOOK_ALIKE_ROUTES = ("hostAliases", "dnsPolicy")
+
+
+def look_alike_on_packets(plane: ControlPlane, namespace: str, node_root: Path, via: str = "hostAliases") -> dict[str, Any]:
+    """A session pod whose creator points the canary's name at a look-alike (``via`` one of
+    LOOK_ALIKE_ROUTES) that its own policy lets it reach. Returns what was seen: the pod's phase,
+    whether its container ever started, and its wait's log. The look-alike runs under
+    ``node_root``, so the host ledger stops it even if this is interrupted."""
     import subprocess
     import sys
 
-    from tests.cluster.targets import TARGETS_NETNS
+    from tests.cluster.targets import TARGET_DNS, TARGETS_NETNS, TEST_ZONE
 
     script, log_path = node_root / "look-alike.py", node_root / "look-alike.log"
     script.write_text(LOOK_ALIKE_SCRIPT)
@@ -452,26 +458,32 @@ def look_alike_on_packets(plane: ControlPlane, namespace: str, node_root: Path) 
     try:
         wait_for(lambda: server.poll() is None and "look-alike serving" in log_path.read_text(), 60,
                  f"the look-alike serving (log: {log_path})")
-        session = pod_manifest(namespace, "look-alike-session", LOOK_ALIKE_POLICY)
-        session["spec"]["hostAliases"] = [{"ip": TARGET_A, "hostnames": [CANARY_NAME]}]
+        name = f"look-alike-{via.lower()}"  # one pod per route: the last may still be terminating
+        session = pod_manifest(namespace, name, LOOK_ALIKE_POLICY)
+        if via == "hostAliases":
+            session["spec"]["hostAliases"] = [{"ip": TARGET_A, "hostnames": [CANARY_NAME]}]
+        else:
+            session["spec"]["dnsPolicy"] = "None"
+            session["spec"]["dnsConfig"] = {"nameservers": [TARGET_DNS], "searches": [TEST_ZONE],
+                                            "options": [{"name": "ndots", "value": "5"}]}
         apply(plane, session)
 
         def wait_log() -> str | None:
-            log = plane.kubectl("-n", namespace, "logs", "look-alike-session", "-c", "sortie-egress-wait").stdout
+            log = plane.kubectl("-n", namespace, "logs", name, "-c", "sortie-egress-wait").stdout
             return log if "did not" in log else None
 
         log = wait_for(wait_log, 90, "the wait's verdict on the look-alike")
         # Then watched for a while: a wait that believed the look-alike passes in well under a second.
         watched_until, started, pod = time.monotonic() + LOOK_ALIKE_WATCH_SECONDS, False, {}
         while time.monotonic() < watched_until and not started:
-            pod = json.loads(plane.kubectl("-n", namespace, "get", "pod", "look-alike-session", "-o", "json").stdout)
+            pod = json.loads(plane.kubectl("-n", namespace, "get", "pod", name, "-o", "json").stdout)
             started = any(status.get("state", {}).get("running") or status.get("state", {}).get("terminated")
                           or status.get("lastState", {}).get("terminated")
                           for status in pod["status"].get("containerStatuses") or [])
             time.sleep(0.5)
-        log = plane.kubectl("-n", namespace, "logs", "look-alike-session", "-c", "sortie-egress-wait").stdout or log
+        log = plane.kubectl("-n", namespace, "logs", name, "-c", "sortie-egress-wait").stdout or log
         command = pod["spec"]["initContainers"][0]["command"]
-        plane.kubectl("-n", namespace, "delete", "pod", "look-alike-session", "--wait=false")
+        plane.kubectl("-n", namespace, "delete", "pod", name, "--wait=false")
         return {"phase": pod["status"].get("phase"), "started": started, "log": log,
                 "canary": command[command.index("--canary") + 1], "pinned": "--ca-bundle" in command}
     finally:

@@ -24,7 +24,7 @@ from tests.cluster.targets import NAMES, TARGET_A, TARGET_B, TEST_ZONE
 from tests.node_matrix import (BACKENDS, COLUMNS, DNS, TABLE, apply, assert_churn_held, assert_flood_held,
                                assert_look_alike_held, assert_shutdown_held, assert_startup_held, canary_churn_on_packets,
                                flood_on_packets, startup_on_packets,
-                               look_alike_on_packets, ns, pod_manifest, prepare_round, probe, run_matrix, running_ip,
+                               LOOK_ALIKE_ROUTES, look_alike_on_packets, ns, pod_manifest, prepare_round, probe, run_matrix, running_ip,
                                shutdown_on_packets, start_rows)
 from tests.support import IN_CI, control_plane_binaries
 
@@ -130,13 +130,14 @@ def test_fqdn_rules_open_a_name_on_its_port_only(cluster: CiliumCluster, backend
                      ("udp", TARGET_A, 53): False}
 
 
-def test_a_look_alike_canary_cannot_start_a_session(cluster: CiliumCluster) -> None:
+@pytest.mark.parametrize("via", LOOK_ALIKE_ROUTES)
+def test_a_look_alike_canary_cannot_start_a_session(cluster: CiliumCluster, via: str) -> None:
     """CONTRACT §6, issue 22, on Cilium with the backend the tests before end on: the canary's name
-    pointed at a look-alike (hostAliases). Cilium enforces the session's policy from the pod's first
-    packet; whether that policy blocks the look-alike's pod address depends on the backend (issue 22's
-    in-cluster egress), so the wait either cannot reach it or does not believe it: held either way."""
+    pointed at a look-alike (hostAliases, or the pod's own resolver with dnsPolicy None). The
+    session's policy lets it reach the look-alike, so it is the pinned CA that holds it: the wait
+    does not believe the look-alike's certificate."""
     namespace = ns("default", cluster.use(cluster.backend))
-    seen = look_alike_on_packets(cluster.plane, namespace, cluster.installed.cluster.node.root)
+    seen = look_alike_on_packets(cluster.plane, namespace, cluster.installed.cluster.node.root, via)
     print(cluster.backend, seen)
     assert_look_alike_held(seen)
 

@@ -25,7 +25,7 @@ from tests.cluster.nodecluster import Installed, NodeUnavailable, installed_clus
 from tests.cluster.targets import TARGET_A
 from tests.node_matrix import (ALLOW_443, COLUMNS, EVERYTHING, SESSION, TABLE, apply, assert_churn_held,
                                assert_flood_held, assert_look_alike_held, assert_shutdown_held, canary_churn_on_packets,
-                               flood_on_packets, look_alike_on_packets, pod_manifest, prepare_round, run_matrix,
+                               flood_on_packets, LOOK_ALIKE_ROUTES, look_alike_on_packets, pod_manifest, prepare_round, run_matrix,
                                running_ip, shutdown_on_packets, start_rows)
 from tests.support import IN_CI, control_plane_binaries
 
@@ -148,12 +148,14 @@ def test_no_denied_connection_gets_through_from_a_containers_first_instant(insta
     assert pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
 
 
-def test_a_look_alike_canary_cannot_start_a_session_before_its_policy(installed: Installed) -> None:
+@pytest.mark.parametrize("via", LOOK_ALIKE_ROUTES)
+def test_a_look_alike_canary_cannot_start_a_session_before_its_policy(installed: Installed, via: str) -> None:
     """CONTRACT §6, issue 22: the pod's creator points the canary's name at a look-alike
-    (hostAliases) that speaks the protocol with a certificate of its own; the wait, pinned to our
-    CA by the webhook, does not believe it, and the session's container never starts. (Before the
-    canary was authenticated, this pod started at once, before kube-router had its rules.)"""
-    seen = look_alike_on_packets(installed.plane, "default", installed.cluster.node.root)
+    (hostAliases, or a resolver of its own with dnsPolicy None) that speaks the protocol with a
+    certificate of its own; the wait, pinned to our CA by the webhook, does not believe it, and the
+    session's container never starts. (Before the canary was authenticated, this pod started at
+    once, before kube-router had its rules.)"""
+    seen = look_alike_on_packets(installed.plane, "default", installed.cluster.node.root, via)
     print(seen)
     assert_look_alike_held(seen)
 

@@ -26,7 +26,10 @@ TEST_ZONE = "sortie.test"
 #: policy that names it once any pod has looked it up, so each test names a host of its own
 #: (``<tag>.allowed``) to see "closed before the lookup".
 NAMES = {**{f"{tag}.allowed.{TEST_ZONE}": TARGET_A for tag in ("np", "cil", "cnp", "kr")},
-         f"other.{TEST_ZONE}": TARGET_B, f"api.wild.{TEST_ZONE}": TARGET_B}
+         f"other.{TEST_ZONE}": TARGET_B, f"api.wild.{TEST_ZONE}": TARGET_B,
+         # The canary's name under TEST_ZONE, at the look-alike's address: what a pod with
+         # `dnsPolicy: None`, this server and the zone as its search domain resolves it to.
+         f"sortie-egress-canary.sortie-system.svc.{TEST_ZONE}": TARGET_A}
 
 LISTENER = """
 import socket, selectors, sys
