@@ -355,15 +355,15 @@ def _node_guard_problem(api: Any, backend: str, dns: DnsDestination) -> str | No
     from kubernetes.client.exceptions import ApiException
 
     from . import node_guard
-    from .controller.session_objects import clusterwide_kind
+    from .controller.session_objects import CILIUM_CLUSTERWIDE_PLURAL, CILIUM_GROUP, CILIUM_VERSION, clusterwide_kind
 
-    if backend not in ("cilium", "clusternetworkpolicy"):
+    if backend not in node_guard.REQUIRED_ON:
         return None
     custom = client.CustomObjectsApi(api)
     if clusterwide_kind(custom) is None:
         return None
     try:
-        found = json.loads(custom.get_cluster_custom_object("cilium.io", "v2", "ciliumclusterwidenetworkpolicies",
+        found = json.loads(custom.get_cluster_custom_object(CILIUM_GROUP, CILIUM_VERSION, CILIUM_CLUSTERWIDE_PLURAL,
                                                             node_guard.NAME, _preload_content=False).data)
     except ApiException as exc:
         if exc.status != 404:

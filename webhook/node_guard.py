@@ -41,6 +41,11 @@ from .render_cilium import CILIUM_API_VERSION, deny_ports, every_port_but
 from .session_baseline import KIND, SETTLE_SECONDS, shipped_problem
 
 NAME: Final = "sortie-egress-node-guard"
+#: The backends that leave a node to other policies' allows on Cilium: where the cluster serves
+#: Cilium's clusterwide kind, the controller (and audit) require the guard on them.
+REQUIRED_ON: Final = ("cilium", "clusternetworkpolicy")
+#: The sessions it selects (our mode label's value): a denylist promised everything else.
+GUARDED_MODE: Final = "allowlist"
 #: Cilium's identities of its nodes: the local node, every other node, and the health endpoints.
 NODE_ENTITIES: Final = ("host", "remote-node", "health")
 #: Spec fields a cluster administrator may set without changing what the guard promises.
@@ -58,7 +63,7 @@ def render(dns: DnsDestination) -> dict[str, Any]:
         "kind": KIND,
         # The install's, not the controller's: no managed-by label (the controller only reads it).
         "metadata": {"name": NAME},
-        "spec": {"endpointSelector": {"matchLabels": {f"k8s:{EGRESS_MODE_LABEL}": "allowlist"}},
+        "spec": {"endpointSelector": {"matchLabels": {f"k8s:{EGRESS_MODE_LABEL}": GUARDED_MODE}},
                  "egressDeny": [deny],
                  "enableDefaultDeny": {"egress": False, "ingress": False}},
     }
@@ -75,4 +80,4 @@ def problem(found: Mapping[str, Any] | None, dns: DnsDestination, now: dt.dateti
     return shipped_problem(found, NAME, spec_problem, now)
 
 
-__all__ = ["KIND", "NAME", "NODE_ENTITIES", "SETTLE_SECONDS", "problem", "render"]
+__all__ = ["GUARDED_MODE", "KIND", "NAME", "NODE_ENTITIES", "REQUIRED_ON", "SETTLE_SECONDS", "problem", "render"]

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..backends import DEFAULT_BACKEND
 from ..constants import EGRESS_MODE_LABEL, POLICY_NAME_PREFIX, SESSION_ID_LABEL
+from ..node_guard import GUARDED_MODE
 from ..render import Canary, DnsDestination
 from .desired import (
     INVALID_POLICY,
@@ -99,7 +100,7 @@ def _session_rows(namespace: str, session_id: str, pods: list[dict[str, Any]], e
                 backend, plan.reference, others, namespace, pod["metadata"].get("labels") or {}, cluster.priority)
             if widened:
                 row("widened", "; ".join(w.describe() for w in widened))
-            elif node_guard_problem is not None and (pod["metadata"].get("labels") or {}).get(EGRESS_MODE_LABEL) == "allowlist":
+            elif node_guard_problem is not None and (pod["metadata"].get("labels") or {}).get(EGRESS_MODE_LABEL) == GUARDED_MODE:
                 row("unguarded", f"{node_guard_problem}: this allowlist session may reach the cluster's nodes")
             elif enforced_for(pod, backend).invalid_reason:
                 row("invalid", notes.get((id(pod), INVALID_POLICY), "invalid egress policy, DNS only"))

@@ -215,7 +215,7 @@ class Controller:
             if held is not None:
                 return BASELINE_MISSING, (f"{held}: this pod carries no enforcement wait (--enforcement-wait auto), so it "
                                           "stays gated until the session baseline is in place")
-        if self.node_guard_required and mode == "allowlist":
+        if self.node_guard_required and mode == node_guard.GUARDED_MODE:
             held = node_guard.problem(self.clusterwide.get(("", node_guard.NAME)), self.options.dns, now)
             if held is not None:
                 return NODE_GUARD_MISSING, (f"{held}: on Cilium an allowlist session is released only while the node guard "
@@ -286,7 +286,7 @@ class Controller:
             raise BackendUnavailable(
                 f"--enforcement-wait auto on the {self.options.backend} backend needs the session baseline, a "
                 f"{session_baseline.KIND} (cilium.io/v2), which this cluster does not serve")
-        self.node_guard_required = self.clusterwide is not None and self.options.backend in ("cilium", "clusternetworkpolicy")
+        self.node_guard_required = self.clusterwide is not None and self.options.backend in node_guard.REQUIRED_ON
         if self.node_guard_required:
             log.info("Cilium: allowlist sessions are released only while the %s %s is in place",
                      node_guard.KIND, node_guard.NAME)
