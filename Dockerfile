@@ -8,6 +8,7 @@ FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY sortie_egress ./sortie_egress
 COPY webhook ./webhook
 RUN python -m venv /opt/sortie \
  && /opt/sortie/bin/pip install --no-compile . \

@@ -17,7 +17,7 @@ from aiohttp import web
 from bench.common import (
     server_arguments,  # run with the repository on PYTHONPATH, as bench/admission.py does
 )
-from webhook.admission.mutate import mutate_pod
+from sortie_egress.admission.mutate import mutate_pod
 
 
 async def mutate(request: web.Request) -> web.Response:
@@ -36,7 +36,7 @@ async def mutate(request: web.Request) -> web.Response:
 
 
 def _request_from_dict(req: dict):  # type: ignore[no-untyped-def]
-    from webhook.admission.review import AdmissionRequest
+    from sortie_egress.admission.review import AdmissionRequest
 
     return AdmissionRequest(
         uid=req["uid"], kind=req["kind"]["kind"], operation=req["operation"], namespace=req.get("namespace"),

@@ -33,7 +33,7 @@ from kubernetes import client  # noqa: E402
 from tests.cluster.binaries import find_binaries  # noqa: E402
 from tests.cluster.harness import ControlPlane, free_port, wait_for  # noqa: E402
 from tests.support import ControllerProcess, WebhookProcess, generate_certs, session_pod  # noqa: E402
-from webhook.configuration import mutating_configuration  # noqa: E402
+from sortie_egress.admission.registration import mutating_configuration  # noqa: E402
 
 POLICY = {"mode": "allowlist", "rules": [{"cidr": "10.20.0.0/16", "port": 443, "protocol": "TCP"},
                                          {"cidr": "192.0.2.0/24", "port": 8000, "end_port": 8100}]}

@@ -3,7 +3,7 @@
 No decoding, no decision, no metrics, no log: what remains is the cost of
 uvicorn's per-request machinery (scope, task, two writes), uvloop, httptools
 and TLS. Our admissions no longer take this route (the protocol fast path,
-webhook/server/fastpath.py, answers them); bench/protocol_floor.py is the
+sortie_egress/server/fastpath.py, answers them); bench/protocol_floor.py is the
 floor of the route they do take.
 """
 
@@ -16,8 +16,8 @@ import uvicorn
 from bench.common import (
     server_arguments,  # run with the repository on PYTHONPATH, as bench/admission.py does
 )
-from webhook.server.serve import event_loop_factory
-from webhook.server.tls import ReloadingTLS
+from sortie_egress.server.serve import event_loop_factory
+from sortie_egress.server.tls import ReloadingTLS
 
 ANSWER = b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"x","allowed":true}}'
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(ANSWER)).encode())]

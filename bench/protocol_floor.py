@@ -12,8 +12,8 @@ from __future__ import annotations
 from bench.common import (
     server_arguments,  # run with the repository on PYTHONPATH, as bench/admission.py does
 )
-from webhook.server.app import JSON, AdmissionEndpoint, Reply
-from webhook.server.serve import ServeOptions, run
+from sortie_egress.server.app import JSON, AdmissionEndpoint, Reply
+from sortie_egress.server.serve import ServeOptions, run
 
 FIXED = Reply(200, b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"x","allowed":true}}',
               JSON)

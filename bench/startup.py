@@ -52,7 +52,7 @@ from tests.cluster.nodecluster import installed_cluster  # noqa: E402
 from tests.cluster.targets import TARGET_A  # noqa: E402
 from tests.cluster.install import switch_backend  # noqa: E402
 from tests.node_matrix import BACKENDS, pod_manifest  # noqa: E402
-from webhook.enforcement import INIT_CONTAINER_NAME  # noqa: E402
+from sortie_egress.enforcement_wait.injection import INIT_CONTAINER_NAME  # noqa: E402
 
 DENIED = f"{TARGET_A}:80"
 POLICY = {"mode": "allowlist", "rules": [{"cidr": f"{TARGET_A}/32", "port": 443, "protocol": "TCP"}]}

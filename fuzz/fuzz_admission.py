@@ -18,13 +18,13 @@ import time
 import atheris
 
 with atheris.instrument_imports(include=["webhook"]):
-    from webhook import logs
-    from webhook.admission.memo import memoised_mutation
-    from webhook.admission.mutate import mutate_pod
-    from webhook.admission.response import encode_response
-    from webhook.admission.review import admission_request, decode_request
-    from webhook.policy import _parse_policy
-    from webhook.server.app import WebhookSettings, create_app
+    from sortie_egress import logs
+    from sortie_egress.admission.memo import memoised_mutation
+    from sortie_egress.admission.mutate import mutate_pod
+    from sortie_egress.admission.response import encode_response
+    from sortie_egress.admission.review import admission_request, decode_request
+    from sortie_egress.policy.model import _parse_policy
+    from sortie_egress.server.app import WebhookSettings, create_app
 
 parse_uncached = _parse_policy  # the memo would hide repeated work from the fuzzer
 MUTATE = create_app(WebhookSettings()).endpoints["/mutate"]  # the webhook's whole hot path, memo included

@@ -38,7 +38,7 @@ def cli_main():  # noqa: ANN201 - whichever package name this checkout has
     try:
         from sortie_egress.cli import main
     except ImportError:
-        from webhook.cli import main  # before the rename (issue 23)
+        from sortie_egress.cli import main  # before the rename (issue 23)
     return main
 
 

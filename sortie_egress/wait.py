@@ -1,4 +1,4 @@
-"""``sortie-egress wait-for-enforcement``: the injected init container's whole job (enforcement.py).
+"""``sortie-egress wait-for-enforcement``: the injected init container's whole job (enforcement_wait/injection.py).
 
 The standard library and small pure modules of ours only (enforcement, canary_protocol,
 session), and the CLI imports it only for this command: it starts in every session pod, so it
@@ -30,8 +30,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .canary_protocol import CANARY_TOKEN, MAX_STATUS_BYTES, CanaryStatus, ClosedProbe, judge_round, parse_status
-from .enforcement import DEFAULT_OPEN_PORT, closed_port
+from sortie_egress.enforcement_wait.protocol import CANARY_TOKEN, MAX_STATUS_BYTES, CanaryStatus, ClosedProbe, judge_round, parse_status
+from sortie_egress.enforcement_wait.injection import DEFAULT_OPEN_PORT, closed_port
 
 #: How long the closed port may take to answer before it counts as a candidate for blocked, at
 #: least, and as a multiple of the open port's TCP handshake on the same endpoint just before: a
@@ -180,7 +180,7 @@ def wait_for_enforcement(host: str, port: int, timeout: float, rounds: int = ROU
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags, for ``python -m webhook.wait`` and ``sortie-egress wait-for-enforcement`` alike."""
+    """The flags, for ``python -m sortie_egress.wait`` and ``sortie-egress wait-for-enforcement`` alike."""
     parser.add_argument("--canary", required=True, help="the canary Service's name or address")
     parser.add_argument("--port", type=int, default=DEFAULT_OPEN_PORT,
                         help="the canary's open port (the closed one is the next)")
@@ -197,7 +197,7 @@ def trust_of(args: argparse.Namespace) -> Trust | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m webhook.wait",
+    parser = argparse.ArgumentParser(prog="python -m sortie_egress.wait",
                                      description="Exit 0 once this pod's egress policy is seen enforced (CONTRACT §6).")
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -10,8 +10,8 @@ import pytest
 
 from tests.cluster.harness import ControlPlane, ControlPlaneError, wait_for
 from tests.support import WebhookProcess, control_plane_binaries, generate_certs, session_pod
-from webhook.configuration import mutating_configuration
-from webhook.tamper import admission_policies
+from sortie_egress.admission.registration import mutating_configuration
+from sortie_egress.protection.tamper import admission_policies
 
 #: Stands for an operator listed in the admission policies' privilegedUsers: someone who may
 #: change managed NetworkPolicies, so the tests can make the drift the controller repairs.

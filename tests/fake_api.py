@@ -22,8 +22,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook.controller.session_objects import SessionObjects
-from webhook.patch import apply_patch
+from sortie_egress.kube.policy_objects import SessionObjects
+from sortie_egress.admission.patch import apply_patch
 
 
 @dataclass

@@ -100,7 +100,7 @@ TABLE: list[Row] = [
     # No other policy in the namespace: the session's own policy is all there is.
     Row("default", "plain", None, {}, EVERYTHING),
     # An allowlist never reaches the node. On Cilium with the clusternetworkpolicy backend that takes
-    # the node guard (webhook/node_guard.py): the final Admin-tier Deny does not match a node there,
+    # the node guard (sortie_egress/guards/node_guard.py): the final Admin-tier Deny does not match a node there,
     # and no NetworkPolicy selects these sessions, so before the guard (session 11) every one of
     # them reached its node's kubelet.
     Row("default", "allow-443", ALLOW_443, {}, {("tcp", TARGET_A, 443), DNS}),
@@ -416,9 +416,9 @@ CANARY_NAME = "sortie-egress-canary.sortie-system.svc"
 #: indistinguishable from ours: that wait passes at once and the session starts unenforced.
 LOOK_ALIKE_SCRIPT = """
 import socket, sys, threading
-from webhook.certs import generate
-from webhook.controller.canary import CanaryServer, _listener
-from webhook.server.tls import ReloadingTLS, pem_context
+from sortie_egress.certs.authority import generate
+from sortie_egress.controller.canary import CanaryServer, _listener
+from sortie_egress.server.tls import ReloadingTLS, pem_context
 address = sys.argv[1]
 pair = generate(("sortie-egress.sortie-system.svc",))
 server = CanaryServer(_listener(address, 9445), _listener(address, 9447),

@@ -240,7 +240,7 @@ def register_webhook_and_namespace(plane: Any, webhook: WebhookProcess, cert_dir
 
     from kubernetes import client
 
-    from webhook.configuration import mutating_configuration
+    from sortie_egress.admission.registration import mutating_configuration
 
     api = plane.admin.api_client()
     client.AdmissionregistrationV1Api(api).create_mutating_webhook_configuration(

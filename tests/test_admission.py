@@ -8,10 +8,10 @@ import json
 import pytest
 
 from tests.support import session_pod
-from webhook.admission.mutate import mutate_pod
-from webhook.admission.response import encode_response
-from webhook.admission.review import ReviewError, decode_review
-from webhook.patch import apply_patch
+from sortie_egress.admission.mutate import mutate_pod
+from sortie_egress.admission.response import encode_response
+from sortie_egress.admission.review import ReviewError, decode_review
+from sortie_egress.admission.patch import apply_patch
 
 def review(obj: dict | None, operation: str = "CREATE", kind: str = "Pod", old: dict | None = None,
            user: str = "alice", dry_run: bool = False, namespace: str = "ns") -> bytes:

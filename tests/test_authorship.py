@@ -1,4 +1,4 @@
-"""The admission policies' text decisions that can be checked without a server (webhook/authorship.py).
+"""The admission policies' text decisions that can be checked without a server (sortie_egress/protection/authorship.py).
 
 What they do in the API server is tested there (tests/test_cluster_trust_boundary.py); here the
 one piece of logic CEL runs on text: which annotations are plainly "no policy". RE2 and Python's
@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from webhook.authorship import AUTHOR_KINDS, NO_POLICY_PATTERN, POD_CREATING_CONTROLLERS, pod_creation_policy
+from sortie_egress.protection.authorship import AUTHOR_KINDS, NO_POLICY_PATTERN, POD_CREATING_CONTROLLERS, pod_creation_policy
 
 NONE = re.compile(NO_POLICY_PATTERN)
 
@@ -33,7 +33,7 @@ def test_anything_else_counts_as_a_policy(text: str) -> None:
 def test_text_that_only_looks_like_none_is_not_valid_json_either() -> None:
     """The pattern can be fooled only by text no strict parser accepts (trailing data, duplicate
     keys): the controller enforces that as DNS only, never wider than no policy."""
-    from webhook.policy import parse_policy
+    from sortie_egress.policy.model import parse_policy
 
     for text in ('{"mode": "", "rules": []} {"mode": "allowlist"}', '{"mode": "", "rules": [], "mode": "allowlist"}'):
         assert NONE.match(text)

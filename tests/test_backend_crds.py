@@ -16,11 +16,11 @@ import yaml
 
 from tests.cluster.harness import ControlPlane, wait_for
 from tests.support import control_plane_binaries, policy_crds
-from webhook.policy import parse_policy
-from webhook.render import Canary, DnsDestination
-from webhook.render_cilium import render_cilium_network_policy
-from webhook.render_cluster import render_cluster_network_policy
-from webhook.session import session_pod
+from sortie_egress.policy.model import parse_policy
+from sortie_egress.render.networkpolicy import Canary, DnsDestination
+from sortie_egress.render.cilium import render_cilium_network_policy
+from sortie_egress.render.clusternetworkpolicy import render_cluster_network_policy
+from sortie_egress.admission.session import session_pod
 
 pytestmark = pytest.mark.cluster
 
@@ -122,7 +122,7 @@ def test_cluster_network_policy_schema_shapes_our_rendering(plane: ControlPlane,
     _apply_crd(plane, crds / "network-policy-api-v0.3.0-experimental.yaml", "clusternetworkpolicies.policy.networking.k8s.io")
     good = render_cluster_network_policy(_pod(POLICIES[0]), parse_policy(json.dumps(POLICIES[0])).policy, DNS[0])
     assert _dry_run(plane, [good]).returncode == 0
-    too_many = copy.deepcopy(good)  # 26 rules: why backends.py refuses more than 21 port sets
+    too_many = copy.deepcopy(good)  # 26 rules: why backends/ refuses more than 21 port sets
     too_many["spec"]["egress"] = [too_many["spec"]["egress"][-1]] * 26
     empty_tcp = copy.deepcopy(good)  # "every TCP port" cannot be {}: we write the range 1-65535
     empty_tcp["spec"]["egress"][1]["protocols"] = [{"tcp": {}}]

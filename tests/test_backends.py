@@ -7,15 +7,15 @@ from typing import Any
 
 import pytest
 
-from webhook.admission.mutate import judge, mutate_pod
-from webhook.admission.review import AdmissionRequest
-from webhook.backends import backend_problems, port_set
-from webhook.controller.desired import enforced_for
-from webhook.policy import parse_fqdn, parse_policy
-from webhook.render import Canary, DnsDestination, render_network_policy
-from webhook.render_cilium import render_cilium_network_policy
-from webhook.render_cluster import cluster_policy_name, render_cluster_network_policy
-from webhook.session import session_pod
+from sortie_egress.admission.mutate import judge, mutate_pod
+from sortie_egress.admission.review import AdmissionRequest
+from sortie_egress.backends import backend_problems, port_set
+from sortie_egress.controller.plan import enforced_for
+from sortie_egress.policy.model import parse_fqdn, parse_policy
+from sortie_egress.render.networkpolicy import Canary, DnsDestination, render_network_policy
+from sortie_egress.render.cilium import render_cilium_network_policy
+from sortie_egress.render.clusternetworkpolicy import cluster_policy_name, render_cluster_network_policy
+from sortie_egress.admission.session import session_pod
 from tests.support import MODE_EXISTS
 
 
@@ -445,8 +445,8 @@ def test_cilium_deny_ports_are_chunked_by_forty() -> None:
 # --- how the controller files cluster-scoped session policies ---------------------------------
 
 def test_cluster_policies_are_filed_under_their_sessions_namespace() -> None:
-    from webhook.controller.reconciler import Reconciler
-    from webhook.controller.session_objects import project_cluster_policy
+    from sortie_egress.controller.reconciler import Reconciler
+    from sortie_egress.kube.policy_objects import project_cluster_policy
 
     ours = {"metadata": {"name": "sortie-egress.team-a.s-1", "uid": "u",
                          "labels": {"sortie.io/session-id": "s-1", "sortie.io/session-namespace": "team-a",

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from webhook.canary_pin import pin_from
-from webhook.certs import Authority, generate
-from webhook.controller.canary import CanaryProcess, CanaryServer, _listener
-from webhook.enforcement import EnforcementWait
-from webhook.server.tls import ReloadingTLS, pem_context
-from webhook.wait import Trust, ask, enforced_once, main as wait_main
+from sortie_egress.enforcement_wait.pin import pin_from
+from sortie_egress.certs.authority import Authority, generate
+from sortie_egress.controller.canary import CanaryProcess, CanaryServer, _listener
+from sortie_egress.enforcement_wait.injection import EnforcementWait
+from sortie_egress.server.tls import ReloadingTLS, pem_context
+from sortie_egress.wait import Trust, ask, enforced_once, main as wait_main
 from tests.test_enforcement import FakeCanary, free_port_pair, truthful
 
 IDENTITY = "sortie-egress.sortie-system.svc"
@@ -103,7 +103,7 @@ def test_the_injected_wait_carries_the_pin_in_its_arguments() -> None:
     wait = EnforcementWait("registry.invalid/sortie-egress:1", "sortie-egress-canary.sortie-system.svc", 9445,
                            ca_bundle="QUJD", identity=IDENTITY)
     assert wait.container()["command"] == [
-        "python", "-m", "webhook.wait", "--canary", "sortie-egress-canary.sortie-system.svc", "--port", "9445",
+        "python", "-m", "sortie_egress.wait", "--canary", "sortie-egress-canary.sortie-system.svc", "--port", "9445",
         "--timeout", "600", "--ca-bundle", "QUJD", "--identity", IDENTITY]
     unpinned = EnforcementWait("registry.invalid/sortie-egress:1", "sortie-egress-canary.sortie-system.svc", 9445)
     assert "--ca-bundle" not in unpinned.container()["command"] and not unpinned.pinned
@@ -264,8 +264,8 @@ def test_the_wait_speaks_tls_1_2_or_newer_only() -> None:
 
 
 def test_serve_refuses_to_inject_a_wait_it_cannot_pin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from webhook.certs import write
-    from webhook.cli import main
+    from sortie_egress.certs.authority import write
+    from sortie_egress.cli import main
 
     write(generate((IDENTITY,)), tmp_path)
     (tmp_path / "ca.crt").unlink()

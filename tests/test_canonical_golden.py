@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from webhook.controller.desired import policy_digest
-from webhook.policy import parse_policy
+from sortie_egress.controller.plan import policy_digest
+from sortie_egress.policy.model import parse_policy
 
 CORPUS = json.loads((Path(__file__).parent / "golden" / "canonical-policies.json").read_text())["policies"]
 

@@ -197,7 +197,7 @@ def test_serve_keeps_idle_connections_longer_than_the_api_server_does_and_says_w
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     assert "API server's own idle timeout (90 s" in text and "(default 120)" in text
-    from webhook.server.serve import ServeOptions
+    from sortie_egress.server.serve import ServeOptions
 
     assert ServeOptions(host="h", port=1).keep_alive_seconds > 90
 

@@ -20,7 +20,7 @@ import yaml
 from tests.cluster.harness import ControlPlane, wait_for
 from tests.support import (WebhookProcess, backend_audit, control_plane_binaries, controller_as_installed, generate_certs,
                            held_by_our_gate, pod_events, policy_crds, register_webhook_and_namespace, session_pod)
-from webhook.tamper import admission_policies
+from sortie_egress.protection.tamper import admission_policies
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,8 +23,8 @@ from tests.cluster.harness import ControlPlane, free_port, wait_for
 from tests.support import (
     MODE_EXISTS,CLI, ControllerProcess, WebhookProcess, backend_audit, control_plane_binaries, generate_certs,
                            pod_events, policy_crds, session_pod)
-from webhook.configuration import mutating_configuration
-from webhook.tamper import CLUSTER_NETWORK_POLICIES, admission_policies, backend_admission_policies
+from sortie_egress.admission.registration import mutating_configuration
+from sortie_egress.protection.tamper import CLUSTER_NETWORK_POLICIES, admission_policies, backend_admission_policies
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parent.parent

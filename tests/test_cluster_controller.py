@@ -12,8 +12,8 @@ import pytest
 
 from tests.cluster.harness import NODE_NAME, ControlPlane, wait_for
 from tests.support import MODE_EXISTS, ControllerProcess, WebhookProcess, session_pod
-from webhook.configuration import MUTATING_NAME, mutating_configuration
-from webhook.tamper import admission_policies
+from sortie_egress.admission.registration import MUTATING_NAME, mutating_configuration
+from sortie_egress.protection.tamper import admission_policies
 
 pytestmark = pytest.mark.cluster
 
@@ -97,7 +97,7 @@ def webhook_unregistered(plane: ControlPlane, webhook: WebhookProcess, ca_bundle
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    from webhook.authorship import POD_CREATION_POLICY
+    from sortie_egress.protection.authorship import POD_CREATION_POLICY
 
     api, core, _ = _api(plane)
     admission = client.AdmissionregistrationV1Api(api)
@@ -324,7 +324,7 @@ def test_two_controllers_one_leader_and_a_takeover(control_plane: ControlPlane, 
         leader.kill()
         killed_at = time.monotonic()
         wait_for(lambda: "became leader" in follower.log_path.read_text(), 30, "the follower to take over")
-        # What the algorithm guarantees (webhook/controller/lease.py, as client-go): the leader's last
+        # What the algorithm guarantees (sortie_egress/controller/lease.py, as client-go): the leader's last
         # renewal came at most one 2 s retry period before the kill; the follower sees it at its next
         # poll (up to 2 s later), and takes over at its first poll after 15 s without a change (up to
         # 2 s more). So between 15 - 2 and 15 + 2 + 2 s after the kill, plus the log line's latency.

@@ -1,6 +1,6 @@
 """enforcementWait auto on the cilium backend (issue 22): no injected wait; the session baseline
 and the controller's check of it stand in for it. Real API server with Cilium's CRDs, the
-install's admission policies, our webhook and controller as processes (webhook/session_baseline.py
+install's admission policies, our webhook and controller as processes (sortie_egress/guards/session_baseline.py
 says why this is sound; the packets are in tests/test_node_cilium.py). Expectations by hand."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import yaml
 from tests.cluster.harness import ControlPlane, wait_for
 from tests.support import (WebhookProcess, control_plane_binaries, controller_as_installed, generate_certs,
                            held_by_our_gate, pod_events, policy_crds, register_webhook_and_namespace, session_pod)
-from webhook.tamper import CILIUM_NETWORK_POLICIES, admission_policies, backend_admission_policies
+from sortie_egress.protection.tamper import CILIUM_NETWORK_POLICIES, admission_policies, backend_admission_policies
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 runs Cilium, the controller releases an allowlist session only while the node guard the install
 ships is in place, unchanged, and settled. Real API server with network-policy-api's and
 Cilium's CRDs, the install's RBAC and admission policies, our webhook and controller as
-processes (webhook/node_guard.py says why; the packets are in tests/test_node_cilium.py).
+processes (sortie_egress/guards/node_guard.py says why; the packets are in tests/test_node_cilium.py).
 Expectations written out by hand."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tests.cluster.harness import ControlPlane, wait_for
 from tests.support import (WebhookProcess, backend_audit, control_plane_binaries, controller_as_installed,
                            generate_certs, held_by_our_gate, pod_events, policy_crds, register_webhook_and_namespace,
                            session_pod)
-from webhook.tamper import CLUSTER_NETWORK_POLICIES, admission_policies, backend_admission_policies
+from sortie_egress.protection.tamper import CLUSTER_NETWORK_POLICIES, admission_policies, backend_admission_policies
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ from cryptography import x509
 from tests.cluster.harness import ControlPlane, free_port, wait_for
 from tests.support import CLI, ControllerProcess, admission_failure, control_plane_binaries, session_pod
 from tests.test_enforcement import free_port_pair
-from webhook.wait import Trust, ask
+from sortie_egress.wait import Trust, ask
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parent.parent

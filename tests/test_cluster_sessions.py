@@ -39,7 +39,7 @@ from tests.test_cluster_controller import (
     digest,
     webhook_unregistered,
 )
-from webhook.tamper import PODS_POLICY
+from sortie_egress.protection.tamper import PODS_POLICY
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parent.parent
@@ -227,7 +227,7 @@ def test_the_fail_closed_policy_is_written_although_the_event_is_refused(
 
 
 def _select(policy: dict[str, Any], labels: dict[str, str]) -> bool:
-    """NetworkPolicy pod selection, written here independently of webhook/effective.py."""
+    """NetworkPolicy pod selection, written here independently of sortie_egress/effective/networkpolicy.py."""
     selector = policy["spec"].get("podSelector") or {}
     if any(labels.get(key) != value for key, value in (selector.get("matchLabels") or {}).items()):
         return False

@@ -20,7 +20,7 @@ import pytest
 
 from tests.cluster.harness import ControlPlane, wait_for
 from tests.support import ControllerProcess, WebhookProcess, session_pod
-from webhook.tamper import NETWORK_POLICIES_POLICY, PODS_POLICY, binding
+from sortie_egress.protection.tamper import NETWORK_POLICIES_POLICY, PODS_POLICY, binding
 
 pytestmark = pytest.mark.cluster
 

@@ -210,6 +210,39 @@ def test_pods_a_policy_cannot_hold_are_refused_by_the_webhook_and_without_it(
     assert status == 422 and "sortie-egress refused the session pod: " in message and expected in message, message
 
 
+@pytest.mark.parametrize(("module", "admitted"), [
+    ("sortie_egress.wait", True),  # what the webhook injects
+    ("webhook.wait", True),  # what the release before the rename injected: its pods keep being created
+    ("webhook.waits", False),
+    ("sortie_egress.wait.x", False),
+])
+def test_the_creation_policy_accepts_the_wait_under_both_names_for_one_release(
+        control_plane: ControlPlane, registered_webhook: WebhookProcess, webhook_certs: tuple[Path, str], namespace: str,
+        module: str, admitted: bool) -> None:
+    """Issue 23: during an upgrade a webhook of the release before still injects ``python -m
+    webhook.wait``; the admission policy (and the image's shim, tests/test_packaging.py) take it,
+    and nothing else that merely looks like it."""
+    from sortie_egress.enforcement_wait.injection import EnforcementWait
+    from tests.test_cluster_controller import webhook_unregistered
+
+    wait = EnforcementWait("registry.invalid/sortie-egress:1", "sortie-egress-canary.sortie-system.svc")
+    pod = session_pod(policy=POLICY, namespace=namespace)
+    pod["metadata"]["labels"]["sortie.io/egress-mode"] = "allowlist"
+    pod["spec"]["schedulingGates"] = [{"name": "sortie.io/egress-policy"}]
+    container = wait.container()
+    container["command"] = ["python", "-m", module, *container["command"][3:]]
+    pod["spec"]["initContainers"] = [container]
+    pod["spec"]["volumes"] = [wait.volume()]
+    core, _ = _api(control_plane)
+    with webhook_unregistered(control_plane, registered_webhook, webhook_certs[1], creation_policy=True):
+        if admitted:
+            created = core.create_namespaced_pod(namespace, pod, dry_run="All")
+            assert created.spec.init_containers[0].command[2] == module
+            return
+        status, message = _status_and_message(core.create_namespaced_pod, namespace, pod, dry_run="All")
+    assert status == 422 and f"the init container {WAIT} is not first" in message, message
+
+
 def _selector_text(selector: Any) -> str:
     """A stored LabelSelector as the API's label-selector query (matchLabels and Exists only)."""
     terms = [f"{key}={value}" for key, value in sorted((selector.match_labels or {}).items())]
@@ -261,7 +294,7 @@ def test_a_pod_without_a_policy_joining_a_running_session_borrows_nothing(
     assert [owner.name for owner in after.metadata.owner_references] == [session["pod"]]
     # Without our webhook, a forged label counts as a policy: even with our gate and wait written in,
     # only a policy author may create it.
-    from webhook.enforcement import EnforcementWait
+    from sortie_egress.enforcement_wait.injection import EnforcementWait
 
     wait = EnforcementWait("registry.invalid/sortie-egress:1", "sortie-egress-canary.sortie-system.svc")
     forged = session_pod(name="joiner-forged", session_id=session_id, namespace=namespace,
@@ -296,7 +329,7 @@ def test_pods_status_cannot_strip_a_session_and_its_policy_stays(
 def _pod_with_wait(plane: ControlPlane, namespace: str) -> str:
     """A session pod whose first init container is the wait (as a webhook run with --enforcement-canary
     puts it; protection goes by its name, so the container is written here as the webhook writes it)."""
-    from webhook.enforcement import EnforcementWait
+    from sortie_egress.enforcement_wait.injection import EnforcementWait
 
     wait = EnforcementWait("registry.invalid/sortie-egress:1", "sortie-egress-canary.sortie-system.svc")
     pod = session_pod(policy=POLICY, namespace=namespace)

@@ -18,7 +18,7 @@ import pytest
 
 from tests.cluster.harness import ControlPlane, wait_for
 from tests.support import WebhookProcess, control_plane_binaries, generate_certs, session_pod
-from webhook.configuration import mutating_configuration
+from sortie_egress.admission.registration import mutating_configuration
 
 pytestmark = pytest.mark.cluster
 
@@ -79,7 +79,7 @@ def test_one_call_per_session_start_and_no_token_in_the_wait(plane: ControlPlane
     # Pinned to the canary's certificate: the serving pair's CA (ca.crt beside --tls-cert), as DER in
     # base64, and the certificate's first DNS name (`certs generate --hosts 127.0.0.1,localhost`).
     ca_der = ssl.PEM_cert_to_DER_cert((tmp_path / "ca.crt").read_text())
-    assert wait["command"] == ["python", "-m", "webhook.wait", "--canary", "sortie-egress-canary.sortie-system.svc",
+    assert wait["command"] == ["python", "-m", "sortie_egress.wait", "--canary", "sortie-egress-canary.sortie-system.svc",
                                "--port", "9445", "--timeout", "600", "--ca-bundle", base64.b64encode(ca_der).decode(),
                                "--identity", "localhost"]
     # Ours: the empty volume over the token path, nothing else; the app keeps its token (and its own volume).

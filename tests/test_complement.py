@@ -9,7 +9,7 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhook.complement import DeniedRegion, PortSet, denied_regions
+from sortie_egress.policy.complement import DeniedRegion, PortSet, denied_regions
 
 net = ipaddress.ip_network
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from webhook.controller.health import serve_health
-from webhook.controller.main import STUCK_SECONDS, Controller, ControllerOptions
+from sortie_egress.controller.health import serve_health
+from sortie_egress.controller.main import STUCK_SECONDS, Controller, ControllerOptions
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.support import MODE_EXISTS, session_pod
-from webhook.controller.desired import (
+from sortie_egress.controller.plan import (
     ADOPTED,
     INVALID_POLICY,
     POLICY_CHANGED,
@@ -28,11 +28,11 @@ from webhook.controller.desired import (
     pod_patch,
     policy_matches,
 )
-from webhook.controller.projections import pod_session_key, project_policy, project_pod
-from webhook.controller.queue import WorkQueue, backoff_delay
-from webhook.kube.informer import Store
-from webhook.patch import apply_patch
-from webhook.render import DnsDestination
+from sortie_egress.controller.projections import pod_session_key, project_policy, project_pod
+from sortie_egress.controller.queue import WorkQueue, backoff_delay
+from sortie_egress.kube.informer import Store
+from sortie_egress.admission.patch import apply_patch
+from sortie_egress.render.networkpolicy import DnsDestination
 
 DNS = DnsDestination()
 POLICY = {"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8", "port": 443}]}
@@ -166,7 +166,7 @@ def test_a_removed_annotation_is_a_changed_policy_too() -> None:
 def test_a_pod_without_a_policy_joining_a_session_never_changes_it() -> None:
     """CONTRACT §7: a policy-less pod with a running session's id (not one of the pin's owners) is
     told and ignored: the session keeps its policy and its owners, nothing turns DNS only."""
-    from webhook.controller.desired import JOINED_WITHOUT_POLICY
+    from sortie_egress.controller.plan import JOINED_WITHOUT_POLICY
 
     existing = expected_policy([DNS_RULE, RULE_443], sha(CANONICAL), [owner("p1", "uid-1", True)])
     victim = released(pod_with(POLICY))
@@ -410,7 +410,7 @@ class _Discovery:
 def test_discovery_tries_again_through_a_flaky_api_server_and_answers_404_with_no() -> None:
     from kubernetes.client.exceptions import ApiException
 
-    from webhook.controller.session_objects import _serves
+    from sortie_egress.kube.policy_objects import _serves
 
     slept: list[float] = []
     flaky = _Discovery(ApiException(status=503), ConnectionResetError(), ApiException(status=429), ["ciliumnetworkpolicies"])

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from webhook.effective import selector_matches, widening, widenings
+from sortie_egress.effective.networkpolicy import selector_matches, widening, widenings
 from tests.support import MODE_EXISTS
 
 KUBE_DNS = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from webhook.effective import Widening, widenings
-from webhook.effective_cilium import is_cilium_policy, selects
+from sortie_egress.effective.networkpolicy import Widening, widenings
+from sortie_egress.effective.cilium import is_cilium_policy, selects
 from tests.test_effective import LABELS, OWN_ALLOW_443
 
 OWN = {"metadata": {"name": "sortie-egress-s1", "namespace": "sessions"}, "spec": OWN_ALLOW_443}

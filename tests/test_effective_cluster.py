@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from webhook.effective_cluster import cluster_widenings
+from sortie_egress.effective.clusternetworkpolicy import cluster_widenings
 from tests.test_effective import LABELS, OWN_ALLOW_443
 
 OWN = {"metadata": {"name": "(the session's egress policy)", "namespace": "sessions"}, "spec": OWN_ALLOW_443}

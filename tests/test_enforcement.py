@@ -15,14 +15,14 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 
-from webhook.canary_protocol import CANARY_TOKEN, CanaryStatus, ClosedProbe, judge_round, parse_status, same_address
-from webhook.controller.canary import CanaryProcess, canary_for, listen_overflows, project_canary_pod, serve_canary
-from webhook.enforcement import INIT_CONTAINER_NAME, EnforcementWait, wait_patch
-from webhook.patch import apply_patch
-from webhook.policy import parse_policy
-from webhook.render import Canary, DnsDestination, render_network_policy
-from webhook.session import SessionPod
-from webhook.wait import ask, enforced_once, wait_for_enforcement
+from sortie_egress.enforcement_wait.protocol import CANARY_TOKEN, CanaryStatus, ClosedProbe, judge_round, parse_status, same_address
+from sortie_egress.controller.canary import CanaryProcess, canary_for, listen_overflows, project_canary_pod, serve_canary
+from sortie_egress.enforcement_wait.injection import INIT_CONTAINER_NAME, EnforcementWait, wait_patch
+from sortie_egress.admission.patch import apply_patch
+from sortie_egress.policy.model import parse_policy
+from sortie_egress.render.networkpolicy import Canary, DnsDestination, render_network_policy
+from sortie_egress.admission.session import SessionPod
+from sortie_egress.wait import ask, enforced_once, wait_for_enforcement
 
 WAIT = EnforcementWait("registry.invalid/sortie-egress:1", "sortie-egress-canary.sortie-system.svc", 9445)
 LABELS = (("app.kubernetes.io/component", "controller"), ("app.kubernetes.io/name", "sortie-egress"))
@@ -160,7 +160,7 @@ def test_the_wait_gets_no_api_token() -> None:
 
 def test_the_container_is_restricted_and_runs_the_prober() -> None:
     container = WAIT.container()
-    assert container["command"] == ["python", "-m", "webhook.wait", "--canary", "sortie-egress-canary.sortie-system.svc",
+    assert container["command"] == ["python", "-m", "sortie_egress.wait", "--canary", "sortie-egress-canary.sortie-system.svc",
                                     "--port", "9445", "--timeout", "600"]
     assert container["securityContext"] == {
         "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "allowPrivilegeEscalation": False,
@@ -321,7 +321,7 @@ def test_the_closed_probes_window_scales_with_the_handshake_not_with_the_canarys
     """A slow canary process (0.3 s to answer) says nothing about how fast the endpoint's kernel
     answers a handshake: the closed probe's window follows the open port's handshake, so a
     dropping dataplane costs each round the 0.25 s floor, not ten times the canary's answer."""
-    from webhook.wait import CLOSED_WAIT_FACTOR, CLOSED_WAIT_FLOOR
+    from sortie_egress.wait import CLOSED_WAIT_FACTOR, CLOSED_WAIT_FLOOR
 
     port = free_port_pair()
     fakes.append(FakeCanary(port, lambda _: (0.3, CANARY_TOKEN + status(local="127.0.0.1", peer="127.0.0.1").encode())))
@@ -455,7 +455,7 @@ def test_a_canary_port_in_use_fails_at_start() -> None:
 
 
 def test_serve_refuses_a_canary_without_an_image(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from webhook.cli import main
+    from sortie_egress.cli import main
 
     monkeypatch.delenv("SORTIE_EGRESS_IMAGE", raising=False)
     assert main(["serve", "--port", "0", "--enforcement-canary", "sortie-egress-canary"]) == 2

@@ -1,4 +1,4 @@
-"""The admission fast path (webhook/server/fastpath.py), over real TLS against ``sortie-egress serve``.
+"""The admission fast path (sortie_egress/server/fastpath.py), over real TLS against ``sortie-egress serve``.
 
 The fast path answers admissions inside the protocol; everything it does not
 own falls back to uvicorn and Starlette. These tests pin the HTTP behaviour
@@ -20,8 +20,8 @@ import pytest
 
 from tests.cluster.harness import wait_for
 from tests.support import WebhookProcess, generate_certs, session_pod
-from webhook.server.app import JSON, TEXT, Reply, declares_too_much
-from webhook.server.fastpath import http_response
+from sortie_egress.server.app import JSON, TEXT, Reply, declares_too_much
+from sortie_egress.server.fastpath import http_response
 
 
 def review(uid: str, pod: dict | None = None) -> bytes:

@@ -372,7 +372,7 @@ def test_turning_the_wait_off_removes_every_trace_of_the_canary(helm: dict[str, 
 def test_admission_policies_can_be_left_out_and_are_the_generated_ones_otherwise(helm: dict[str, Path]) -> None:
     off = rendered(helm["helm3"], "--set", "admissionPolicies.enabled=false")
     assert not [doc for doc in off if doc["kind"].startswith("ValidatingAdmissionPolicy")]
-    from webhook.tamper import admission_policies
+    from sortie_egress.protection.tamper import admission_policies
 
     on = rendered(helm["helm3"], namespace="egress-team")
     chart = [_without_helm_labels(doc) for doc in on if doc["kind"].startswith("ValidatingAdmissionPolicy")]
@@ -469,7 +469,7 @@ def test_the_parity_check_sees_a_drift(helm: dict[str, Path]) -> None:
     assert len(problems) == 1 and "sortie-egress-controller" in problems[0] and re.search(r"\+.*--workers", problems[0])
 
 
-# --- the node guard (webhook/node_guard.py): where the chart ships it, and which one ----------
+# --- the node guard (sortie_egress/guards/node_guard.py): where the chart ships it, and which one ----------
 
 CILIUM_SERVED = ("--api-versions", "cilium.io/v2/CiliumClusterwideNetworkPolicy")
 

@@ -16,8 +16,8 @@ import yaml
 
 from tests.cluster.harness import ControlPlane, wait_for
 from tests.support import control_plane_binaries, helm_tools, policy_crds
-from webhook.configuration import mutating_configuration
-from webhook.tamper import admission_policies
+from sortie_egress.admission.registration import mutating_configuration
+from sortie_egress.protection.tamper import admission_policies
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"

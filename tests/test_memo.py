@@ -1,4 +1,4 @@
-"""The memoised mutation (webhook/admission/memo.py) against the direct decision it stands for.
+"""The memoised mutation (sortie_egress/admission/memo.py) against the direct decision it stands for.
 
 The oracle is the direct path itself: ``encode_response(uid, mutate_pod(request))``.
 For random session pods, namespaces, users, uids and dryRun flags, the memoised
@@ -18,14 +18,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhook.admission import memo
-from webhook.admission.memo import MAX_MEMO_ANNOTATION, memoised_mutation, mutation_key
-from webhook.admission.mutate import mutate_pod
-from webhook.admission.response import encode_response
-from webhook.admission.review import ReviewRequest, admission_request, decode_request
-from webhook.backends import BACKENDS
-from webhook.constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, SCHEDULING_GATE, SESSION_ID_LABEL
-from webhook.enforcement import INIT_CONTAINER_NAME, NO_TOKEN_VOLUME, EnforcementWait
+from sortie_egress.admission import memo
+from sortie_egress.admission.memo import MAX_MEMO_ANNOTATION, memoised_mutation, mutation_key
+from sortie_egress.admission.mutate import mutate_pod
+from sortie_egress.admission.response import encode_response
+from sortie_egress.admission.review import ReviewRequest, admission_request, decode_request
+from sortie_egress.backends import BACKENDS
+from sortie_egress.constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, SCHEDULING_GATE, SESSION_ID_LABEL
+from sortie_egress.enforcement_wait.injection import INIT_CONTAINER_NAME, NO_TOKEN_VOLUME, EnforcementWait
 
 WAIT = EnforcementWait("registry.invalid/sortie-egress:1", "sortie-egress-canary.sortie-system.svc")
 

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from webhook import logs
-from webhook.server.metrics import LATENCY_BUCKETS, WebhookMetrics
+from sortie_egress import logs
+from sortie_egress.server.metrics import LATENCY_BUCKETS, WebhookMetrics
 
 
 def samples(text: str, prefix: str) -> dict[str, float]:

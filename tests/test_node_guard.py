@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from webhook import node_guard
-from webhook.render import DnsDestination
+from sortie_egress.guards import node_guard
+from sortie_egress.render.networkpolicy import DnsDestination
 
 NOW = dt.datetime(2026, 12, 7, 12, 0, 0, tzinfo=dt.timezone.utc)
 ALLOWLIST_SESSIONS = {"matchLabels": {"k8s:sortie.io/egress-mode": "allowlist"}}

@@ -62,6 +62,12 @@ def test_image_install_steps_work_in_a_fresh_virtualenv(tmp_path: Path) -> None:
     pod.write_text(yaml.safe_dump(session_pod(policy={"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8"}]})))
     rendered = subprocess.run([str(cli), "render", "-f", str(pod)], capture_output=True, text=True, cwd=tmp_path)
     assert rendered.returncode == 0 and "kind: NetworkPolicy" in rendered.stdout, rendered.stderr
+    # The injected wait under its name and under the name the release before the rename injected
+    # (issue 23: its pods keep starting on this image), from the image's own interpreter.
+    for module in ("sortie_egress.wait", "webhook.wait"):
+        ran = subprocess.run([str(prefix / "bin" / "python"), "-m", module, "--canary", "127.0.0.1", "--port", "1",
+                              "--timeout", "0.2"], capture_output=True, text=True, cwd=tmp_path, timeout=30)
+        assert ran.returncode == 1 and "was not seen enforced" in ran.stderr, (module, ran.returncode, ran.stderr[-500:])
 
 
 def test_kubectl_finds_the_plugin(tmp_path: Path) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.support import session_pod
-from webhook.patch import apply_patch, enforce_patch, no_policy_patch, pointer
-from webhook.session import session_id_problem, session_pod as read_session
+from sortie_egress.admission.patch import apply_patch, enforce_patch, no_policy_patch, pointer
+from sortie_egress.admission.session import session_id_problem, session_pod as read_session
 
 CANONICAL = '{"mode": "allowlist", "rules": []}'
 

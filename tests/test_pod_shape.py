@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.test_admission import mutate
-from webhook.pod_shape import pod_shape_problems
+from sortie_egress.admission.pod_shape import pod_shape_problems
 
 POLICY = json.dumps({"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8", "port": 443, "protocol": "TCP"}]})
 

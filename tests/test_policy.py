@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhook.policy import EgressPolicy, Rule, parse_network, parse_policy
+from sortie_egress.policy.model import EgressPolicy, Rule, parse_network, parse_policy
 
 
 def parse(document: object) -> object:
@@ -278,8 +278,8 @@ def test_never_raises_and_never_half_accepts(text: str) -> None:
 
 def test_only_small_annotations_are_memoised() -> None:
     """A memo of every annotation up to 64 KiB could be driven past the webhook's memory limit."""
-    from webhook.constants import MAX_MEMO_ANNOTATION
-    from webhook.policy import POLICY_MEMO_ENTRIES, _memoised_parse_policy
+    from sortie_egress.constants import MAX_MEMO_ANNOTATION
+    from sortie_egress.policy.model import POLICY_MEMO_ENTRIES, _memoised_parse_policy
 
     large = json.dumps({"mode": "allowlist", "rules": [{"cidr": f"10.0.{i}.0/24", "port": 443} for i in range(200)]})
     assert len(large) > MAX_MEMO_ANNOTATION

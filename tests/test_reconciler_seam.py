@@ -12,11 +12,11 @@ import pytest
 
 from tests.fake_api import FakeCore, FakeObjects
 from tests.test_controller_unit import CANONICAL, DNS_RULE, POLICY, RULE_443, expected_policy, owner, pod_with, sha
-from webhook.controller.metrics import ControllerMetrics
-from webhook.controller.projections import pod_session_key, policy_ownership_key, project_policy, project_pod
-from webhook.controller.reconciler import Conflict, Reconciler
-from webhook.kube.informer import Store
-from webhook.render import DnsDestination
+from sortie_egress.controller.metrics import ControllerMetrics
+from sortie_egress.controller.projections import pod_session_key, policy_ownership_key, project_policy, project_pod
+from sortie_egress.controller.reconciler import Conflict, Reconciler
+from sortie_egress.kube.informer import Store
+from sortie_egress.render.networkpolicy import DnsDestination
 
 KEY = ("ns", "s1")
 NAME = "sortie-egress-s1"

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from tests.netpol_eval import Packet, egress_allows
 from tests.test_policy import policies
-from webhook.policy import EgressPolicy, parse_policy
-from webhook.render import DnsDestination, render_network_policy
-from webhook.session import SessionPod
+from sortie_egress.policy.model import EgressPolicy, parse_policy
+from sortie_egress.render.networkpolicy import DnsDestination, render_network_policy
+from sortie_egress.admission.session import SessionPod
 from tests.support import MODE_EXISTS
 
 K8S_VERSION = "1.37.0"

@@ -6,7 +6,7 @@ import datetime as dt
 
 from cryptography import x509
 
-from webhook.rotation import CertificateState, RotationPolicy, decode_state, encode_ca_secret, encode_serving_secret, plan
+from sortie_egress.certs.rotation import CertificateState, RotationPolicy, decode_state, encode_ca_secret, encode_serving_secret, plan
 
 POLICY = RotationPolicy(hosts=("127.0.0.1", "sortie-egress.sortie-system.svc"), ca_lifetime=dt.timedelta(seconds=90),
                         serving_lifetime=dt.timedelta(seconds=30), overlap=dt.timedelta(seconds=6))
@@ -95,8 +95,8 @@ def test_a_ca_counts_as_trusted_only_when_every_webhook_of_both_configurations_h
     """Serving from a CA one webhook lacks would fail that webhook's calls: it must be injected first."""
     import base64
 
-    from webhook.certs import Authority
-    from webhook.controller.certificates import CertificateManager
+    from sortie_egress.certs.authority import Authority
+    from sortie_egress.controller.certificates import CertificateManager
 
     old, new = (Authority.create(name, dt.timedelta(days=1)) for name in ("old-ca", "new-ca"))
 

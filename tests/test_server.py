@@ -17,7 +17,7 @@ import pytest
 
 from tests.cluster.harness import wait_for
 from tests.support import WebhookProcess, generate_certs, session_pod
-from webhook.server.app import AdmissionEndpoint, WebhookSettings
+from sortie_egress.server.app import AdmissionEndpoint, WebhookSettings
 
 SECRET_MARKER = "do-not-log-this-10.99.99.0"
 
@@ -246,7 +246,7 @@ def test_a_bug_in_a_decision_gets_the_failure_policy_answer_not_a_500() -> None:
 
 def test_listener_context_refuses_anything_below_tls_1_2(tmp_path: Path) -> None:
     """The live test above can pass on a client that cannot speak 1.1 at all; this pins the server side."""
-    from webhook.server.tls import ReloadingTLS
+    from sortie_egress.server.tls import ReloadingTLS
 
     generate_certs(tmp_path)
     tls = ReloadingTLS.from_files(tmp_path / "tls.crt", tmp_path / "tls.key")
@@ -256,7 +256,7 @@ def test_listener_context_refuses_anything_below_tls_1_2(tmp_path: Path) -> None
 
 
 def test_half_written_rotation_keeps_serving_the_old_pair(tmp_path: Path) -> None:
-    from webhook.server.tls import ReloadingTLS
+    from sortie_egress.server.tls import ReloadingTLS
 
     old_dir, new_dir = tmp_path / "old", tmp_path / "new"
     generate_certs(old_dir)

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from webhook import session_baseline
-from webhook.enforcement import wait_needed
-from webhook.render import DnsDestination
+from sortie_egress.guards import session_baseline
+from sortie_egress.enforcement_wait.injection import wait_needed
+from sortie_egress.render.networkpolicy import DnsDestination
 
 NOW = dt.datetime(2026, 12, 7, 12, 0, 0, tzinfo=dt.timezone.utc)
 CLUSTER_DNS_EGRESS = [{"toEndpoints": [{"matchLabels": {"k8s:io.kubernetes.pod.namespace": "kube-system",
@@ -78,7 +78,7 @@ def test_a_baseline_for_another_dns_destination_is_not_this_controllers() -> Non
 def test_the_webhook_injects_the_wait_as_the_mode_and_backend_say(tmp_path: Any) -> None:
     """`serve`'s flags as an operator writes them: with a canary configured, auto leaves the wait
     out on the cilium backend only; required and the default keep it everywhere."""
-    from webhook.cli import _enforcement_wait, build_parser
+    from sortie_egress.cli import _enforcement_wait, build_parser
 
     canary = ["--enforcement-canary", "sortie-egress-canary.sortie-system.svc", "--enforcement-image", "registry.invalid/x:1"]
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhook.strict_json import JSONInputError, loads_strict, nesting_depth_exceeds
+from sortie_egress.policy.strict_json import JSONInputError, loads_strict, nesting_depth_exceeds
 
 
 @pytest.mark.parametrize(

@@ -16,11 +16,11 @@ import pytest
 
 from tests.support import WebhookProcess, generate_certs, session_pod
 from tests.test_server import _raw_tls, request, review_body
-from webhook.admission import memo
-from webhook.admission.memo import mutation_key
-from webhook.admission.review import decode_request
-from webhook.constants import MAX_REVIEW_BYTES
-from webhook.server.budget import BodyBudget
+from sortie_egress.admission import memo
+from sortie_egress.admission.memo import mutation_key
+from sortie_egress.admission.review import decode_request
+from sortie_egress.constants import MAX_REVIEW_BYTES
+from sortie_egress.server.budget import BodyBudget
 
 SHIPPED_LIMIT = 256 * 1024 * 1024
 

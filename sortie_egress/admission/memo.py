@@ -22,7 +22,7 @@ id that cannot name a NetworkPolicy, an annotation over ``MAX_MEMO_ANNOTATION``
 characters, gate and init container names over ``MAX_MEMO_KEY`` characters together,
 fields that are not strings, an init container or volume already named
 like ours, whose whole spec matters, or a pod that sets ``hostNetwork``, ``privileged``
-or capabilities, which webhook/pod_shape.py judges) take the direct path.
+or capabilities, which sortie_egress/admission/pod_shape.py judges) take the direct path.
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ from typing import Any
 
 import msgspec
 
-from ..backends import DEFAULT_BACKEND
-from ..constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, MAX_MEMO_ANNOTATION, SESSION_ID_LABEL
-from ..enforcement import INIT_CONTAINER_NAME, NO_TOKEN_VOLUME, EnforcementWait
-from ..session import session_id_problem
-from .mutate import mutate_pod
-from .response import Decision, encode_response
-from .review import AdmissionRequest, ReviewRequest, SpecView
+from sortie_egress.backends import DEFAULT_BACKEND
+from sortie_egress.constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, MAX_MEMO_ANNOTATION, SESSION_ID_LABEL
+from sortie_egress.enforcement_wait.injection import INIT_CONTAINER_NAME, NO_TOKEN_VOLUME, EnforcementWait
+from sortie_egress.admission.session import session_id_problem
+from sortie_egress.admission.mutate import mutate_pod
+from sortie_egress.admission.response import Decision, encode_response
+from sortie_egress.admission.review import AdmissionRequest, ReviewRequest, SpecView
 
 #: 1024 answers of at most a few times MAX_MEMO_ANNOTATION each: a few MiB at most.
 MEMO_ENTRIES = 1024
@@ -80,7 +80,7 @@ def _key_size(names: tuple[str | None, ...] | None) -> int:
 
 def _may_escape(spec: SpecView) -> bool:
     """Host network, or a container with ``privileged`` or added capabilities: the answer then
-    depends on them (webhook/pod_shape.py), so such a pod is decided directly. Sessions seldom
+    depends on them (sortie_egress/admission/pod_shape.py), so such a pod is decided directly. Sessions seldom
     are; the key stays as small as the common pod needs."""
     if spec.hostNetwork is not None:
         return True

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from ..backends import DEFAULT_BACKEND, backend_problems, backend_warnings
-from ..constants import EGRESS_POLICY_ANNOTATION
-from ..enforcement import EnforcementWait
-from ..patch import enforce_patch, no_policy_patch, pointer
-from ..pod_shape import pod_shape_problems
-from ..policy import PolicyParse, parse_policy
-from ..session import SessionPod, session_id_problem, session_pod
-from .response import Decision, allow, deny
-from .review import AdmissionRequest
+from sortie_egress.backends import DEFAULT_BACKEND, backend_problems, backend_warnings
+from sortie_egress.constants import EGRESS_POLICY_ANNOTATION
+from sortie_egress.enforcement_wait.injection import EnforcementWait
+from sortie_egress.admission.patch import enforce_patch, no_policy_patch, pointer
+from sortie_egress.admission.pod_shape import pod_shape_problems
+from sortie_egress.policy.model import PolicyParse, parse_policy
+from sortie_egress.admission.session import SessionPod, session_id_problem, session_pod
+from sortie_egress.admission.response import Decision, allow, deny
+from sortie_egress.admission.review import AdmissionRequest
 
 
 def judge(session: SessionPod, shape_problems: list[str] | tuple[str, ...] = (),
@@ -43,7 +43,7 @@ def _reapplied(request: AdmissionRequest) -> Decision:
     """A Pod UPDATE that rewrites the policy annotation: ``kubectl apply`` of the unchanged
     manifest sends the creator's text back over our canonical form. Where the new text means
     exactly the admitted policy, the canonical text is kept, so re-applying succeeds; any
-    other change is left alone for the admission policy to refuse (webhook/tamper.py)."""
+    other change is left alone for the admission policy to refuse (sortie_egress/protection/tamper.py)."""
     old, new = session_pod(request.old_obj or {}), session_pod(request.obj or {})
     if old is None or new is None or old.annotation is None or new.annotation == old.annotation:
         return allow()
@@ -57,7 +57,7 @@ def _reapplied(request: AdmissionRequest) -> Decision:
 def mutate_pod(request: AdmissionRequest, wait: EnforcementWait | None = None, backend: str = DEFAULT_BACKEND) -> Decision:
     """Decide a Pod CREATE (or an UPDATE re-stating its policy). Pure: a dryRun request gets the same answer.
 
-    ``wait``: the init container that holds an enforced pod's containers back (enforcement.py);
+    ``wait``: the init container that holds an enforced pod's containers back (enforcement_wait/injection.py);
     None where the operator runs without one. ``backend``: the operator's --backend."""
     if request.kind != "Pod" or request.obj is None:
         return allow()

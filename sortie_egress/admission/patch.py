@@ -11,9 +11,9 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from .constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, SCHEDULING_GATE
-from .enforcement import EnforcementWait, wait_patch
-from .session import annotations_of, labels_of, spec_names
+from sortie_egress.constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, SCHEDULING_GATE
+from sortie_egress.enforcement_wait.injection import EnforcementWait, wait_patch
+from sortie_egress.admission.session import annotations_of, labels_of, spec_names
 
 JsonPatch = list[dict[str, Any]]
 

@@ -15,7 +15,7 @@ The container runtime's default capability set (containerd's and CRI-O's include
 not refused: that would refuse nearly every pod written without a security context, and Pod
 Security ``restricted`` (which requires ``drop: [ALL]``) is the tool made for it; docs/security.md
 says what that leaves. Pure: the same list for admission, ``check`` and the tests; the admission
-policies (webhook/tamper.py) check the same shapes in the API server for pods that reach it
+policies (sortie_egress/protection/tamper.py) check the same shapes in the API server for pods that reach it
 without us.
 """
 

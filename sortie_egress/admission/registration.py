@@ -5,7 +5,7 @@ One definition serves the shipped manifests' tests, the control-plane tests
 caBundle), so the scoping that keeps an outage small cannot drift apart: the
 mutating webhook fails closed but only sees session pods, so an outage blocks
 new sessions and nothing else. (Tamper protection is not a webhook: it runs
-inside the API server, webhook/tamper.py.)
+inside the API server, sortie_egress/protection/tamper.py.)
 
 Only kube-system is exempt by namespace: the product's own pods carry no
 session label, so the object selector already leaves them alone, wherever
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .constants import EGRESS_POLICY_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SESSION_ID_LABEL
-from .tamper import cel_string
+from sortie_egress.constants import EGRESS_POLICY_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SESSION_ID_LABEL
+from sortie_egress.protection.tamper import cel_string
 
 MUTATING_NAME = "sortie-egress"
 EXCLUDED_NAMESPACES = ("kube-system",)

@@ -8,8 +8,8 @@ from typing import Any
 
 import msgspec
 
-from ..patch import JsonPatch
-from .review import ADMISSION_API_VERSION
+from sortie_egress.admission.patch import JsonPatch
+from sortie_egress.admission.review import ADMISSION_API_VERSION
 
 INVALID = 422
 _encode = msgspec.json.Encoder().encode

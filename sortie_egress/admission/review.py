@@ -48,7 +48,7 @@ class SecurityContextView(msgspec.Struct, omit_defaults=True):
 
 class ContainerView(msgspec.Struct, omit_defaults=True):
     """A container: its name, and the parts of its security context that escape a policy
-    (webhook/pod_shape.py); image, env, mounts and the rest are skipped unread."""
+    (sortie_egress/admission/pod_shape.py); image, env, mounts and the rest are skipped unread."""
 
     name: Any = None
     securityContext: SecurityContextView | None = None

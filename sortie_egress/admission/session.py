@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .constants import (
+from sortie_egress.constants import (
     APP_ID_LABEL,
     EGRESS_POLICY_ANNOTATION,
     POLICY_NAME_PREFIX,

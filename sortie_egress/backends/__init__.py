@@ -2,14 +2,14 @@
 
 The operator chooses the backend (``--backend``) for the whole cluster:
 
-- ``networkpolicy`` (the default): a namespaced NetworkPolicy per session (render.py). Only
+- ``networkpolicy`` (the default): a namespaced NetworkPolicy per session (render/networkpolicy.py). Only
   allows: a denylist cannot deny single ports (the whole network is denied, with a warning; the
   canonical annotation keeps the ports, so another backend would honour them), names cannot be
-  written, and any other policy that selects the pod widens it (effective.py detects this).
-- ``clusternetworkpolicy``: an Admin-tier ClusterNetworkPolicy per session (render_cluster.py),
+  written, and any other policy that selects the pod widens it (effective/networkpolicy.py detects this).
+- ``clusternetworkpolicy``: an Admin-tier ClusterNetworkPolicy per session (render/clusternetworkpolicy.py),
   with ordered Accept and Deny rules that no NetworkPolicy can re-open; ports honoured in a
   denylist; FQDN rules as ``domainNames``.
-- ``cilium``: a CiliumNetworkPolicy per session (render_cilium.py): ``egressDeny`` where a deny
+- ``cilium``: a CiliumNetworkPolicy per session (render/cilium.py): ``egressDeny`` where a deny
   is meant, FQDN rules as ``toFQDNs``.
 
 A policy the chosen backend cannot enforce *exactly* is refused at admission with the reason
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
-from .policy import EgressPolicy, Rule
+from sortie_egress.policy.model import EgressPolicy, Rule
 
 Backend = Literal["networkpolicy", "clusternetworkpolicy", "cilium"]
 BACKENDS: Final = ("networkpolicy", "clusternetworkpolicy", "cilium")

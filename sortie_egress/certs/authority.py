@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .constants import SERVICE_NAME
+from sortie_egress.constants import SERVICE_NAME
 
 def service_hosts(namespace: str) -> tuple[str, ...]:
     """The names the API server (and anything in the cluster) may reach the webhook Service by."""

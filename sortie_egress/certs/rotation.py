@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from .certs import Authority, load_authority
+from sortie_egress.certs.authority import Authority, load_authority
 
 RENEW_FRACTION = 1 / 3
 

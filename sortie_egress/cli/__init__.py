@@ -18,13 +18,13 @@ from typing import Any
 
 import yaml
 
-from . import __version__
-from .backends import BACKENDS, DEFAULT_BACKEND
-from .render_cluster import DEFAULT_PRIORITY
+from sortie_egress import __version__
+from sortie_egress.backends import BACKENDS, DEFAULT_BACKEND
+from sortie_egress.render.clusternetworkpolicy import DEFAULT_PRIORITY
 
-from .render import DnsDestination, render_network_policy
-from .session import session_pod
-from .wait import add_arguments as add_wait_arguments
+from sortie_egress.render.networkpolicy import DnsDestination, render_network_policy
+from sortie_egress.admission.session import session_pod
+from sortie_egress.wait import add_arguments as add_wait_arguments
 
 DEFAULT_CERT_DIR = Path("certs")
 # `serve` with no certificate regenerates local ones that are this close to expiry.
@@ -74,8 +74,8 @@ def _warn(lines: Sequence[str]) -> None:
 
 def _judge(manifest: dict[str, Any], backend: str) -> tuple[Any, Any, list[str], tuple[str, ...]]:
     """(session, parsed policy, problems) exactly as admission judges the pod."""
-    from .admission.mutate import judge
-    from .pod_shape import pod_shape_problems
+    from sortie_egress.admission.mutate import judge
+    from sortie_egress.admission.pod_shape import pod_shape_problems
 
     session = session_pod(manifest)
     if session is None:
@@ -103,11 +103,11 @@ def _report(manifest: dict[str, Any], backend: str) -> tuple[Any, Any] | int:
 def _render_for(backend: str, session: Any, policy: Any, dns: DnsDestination) -> dict[str, Any]:
     """What the controller creates for the session on ``backend`` (before its owners and digest)."""
     if backend == "clusternetworkpolicy":
-        from .render_cluster import render_cluster_network_policy
+        from sortie_egress.render.clusternetworkpolicy import render_cluster_network_policy
 
         return render_cluster_network_policy(session, policy, dns)
     if backend == "cilium":
-        from .render_cilium import render_cilium_network_policy
+        from sortie_egress.render.cilium import render_cilium_network_policy
 
         return render_cilium_network_policy(session, policy, dns)
     return render_network_policy(session, policy, dns)
@@ -115,7 +115,7 @@ def _render_for(backend: str, session: Any, policy: Any, dns: DnsDestination) ->
 
 def cmd_render(args: argparse.Namespace) -> int:
     if args.session_baseline or args.node_guard:
-        from . import node_guard, session_baseline
+        from sortie_egress.guards import node_guard, session_baseline
 
         shipped = session_baseline if args.session_baseline else node_guard
         sys.stdout.write(_dump(shipped.render(args.dns), args.output))
@@ -136,7 +136,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_certs_generate(args: argparse.Namespace) -> int:
-    from . import certs
+    from sortie_egress.certs import authority as certs
 
     hosts = [host for host in args.hosts.split(",") if host.strip()] if args.hosts else list(certs.DEFAULT_HOSTS)
     try:
@@ -151,7 +151,7 @@ def cmd_certs_generate(args: argparse.Namespace) -> int:
 
 def _local_certificates(folder: Path) -> tuple[str, str]:
     """Certificates for a local `serve` with none given: reuse, or make fresh ones."""
-    from . import certs
+    from sortie_egress.certs import authority as certs
 
     cert, key = folder / "tls.crt", folder / "tls.key"
     try:
@@ -165,9 +165,9 @@ def _local_certificates(folder: Path) -> tuple[str, str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from . import logs
-    from .server.app import WebhookSettings
-    from .server.serve import ServeOptions, run
+    from sortie_egress import logs
+    from sortie_egress.server.app import WebhookSettings
+    from sortie_egress.server.serve import ServeOptions, run
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CommandError("--tls-cert and --tls-key go together")
@@ -175,7 +175,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CommandError("--tls-secret and --tls-cert/--tls-key are alternatives")
     secret = None
     if args.tls_secret:
-        from .kube.client import own_namespace
+        from sortie_egress.kube.client import own_namespace
 
         namespace, slash, name = args.tls_secret.rpartition("/")
         if not name or (slash and not namespace):
@@ -209,8 +209,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    from .review_client import ReviewFailed, send_review
-    from .patch import apply_patch
+    from sortie_egress.cli.review_client import ReviewFailed, send_review
+    from sortie_egress.admission.patch import apply_patch
 
     manifest = load_manifest(args.file)
     try:
@@ -254,10 +254,10 @@ def _positive_seconds(text: str) -> float:
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
-    from . import logs
-    from .certs import service_hosts
-    from .controller.main import ControllerOptions, run
-    from .rotation import RotationPolicy
+    from sortie_egress import logs
+    from sortie_egress.certs.authority import service_hosts
+    from sortie_egress.controller.main import ControllerOptions, run
+    from sortie_egress.certs.rotation import RotationPolicy
 
     logs.configure(args.log_level)
     certificates = None
@@ -300,7 +300,7 @@ def _judged_objects(api: Any, backend: str, namespaces: list[str]) -> list[dict[
 
     from kubernetes import client
 
-    from .controller.session_objects import judged_kinds
+    from sortie_egress.kube.policy_objects import judged_kinds
 
     judged: list[dict[str, Any]] = []
     for kind in judged_kinds(client.CustomObjectsApi(api), backend):
@@ -317,7 +317,7 @@ def _backend_objects(api: Any, backend: str, namespaces: list[str]) -> tuple[Any
 
     from kubernetes import client
 
-    from .controller import session_objects
+    from sortie_egress.kube import policy_objects as session_objects
 
     if backend == "networkpolicy":
         return None, None, None
@@ -338,8 +338,8 @@ def _backend_objects(api: Any, backend: str, namespaces: list[str]) -> tuple[Any
         owned += [objects.project(obj) for obj in _json.loads(listing(_preload_content=False).data)["items"]]
     if backend == "clusternetworkpolicy" and namespaces:
         # Someone else's cluster policies carry no session namespace, and any of them may come
-        # before a session's in the Admin tier: judged for every namespace (effective_cluster.py).
-        from .controller.desired import is_managed
+        # before a session's in the Admin tier: judged for every namespace (effective/clusternetworkpolicy.py).
+        from sortie_egress.controller.plan import is_managed
 
         everything = _json.loads(objects.list_all(_preload_content=False).data)["items"]
         owned += [objects.project(obj) for obj in everything if not is_managed(obj)]
@@ -354,8 +354,8 @@ def _node_guard_problem(api: Any, backend: str, dns: DnsDestination) -> str | No
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    from . import node_guard
-    from .controller.session_objects import CILIUM_CLUSTERWIDE_PLURAL, CILIUM_GROUP, CILIUM_VERSION, clusterwide_kind
+    from sortie_egress.guards import node_guard
+    from sortie_egress.kube.policy_objects import CILIUM_CLUSTERWIDE_PLURAL, CILIUM_GROUP, CILIUM_VERSION, clusterwide_kind
 
     if backend not in node_guard.REQUIRED_ON:
         return None
@@ -380,11 +380,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from kubernetes.config.config_exception import ConfigException
     from urllib3.exceptions import HTTPError
 
-    from .constants import SESSION_ID_LABEL
-    from .controller.audit import audit, format_rows
-    from .controller.desired import ClusterPolicyOptions
-    from .controller.session_objects import namespaced_policy_name
-    from .kube.client import api_client
+    from sortie_egress.constants import SESSION_ID_LABEL
+    from sortie_egress.controller.audit import audit, format_rows
+    from sortie_egress.controller.plan import ClusterPolicyOptions
+    from sortie_egress.kube.policy_objects import namespaced_policy_name
+    from sortie_egress.kube.client import api_client
 
     try:
         api = api_client(args.kubeconfig)
@@ -405,7 +405,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         guard_problem = _node_guard_problem(api, args.backend, args.dns)
         canary = None
         if args.canary_port:
-            from .controller.canary import CANARY_SELECTOR, canary_for, project_canary_pod
+            from sortie_egress.controller.canary import CANARY_SELECTOR, canary_for, project_canary_pod
 
             canary_pods = _json.loads(core.list_namespaced_pod(args.system_namespace, label_selector=CANARY_SELECTOR,
                                                                _preload_content=False).data)["items"]
@@ -425,12 +425,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Webhook and controller in one process, for local development."""
-    from .controller.main import Controller, ControllerOptions
+    from sortie_egress.controller.main import Controller, ControllerOptions
 
     options = ControllerOptions(namespaces=list(args.namespace), dns=args.dns, kubeconfig=args.kubeconfig,
                                 metrics_port=None, leader_elect=args.leader_elect, system_namespace=args.system_namespace,
                                 backend=args.backend)
-    from . import logs
+    from sortie_egress import logs
 
     logs.configure(args.log_level)
     try:
@@ -446,7 +446,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _enforcement_wait(args: argparse.Namespace) -> Any:
     """The init container to inject, from --enforcement-canary/-port/-image; None without a canary."""
-    from .enforcement import EnforcementWait, wait_needed
+    from sortie_egress.enforcement_wait.injection import EnforcementWait, wait_needed
 
     if not args.enforcement_canary:
         return None
@@ -463,7 +463,7 @@ def _enforcement_wait(args: argparse.Namespace) -> Any:
         raise CommandError(f"--enforcement-port must be between 1 and 65534, not {args.enforcement_port}")
     host = args.enforcement_canary
     if "." not in host and ":" not in host:  # a bare Service name: ours, in the namespace we run in
-        from .kube.client import own_namespace
+        from sortie_egress.kube.client import own_namespace
 
         host = f"{host}.{own_namespace()}.svc"
     return EnforcementWait(args.enforcement_image, host, args.enforcement_port)
@@ -480,7 +480,7 @@ def _canary_ca_file(args: argparse.Namespace, cert: str | None) -> str:
 
 
 def cmd_wait_for_enforcement(args: argparse.Namespace) -> int:
-    from .wait import trust_of, wait_for_enforcement
+    from sortie_egress.wait import trust_of, wait_for_enforcement
 
     try:
         trust = trust_of(args)
@@ -494,7 +494,7 @@ KEEP_ALIVE_SECONDS = 120.0
 
 
 def _system_namespace_flag(parser: argparse.ArgumentParser) -> None:
-    from .kube.client import own_namespace
+    from sortie_egress.kube.client import own_namespace
 
     parser.add_argument("--system-namespace", "--lease-namespace", dest="system_namespace", default=own_namespace(),
                         help="the namespace the product runs in: its Lease and certificate Secrets (default: "
@@ -531,7 +531,7 @@ def _backend_flag(parser: argparse.ArgumentParser) -> None:
 
 def _wait_mode(text: str) -> str:
     """An --enforcement-wait mode, checked also when it comes from $SORTIE_EGRESS_ENFORCEMENT_WAIT."""
-    from .enforcement import WAIT_MODES
+    from sortie_egress.enforcement_wait.injection import WAIT_MODES
 
     if text not in WAIT_MODES:
         raise argparse.ArgumentTypeError(f"{text!r} is not an enforcement-wait mode (choose from {', '.join(WAIT_MODES)}; "

@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
-from .admission.review import ADMISSION_API_VERSION
+from sortie_egress.admission.review import ADMISSION_API_VERSION
 
 
 class ReviewFailed(Exception):

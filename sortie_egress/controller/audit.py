@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..backends import DEFAULT_BACKEND
-from ..constants import EGRESS_MODE_LABEL, POLICY_NAME_PREFIX, SESSION_ID_LABEL
-from ..node_guard import GUARDED_MODE
-from ..render import Canary, DnsDestination
-from .desired import (
+from sortie_egress.backends import DEFAULT_BACKEND
+from sortie_egress.constants import EGRESS_MODE_LABEL, POLICY_NAME_PREFIX, SESSION_ID_LABEL
+from sortie_egress.guards.node_guard import GUARDED_MODE
+from sortie_egress.render.networkpolicy import Canary, DnsDestination
+from sortie_egress.controller.plan import (
     INVALID_POLICY,
     KIND_OF,
     effective_widenings,
@@ -31,7 +31,7 @@ from .desired import (
     plan_session,
     policy_matches,
 )
-from .session_objects import namespaced_policy_name
+from sortie_egress.kube.policy_objects import namespaced_policy_name
 
 WRONG = ("missing", "drifted", "gated", "unlabelled", "invalid", "orphan", "conflict", "mismatch", "changed", "widened",
          "unguarded")
@@ -127,7 +127,7 @@ def audit(pods: list[dict[str, Any]], policies: list[dict[str, Any]], dns: DnsDe
     for policy in policies:  # every NetworkPolicy: what may widen a session
         if not is_managed(policy):
             others_by_namespace[_name(policy)[0]].append(policy)
-    if backend == "cilium":  # and, read alike by effective_cilium.py, every CiliumNetworkPolicy
+    if backend == "cilium":  # and, read alike by effective/cilium.py, every CiliumNetworkPolicy
         for policy in owned or []:
             if not is_managed(policy):
                 others_by_namespace[_name(policy)[0]].append(policy)

@@ -1,4 +1,4 @@
-"""The enforcement canary the controller serves (enforcement.py has the why, canary_protocol.py
+"""The enforcement canary the controller serves (enforcement_wait/injection.py has the why, enforcement_wait/protocol.py
 what makes one round of the wait sound).
 
 Every replica listens, leader or not. Both ports answer every connection with the token and
@@ -10,7 +10,7 @@ that show the closed listener up and never overflowing.
 
 The open port answers inside TLS, with the webhook's serving certificate (the controller follows
 its Secret and hands each version to the canary process): the wait believes only that
-certificate (canary_pin.py). A client that sends no TLS ClientHello within ``LEGACY_GRACE`` (a
+certificate (enforcement_wait/pin.py). A client that sends no TLS ClientHello within ``LEGACY_GRACE`` (a
 wait admitted before the canary spoke TLS, whose init container reruns after a node restart)
 gets the answer in the clear as before. Each open-port connection is answered on a worker thread
 (at most ``MAX_IN_FLIGHT`` at once, beyond that closed at once), so a client that stalls its
@@ -41,12 +41,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
-from .. import logs
-from ..canary_protocol import CANARY_TOKEN, SELF_CHECK_INTERVAL, CanaryStatus
-from ..enforcement import CANARY_POD_LABELS, closed_port
-from ..render import Canary
-from ..server.tls import ReloadingTLS
-from ..wait import Trust, ask  # the wait's own reader: the controller checks its canary as a session pod would
+from sortie_egress import logs
+from sortie_egress.enforcement_wait.protocol import CANARY_TOKEN, SELF_CHECK_INTERVAL, CanaryStatus
+from sortie_egress.enforcement_wait.injection import CANARY_POD_LABELS, closed_port
+from sortie_egress.render.networkpolicy import Canary
+from sortie_egress.server.tls import ReloadingTLS
+from sortie_egress.wait import Trust, ask  # the wait's own reader: the controller checks its canary as a session pod would
 
 log = logging.getLogger("sortie.controller.canary")
 
@@ -232,7 +232,7 @@ class CanaryProcess:
         listeners = [_listener(host, port), _listener(host, closed_port(port))]
         fds = [listener.fileno() for listener in listeners]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "webhook.controller.canary", "--open-fd", str(fds[0]), "--closed-fd", str(fds[1])],
+            [sys.executable, "-m", "sortie_egress.controller.canary", "--open-fd", str(fds[0]), "--closed-fd", str(fds[1])],
             pass_fds=fds, stdin=subprocess.PIPE)
         for listener in listeners:
             listener.close()
@@ -308,7 +308,7 @@ def follow_certificates(feed: IO[bytes], tls: ReloadingTLS) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The child: serve the two listeners it was handed until SIGTERM or its parent is gone."""
-    parser = argparse.ArgumentParser(prog="python -m webhook.controller.canary")
+    parser = argparse.ArgumentParser(prog="python -m sortie_egress.controller.canary")
     parser.add_argument("--open-fd", type=int, required=True)
     parser.add_argument("--closed-fd", type=int, required=True)
     args = parser.parse_args(argv)

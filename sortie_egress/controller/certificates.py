@@ -19,8 +19,8 @@ from typing import Any
 
 from cryptography import x509
 
-from ..configuration import MUTATING_NAME
-from ..rotation import CertificateState, RotationPolicy, decode_state, encode_ca_secret, encode_serving_secret, plan
+from sortie_egress.admission.registration import MUTATING_NAME
+from sortie_egress.certs.rotation import CertificateState, RotationPolicy, decode_state, encode_ca_secret, encode_serving_secret, plan
 
 log = logging.getLogger("sortie.certificates")
 

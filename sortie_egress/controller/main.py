@@ -13,24 +13,24 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from ..backends import DEFAULT_BACKEND
-from .. import node_guard, session_baseline
-from ..constants import POLICY_NAME_PREFIX, SESSION_ID_LABEL
-from ..enforcement import INIT_CONTAINER_NAME, init_container_names, wait_needed
-from ..kube.client import api_client
-from ..kube.informer import Informer, Store
-from ..render import DnsDestination
-from ..rotation import RotationPolicy
-from .canary import CANARY_SELECTOR, CanaryProcess, canary_for, project_canary_pod
-from .desired import is_managed
-from .metrics import ControllerMetrics
-from .projections import pod_session_key, policy_ownership_key, project_policy, project_pod
-from .queue import WorkQueue
-from .reconciler import Conflict, Reconciler, SessionKey
-from ..render_cluster import CNP_GROUP, DEFAULT_PRIORITY
-from .desired import ClusterPolicyOptions
-from .desired import BASELINE_MISSING, NODE_GUARD_MISSING
-from .session_objects import (JudgedKind, cilium_network_policies, cilium_served, cluster_network_policies,
+from sortie_egress.backends import DEFAULT_BACKEND
+from sortie_egress.guards import node_guard, session_baseline
+from sortie_egress.constants import POLICY_NAME_PREFIX, SESSION_ID_LABEL
+from sortie_egress.enforcement_wait.injection import INIT_CONTAINER_NAME, init_container_names, wait_needed
+from sortie_egress.kube.client import api_client
+from sortie_egress.kube.informer import Informer, Store
+from sortie_egress.render.networkpolicy import DnsDestination
+from sortie_egress.certs.rotation import RotationPolicy
+from sortie_egress.controller.canary import CANARY_SELECTOR, CanaryProcess, canary_for, project_canary_pod
+from sortie_egress.controller.plan import is_managed
+from sortie_egress.controller.metrics import ControllerMetrics
+from sortie_egress.controller.projections import pod_session_key, policy_ownership_key, project_policy, project_pod
+from sortie_egress.controller.queue import WorkQueue
+from sortie_egress.controller.reconciler import Conflict, Reconciler, SessionKey
+from sortie_egress.render.clusternetworkpolicy import CNP_GROUP, DEFAULT_PRIORITY
+from sortie_egress.controller.plan import ClusterPolicyOptions
+from sortie_egress.controller.plan import BASELINE_MISSING, NODE_GUARD_MISSING
+from sortie_egress.kube.policy_objects import (JudgedKind, cilium_network_policies, cilium_served, cluster_network_policies,
                               cluster_policy_domain_names, cluster_policy_version, clusterwide_kind, judged_kinds,
                               network_policies)
 
@@ -64,7 +64,7 @@ class ControllerOptions:
     #: (namespace, name) of the Secret whose pair the canary's open port serves (the webhook's
     #: serving Secret: the waits are pinned to it). None: the canary cannot prove who it is.
     canary_tls_secret: tuple[str, str] | None = None
-    #: What enforces sessions (backends.py): networkpolicy, cilium or clusternetworkpolicy.
+    #: What enforces sessions (backends/): networkpolicy, cilium or clusternetworkpolicy.
     backend: str = DEFAULT_BACKEND
     #: clusternetworkpolicy: the Admin-tier priority of session policies (lower wins).
     cluster_policy_priority: int = DEFAULT_PRIORITY
@@ -146,7 +146,7 @@ class Controller:
         self.last_progress = time.monotonic()
         self.elector = None
         if options.leader_elect:
-            from .lease import LeaderElector
+            from sortie_egress.controller.lease import LeaderElector
 
             self.elector = LeaderElector(self.coordination, options.system_namespace, options.lease_name,
                                          options.identity, self.stop)
@@ -180,7 +180,7 @@ class Controller:
         """One of the backend's objects (not a NetworkPolicy): its session, ours or named like ours;
         on cilium, someone else's CiliumNetworkPolicy also every session of its namespace (it may
         widen any of them, and is judged like a NetworkPolicy); on clusternetworkpolicy, someone
-        else's ClusterNetworkPolicy every session (effective_cluster.py)."""
+        else's ClusterNetworkPolicy every session (effective/clusternetworkpolicy.py)."""
         key = Reconciler.key_for(obj)
         if key is not None:
             self.queue.add(key)
@@ -405,7 +405,7 @@ class Controller:
         if self.options.certificates is not None:
             from kubernetes import client
 
-            from .certificates import CertificateManager
+            from sortie_egress.controller.certificates import CertificateManager
 
             policy = self.options.certificates
             self.certificates = CertificateManager(self.core, client.AdmissionregistrationV1Api(self.api), policy,
@@ -419,9 +419,9 @@ class Controller:
     def _follow_canary_certificate(self, namespace: str, name: str) -> None:
         """Hand each version of the serving Secret's pair to the canary, and check it with the
         Secret's own CAs, as the waits pinned to them will."""
-        from ..canary_pin import pin_from
-        from ..kube.secret_follower import follow_secret
-        from ..wait import Trust
+        from sortie_egress.enforcement_wait.pin import pin_from
+        from sortie_egress.kube.secret_follower import follow_secret
+        from sortie_egress.wait import Trust
 
         canary = self.canary
         assert canary is not None
@@ -459,7 +459,7 @@ def run(options: ControllerOptions) -> int:
     """Run until SIGTERM/SIGINT."""
     controller = Controller(options)
     if options.metrics_port is not None:
-        from .health import serve_health
+        from sortie_egress.controller.health import serve_health
 
         serve_health(options.metrics_host, options.metrics_port, controller)
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -28,7 +28,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..constants import (
+from sortie_egress.constants import (
     APP_ID_LABEL,
     EGRESS_MODE_LABEL,
     EGRESS_POLICY_LABEL,
@@ -39,13 +39,13 @@ from ..constants import (
     SESSION_ID_LABEL,
     SESSION_PODS_ANNOTATION,
 )
-from ..patch import JsonPatch, pointer
-from ..backends import DEFAULT_BACKEND, backend_problems
-from ..policy import FAIL_CLOSED_POLICY, EgressPolicy, parse_policy
-from ..render import Canary, DnsDestination, render_network_policy
-from ..render_cilium import render_cilium_network_policy
-from ..render_cluster import CNP_VERSIONS, DEFAULT_PRIORITY, render_cluster_network_policy
-from ..session import session_id_problem, session_pod
+from sortie_egress.admission.patch import JsonPatch, pointer
+from sortie_egress.backends import DEFAULT_BACKEND, backend_problems
+from sortie_egress.policy.model import FAIL_CLOSED_POLICY, EgressPolicy, parse_policy
+from sortie_egress.render.networkpolicy import Canary, DnsDestination, render_network_policy
+from sortie_egress.render.cilium import render_cilium_network_policy
+from sortie_egress.render.clusternetworkpolicy import CNP_VERSIONS, DEFAULT_PRIORITY, render_cluster_network_policy
+from sortie_egress.admission.session import session_id_problem, session_pod
 
 FINISHED_PHASES = ("Succeeded", "Failed")
 _OUR_LABELS = (SESSION_ID_LABEL, APP_ID_LABEL, EGRESS_POLICY_LABEL, MANAGED_BY_LABEL)
@@ -171,8 +171,8 @@ def effective_widenings(backend: str, reference: dict[str, Any], others: list[di
     """What widens a session pod on ``backend``: on clusternetworkpolicy only Admin-tier
     ClusterNetworkPolicies that come first (``others`` are the cluster's, none of ours); elsewhere
     NetworkPolicies and, on Cilium, CiliumNetworkPolicies (``others``: the namespace's, none of ours)."""
-    from ..effective import widenings
-    from ..effective_cluster import cluster_widenings
+    from sortie_egress.effective.networkpolicy import widenings
+    from sortie_egress.effective.clusternetworkpolicy import cluster_widenings
 
     if backend == "clusternetworkpolicy":
         return cluster_widenings(reference, others, namespace, labels, priority)
@@ -187,7 +187,7 @@ def _render(owners: list[dict[str, Any]], policy: EgressPolicy, digest: str, dns
     assert session is not None
     if backend == "clusternetworkpolicy":
         # Admin-tier rules come before every NetworkPolicy: none can widen it, but another
-        # Admin-tier ClusterNetworkPolicy that comes first can (effective_cluster.py), judged
+        # Admin-tier ClusterNetworkPolicy that comes first can (effective/clusternetworkpolicy.py), judged
         # against the session's policy as a NetworkPolicy. No owner references on a cluster-scoped
         # object: the pods it is for are named in an annotation (the pin and the clean-up read it).
         rendered = render_cluster_network_policy(session, policy, dns, canary, cluster.version, cluster.priority)
@@ -248,7 +248,7 @@ def plan_session(pods: list[dict[str, Any]], existing: dict[str, Any] | None, dn
                  cluster: ClusterPolicyOptions = ClusterPolicyOptions()) -> SessionPlan:
     """CONTRACT §3 for one session: every pod of it (any state), and the policy with its name, if any.
     ``canary``: the enforcement canary every session policy must open and cut out (render.Canary).
-    ``backend``: the kind of object that enforces it (backends.py); ``existing`` is of that kind."""
+    ``backend``: the kind of object that enforces it (backends/); ``existing`` is of that kind."""
     plan = SessionPlan()
     if not pods:
         plan.delete = is_managed(existing)  # an orphan: its pods are all gone

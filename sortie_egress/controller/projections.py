@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ..constants import EGRESS_POLICY_ANNOTATION, POLICY_DIGEST_ANNOTATION, SESSION_ID_LABEL, SESSION_PODS_ANNOTATION
-from .desired import is_managed, spec_digest
+from sortie_egress.constants import EGRESS_POLICY_ANNOTATION, POLICY_DIGEST_ANNOTATION, SESSION_ID_LABEL, SESSION_PODS_ANNOTATION
+from sortie_egress.controller.plan import is_managed, spec_digest
 
 SessionKey = tuple[str, str]  # namespace, session id
 

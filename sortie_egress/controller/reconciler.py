@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any
 
-from ..backends import DEFAULT_BACKEND
-from ..constants import EGRESS_MODE_LABEL, MANAGED_BY_LABEL, POLICY_NAME_PREFIX, SESSION_ID_LABEL
-from ..render_cluster import CLUSTER_POLICY_PREFIX
-from ..kube.informer import Store
-from ..patch import pointer
-from ..render import Canary, DnsDestination
-from .desired import (
+from sortie_egress.backends import DEFAULT_BACKEND
+from sortie_egress.constants import EGRESS_MODE_LABEL, MANAGED_BY_LABEL, POLICY_NAME_PREFIX, SESSION_ID_LABEL
+from sortie_egress.render.clusternetworkpolicy import CLUSTER_POLICY_PREFIX
+from sortie_egress.kube.informer import Store
+from sortie_egress.admission.patch import pointer
+from sortie_egress.render.networkpolicy import Canary, DnsDestination
+from sortie_egress.controller.plan import (
     CONFLICT,
     ClusterPolicyOptions,
     WIDENED,
@@ -39,9 +39,9 @@ from .desired import (
     pod_patch,
     policy_matches,
 )
-from .metrics import ControllerMetrics
-from .projections import project_pod
-from .session_objects import SessionObjects
+from sortie_egress.controller.metrics import ControllerMetrics
+from sortie_egress.controller.projections import project_pod
+from sortie_egress.kube.policy_objects import SessionObjects
 
 log = logging.getLogger("sortie.controller")
 
@@ -240,7 +240,7 @@ class Reconciler:
         log.info("%s %s %s/%s", "adopted" if adopting else "repaired", self.objects.kind, namespace, metadata["name"])
 
     def _delete_policy(self, existing: dict[str, Any]) -> None:
-        """Retire, then delete: only Kubernetes may delete a *managed* policy (webhook/tamper.py),
+        """Retire, then delete: only Kubernetes may delete a *managed* policy (sortie_egress/protection/tamper.py),
         so the controller first takes its managed-by label off (an update it may make), guarded by
         the uid it read; the policy is then no longer protected, and goes."""
         from kubernetes.client.exceptions import ApiException

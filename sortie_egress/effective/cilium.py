@@ -2,8 +2,8 @@
 
 On Cilium, a CiliumNetworkPolicy's allows are a union with every NetworkPolicy's, so one that
 selects a session pod can widen it just as a NetworkPolicy can (CONTRACT §4). This module reads
-a CiliumNetworkPolicy as the same allowances effective.py compares (destinations and traffic),
-so both kinds are judged by one comparison. Pure, like effective.py.
+a CiliumNetworkPolicy as the same allowances effective/networkpolicy.py compares (destinations and traffic),
+so both kinds are judged by one comparison. Pure, like effective/networkpolicy.py.
 
 Read in the direction of telling the operator:
 
@@ -34,7 +34,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .effective import PORT_PROTOCOLS, PORTLESS, Addresses, Allowance, Peer, Traffic, all_traffic, selector_matches
+from sortie_egress.effective.networkpolicy import PORT_PROTOCOLS, PORTLESS, Addresses, Allowance, Peer, Traffic, all_traffic, selector_matches
 
 _NAMESPACE_LABEL: Final = "io.kubernetes.pod.namespace"
 _SOURCES: Final = ("k8s:", "any:")

@@ -7,8 +7,8 @@ it comes first: a lower priority number (an equal one is in an order the API lea
 implementation, so it counts too). Its ``Accept`` rules let traffic out before ours is consulted,
 and its ``Pass`` rules hand traffic to the NetworkPolicies, skipping the rest of the Admin tier,
 ours included. Both are read as allows and compared with the session's own policy by
-effective.py (a ``Deny`` before them would narrow them: left out, in the direction of telling).
-The Baseline tier comes after the NetworkPolicies and never widens ours. Pure, like effective.py.
+effective/networkpolicy.py (a ``Deny`` before them would narrow them: left out, in the direction of telling).
+The Baseline tier comes after the NetworkPolicies and never widens ours. Pure, like effective/networkpolicy.py.
 
 Which namespaces a ``namespaceSelector`` selects depends on labels the controller does not keep:
 only ``kubernetes.io/metadata.name`` is known, so a selector on any other namespace label is taken
@@ -21,7 +21,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .effective import PORT_PROTOCOLS, Addresses, Allowance, Peer, Traffic, Widening, all_traffic, selector_matches, widening_by
+from sortie_egress.effective.networkpolicy import PORT_PROTOCOLS, Addresses, Allowance, Peer, Traffic, Widening, all_traffic, selector_matches, widening_by
 
 _NAME_LABEL: Final = "kubernetes.io/metadata.name"
 _WIDENING_ACTIONS: Final = ("Accept", "Pass")

@@ -87,7 +87,7 @@ def _interval(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Interva
 
 def merge_intervals(intervals: Iterable[Interval]) -> list[Interval]:
     """Inclusive (low, high) intervals, sorted, with overlapping and adjacent ones joined (addresses
-    here, port ranges in complement.py)."""
+    here, port ranges in policy/complement.py)."""
     merged: list[Interval] = []
     for low, high in sorted(intervals):
         if merged and low <= merged[-1][1] + 1:
@@ -294,8 +294,8 @@ def widening(other: Mapping[str, Any], own: Mapping[str, Any]) -> list[str]:
 
 
 def widening_by(others: list[Allowance], own: Mapping[str, Any], names: list[str] | None = None) -> list[str]:
-    """``widening`` for allow rules read from any kind of policy (effective_cilium.py,
-    effective_cluster.py); ``names``: how each rule is called (default ``egress[i]``)."""
+    """``widening`` for allow rules read from any kind of policy (effective/cilium.py,
+    effective/clusternetworkpolicy.py); ``names``: how each rule is called (default ``egress[i]``)."""
     own_allowances = _allowances(own)
     reasons = []
     for index, rule in enumerate(others):
@@ -327,8 +327,8 @@ def widenings(own: Mapping[str, Any], others: Iterable[Mapping[str, Any]], names
               labels: Mapping[str, str]) -> list[Widening]:
     """Every policy in ``others`` that selects a pod (``labels`` in ``namespace``) and widens
     the session policy ``own`` (a NetworkPolicy manifest; it is skipped in ``others``).
-    ``others`` may hold CiliumNetworkPolicies too: they are read by effective_cilium.py."""
-    from .effective_cilium import cilium_allowances, is_cilium_policy, selects
+    ``others`` may hold CiliumNetworkPolicies too: they are read by effective/cilium.py."""
+    from sortie_egress.effective.cilium import cilium_allowances, is_cilium_policy, selects
 
     own_name = (own.get("metadata") or {}).get("name")
     own_spec = own.get("spec") or {}

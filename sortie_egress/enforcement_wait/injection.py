@@ -13,7 +13,7 @@ at work there, with the canary the controller serves:
   addresses are cut out of every address block that would).
 
 Enforced = on one canary endpoint, the closed port completes no handshake while the open port,
-before and after, shows that endpoint's closed listener up (canary_protocol.py: what makes that
+before and after, shows that endpoint's closed listener up (enforcement_wait/protocol.py: what makes that
 sound), several rounds in a row. A canary that is down, restarting, stalled or flooded makes a
 round inconclusive, and the pod waits (fails closed) rather than starting unprotected. Pure:
 the container and the patch that puts it first; the probing lives in ``wait.py``.
@@ -25,8 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .canary_protocol import CANARY_TOKEN, closed_port
-from .session import spec_names
+from sortie_egress.enforcement_wait.protocol import CANARY_TOKEN, closed_port
+from sortie_egress.admission.session import spec_names
 
 INIT_CONTAINER_NAME = "sortie-egress-wait"
 #: An empty volume over the ServiceAccount token's path in our container: the wait needs no API
@@ -36,6 +36,12 @@ INIT_CONTAINER_NAME = "sortie-egress-wait"
 NO_TOKEN_VOLUME = "sortie-egress-wait-no-token"
 SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 DEFAULT_OPEN_PORT = 9445
+#: The module the injected container runs (``python -m``).
+WAIT_MODULE = "sortie_egress.wait"
+#: What the final-pod check (protection/authorship.py) accepts: the module, and its name before the
+#: rename, which pods admitted by the release before still carry (issue 23; a shim runs it). The
+#: old name goes one release after the webhook stopped injecting it.
+WAIT_MODULES_ACCEPTED = (WAIT_MODULE, "webhook.wait")
 #: Canary pods: the controller's. A session policy allows the open port to exactly these.
 CANARY_POD_LABELS = {"app.kubernetes.io/name": "sortie-egress", "app.kubernetes.io/component": "controller"}
 
@@ -70,7 +76,7 @@ class EnforcementWait:
     canary_host: str  # the canary Service's name (or address)
     open_port: int = DEFAULT_OPEN_PORT
     timeout_seconds: int = 600
-    #: What the canary must prove (canary_pin.py): the CAs it may present a certificate from (their
+    #: What the canary must prove (enforcement_wait/pin.py): the CAs it may present a certificate from (their
     #: DER in base64) and the name on it. Empty: not authenticated (only tests and a wait run by hand).
     ca_bundle: str = ""
     identity: str = ""
@@ -90,9 +96,9 @@ class EnforcementWait:
             "name": INIT_CONTAINER_NAME,
             "image": self.image,
             "imagePullPolicy": "IfNotPresent",
-            # `python -m webhook.wait`, not the `sortie-egress` CLI: the standard library only, so it
+            # `python -m sortie_egress.wait`, not the `sortie-egress` CLI: the standard library only, so it
             # starts in a few tens of milliseconds and a few MiB in every session pod.
-            "command": ["python", "-m", "webhook.wait", *self._arguments()],
+            "command": ["python", "-m", WAIT_MODULE, *self._arguments()],
             "resources": {"requests": {"cpu": "10m", "memory": "32Mi"},
                           "limits": {"cpu": "200m", "memory": "64Mi"}},
             "securityContext": {

@@ -35,10 +35,10 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .constants import EGRESS_MODE_LABEL
-from .render import DnsDestination
-from .render_cilium import CILIUM_API_VERSION, deny_ports, every_port_but
-from .session_baseline import KIND, SETTLE_SECONDS, shipped_problem
+from sortie_egress.constants import EGRESS_MODE_LABEL
+from sortie_egress.render.networkpolicy import DnsDestination
+from sortie_egress.render.cilium import CILIUM_API_VERSION, deny_ports, every_port_but
+from sortie_egress.guards.session_baseline import KIND, SETTLE_SECONDS, shipped_problem
 
 NAME: Final = "sortie-egress-node-guard"
 #: The backends that leave a node to other policies' allows on Cilium: where the cluster serves

@@ -23,9 +23,9 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .constants import EGRESS_MODE_LABEL
-from .render import DnsDestination
-from .render_cilium import CILIUM_API_VERSION, dns_rules
+from sortie_egress.constants import EGRESS_MODE_LABEL
+from sortie_egress.render.networkpolicy import DnsDestination
+from sortie_egress.render.cilium import CILIUM_API_VERSION, dns_rules
 
 NAME: Final = "sortie-egress-session-baseline"
 KIND: Final = "CiliumClusterwideNetworkPolicy"

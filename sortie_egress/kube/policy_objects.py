@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from ..constants import POLICY_NAME_PREFIX
-from ..render_cilium import CILIUM_API_VERSION
-from ..render_cluster import CLUSTER_POLICY_PREFIX, CNP_GROUP, CNP_VERSIONS, SESSION_NAMESPACE_LABEL, cluster_policy_name
-from .projections import project_policy
+from sortie_egress.constants import POLICY_NAME_PREFIX
+from sortie_egress.render.cilium import CILIUM_API_VERSION
+from sortie_egress.render.clusternetworkpolicy import CLUSTER_POLICY_PREFIX, CNP_GROUP, CNP_VERSIONS, SESSION_NAMESPACE_LABEL, cluster_policy_name
+from sortie_egress.controller.projections import project_policy
 
 
 def namespaced_policy_name(_namespace: str, session_id: str) -> str:
@@ -206,7 +206,7 @@ CILIUM_CLUSTERWIDE_PLURAL = "ciliumclusterwidenetworkpolicies"
 @dataclass(frozen=True)
 class JudgedKind:
     """Someone else's policies of a kind the dataplane enforces beside the backend's own: read and
-    judged for effective egress (effective_cilium.py), never written."""
+    judged for effective egress (effective/cilium.py), never written."""
 
     kind: str
     list_all: Callable[..., Any]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from .informer import Informer, Store
+from sortie_egress.kube.informer import Informer, Store
 
 log = logging.getLogger("sortie.secrets")
 
@@ -37,7 +37,7 @@ def follow_secret(namespace: str, name: str, kubeconfig: str | None,
     event to stop following."""
     from kubernetes import client
 
-    from .client import api_client
+    from sortie_egress.kube.client import api_client
 
     core = client.CoreV1Api(api_client(kubeconfig, connections=2))
     stop = threading.Event()

@@ -19,8 +19,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Final
 
-from .effective import merge_intervals
-from .policy import IPNetwork, network_text
+from sortie_egress.effective.networkpolicy import merge_intervals
+from sortie_egress.policy.model import IPNetwork, network_text
 
 #: Port protocols a deny can name; "every port" of one is its range 1..65535.
 PORT_PROTOCOLS: Final = ("TCP", "UDP", "SCTP")

@@ -23,9 +23,9 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Tag, ValidationError, ValidationInfo, field_validator
 
-from .constants import MAX_ANNOTATION_BYTES, MAX_MEMO_ANNOTATION, MAX_RULES
-from .public_suffix import is_public_suffix
-from .strict_json import JSONInputError, loads_strict
+from sortie_egress.constants import MAX_ANNOTATION_BYTES, MAX_MEMO_ANNOTATION, MAX_RULES
+from sortie_egress.policy.public_suffix import is_public_suffix
+from sortie_egress.policy.strict_json import JSONInputError, loads_strict
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -361,7 +361,7 @@ def _normalise(data: _PolicyInput) -> tuple[EgressPolicy, list[str]]:
         network, note = parse_network(raw.cidr)
         if note:
             warnings.append(f"rules[{index}].cidr: {note}")
-        # A denylist keeps its ports: the backends that can deny a port do (backends.py); on
+        # A denylist keeps its ports: the backends that can deny a port do (backends/); on
         # NetworkPolicy the whole network is denied, with a warning from backend_warnings.
         rule = Rule(network=network, port=raw.port, end_port=raw.end_port, protocol=protocol)
         if data.mode == "allowlist" and rule.opens_whole_family:

@@ -8,7 +8,7 @@ pod exactly as it will be stored, whoever mutated it, and whether our webhook ra
 
 - **the final pod** of a session with a policy must carry what holds it: the mode label, our
   scheduling gate and (where the install runs one) our wait first among the init containers, and
-  none of the shapes no policy holds (webhook/pod_shape.py). A pod that reached the API server
+  none of the shapes no policy holds (sortie_egress/admission/pod_shape.py). A pod that reached the API server
   without us is refused, never run unenforced;
 - **policy authors**: our controller writes the session's policy object with its own rights, so
   the pod's creator must be someone who could have written it: authorised (RBAC, asked through
@@ -33,10 +33,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, SCHEDULING_GATE, SESSION_ID_LABEL
-from .enforcement import INIT_CONTAINER_NAME, SELF_ENFORCING_BACKENDS
-from .pod_shape import CONTAINER_LISTS, NETWORK_CAPABILITIES
-from .tamper import (CILIUM_NETWORK_POLICIES, CLUSTER_NETWORK_POLICIES, NETWORK_POLICIES, _policy, binding,
+from sortie_egress.constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, SCHEDULING_GATE, SESSION_ID_LABEL
+from sortie_egress.enforcement_wait.injection import INIT_CONTAINER_NAME, SELF_ENFORCING_BACKENDS, WAIT_MODULES_ACCEPTED
+from sortie_egress.admission.pod_shape import CONTAINER_LISTS, NETWORK_CAPABILITIES
+from sortie_egress.protection.tamper import (CILIUM_NETWORK_POLICIES, CLUSTER_NETWORK_POLICIES, NETWORK_POLICIES, _policy, binding,
                      cel_string)
 
 POD_CREATION_POLICY = "sortie-egress-session-pod-creation"
@@ -123,7 +123,7 @@ def _network_capability(container: str) -> str:
 
 
 def _escapes(container: str) -> str:
-    """A container that no policy holds (webhook/pod_shape.py): privileged, or NET_RAW/NET_ADMIN added."""
+    """A container that no policy holds (sortie_egress/admission/pod_shape.py): privileged, or NET_RAW/NET_ADMIN added."""
     return f"({container}.?securityContext.?privileged.orValue(false) || {_network_capability(container)})"
 
 
@@ -154,7 +154,7 @@ def pod_creation_policy() -> dict[str, Any]:
         {"name": "waitFirst", "expression": (
             f"object.spec.?initContainers.orValue([]).size() > 0 && {first}.name == {wait}"
             f" && {first}.?command.orValue([]).size() >= 3 && {first}.command[0] == 'python'"
-            f" && {first}.command[1] == '-m' && {first}.command[2] == 'webhook.wait'")},
+            f" && {first}.command[1] == '-m' && {first}.command[2] in {_cel_list(list(WAIT_MODULES_ACCEPTED))}")},
         {"name": "containers", "expression": containers_of("object")},
         *_author_variables(),
         {"name": "podCreatingController", "expression": f"request.userInfo.username in {_cel_list(POD_CREATING_CONTROLLERS)}"},

@@ -11,7 +11,7 @@ makes on those resources and allows exactly what the controller does:
 - on session policy objects, only those named as ours (``sortie-egress-<id>``, or
   ``sortie-egress.<ns>.<id>`` cluster-scoped) and carrying (or, when retired, having carried)
   our managed-by label; a NetworkPolicy must select exactly its own session; dry runs (which
-  write nothing: the capability probe of webhook/controller/session_objects.py) pass;
+  write nothing: the capability probe of sortie_egress/kube/policy_objects.py) pass;
 - on webhook configurations, an update of ours that changes nothing but ``caBundle``.
 
 The parameter names the controller (its ServiceAccount). Where it is missing the binding allows:
@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .configuration import MUTATING_NAME
-from .constants import EGRESS_MODE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, POLICY_NAME_PREFIX, SCHEDULING_GATE, SESSION_ID_LABEL
-from .render_cluster import CLUSTER_POLICY_PREFIX
-from .tamper import (_CONTROLLER, CILIUM_NETWORK_POLICIES, CLUSTER_NETWORK_POLICIES, NETWORK_POLICIES, _policy,
+from sortie_egress.admission.registration import MUTATING_NAME
+from sortie_egress.constants import EGRESS_MODE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, POLICY_NAME_PREFIX, SCHEDULING_GATE, SESSION_ID_LABEL
+from sortie_egress.render.clusternetworkpolicy import CLUSTER_POLICY_PREFIX
+from sortie_egress.protection.tamper import (_CONTROLLER, CILIUM_NETWORK_POLICIES, CLUSTER_NETWORK_POLICIES, NETWORK_POLICIES, _policy,
                      binding, cel_string)
 
 CONTROLLER_SCOPE_POLICY = "sortie-egress-controller-scope"

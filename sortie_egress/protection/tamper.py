@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .constants import (
+from sortie_egress.constants import (
     EGRESS_MODE_LABEL,
     EGRESS_POLICY_ANNOTATION,
     MANAGED_BY_LABEL,
@@ -41,8 +41,8 @@ from .constants import (
     SCHEDULING_GATE,
     SESSION_ID_LABEL,
 )
-from .enforcement import INIT_CONTAINER_NAME
-from .pod_shape import NETWORK_CAPABILITIES
+from sortie_egress.enforcement_wait.injection import INIT_CONTAINER_NAME
+from sortie_egress.admission.pod_shape import NETWORK_CAPABILITIES
 
 API_VERSION = "admissionregistration.k8s.io/v1"
 PODS_POLICY = "sortie-egress-session-pods"
@@ -110,7 +110,7 @@ def pods_policy() -> dict[str, Any]:
     Every way a pod changes is matched, the object and each subresource (``pods/status`` can
     rewrite labels, ``pods/ephemeralcontainers`` adds a container to the pod's network): a
     protection a subresource walks around is none. The start-up machinery is fixed too: the
-    injected wait (webhook/enforcement.py; the only part of an init container an update can
+    injected wait (sortie_egress/enforcement_wait/injection.py; the only part of an init container an update can
     change is its image), its status (only a node reports it: a forged "terminated, exit 0"
     would open the door to ephemeral containers), and no ephemeral container joins a pod before
     its wait has seen the policy enforced (or, where no wait runs, before the gate is lifted).
@@ -299,8 +299,8 @@ def admission_policies(namespace: str, account: str = CONTROLLER_SERVICE_ACCOUNT
     """Everything tamper protection consists of (the ServiceAccount it names ships with the RBAC):
     updates of session pods and managed policies here, the final pod at CREATE and its author
     (authorship.py), and the controller's own identity narrowed (controller_scope.py)."""
-    from .authorship import authorship_policies
-    from .controller_scope import controller_scope_policies
+    from sortie_egress.protection.authorship import authorship_policies
+    from sortie_egress.protection.controller_scope import controller_scope_policies
 
     return [
         pods_policy(),

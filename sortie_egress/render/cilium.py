@@ -1,6 +1,6 @@
 """The cilium backend: one CiliumNetworkPolicy (``cilium.io/v2``) per session.
 
-Namespaced and owned by the session's pods like the NetworkPolicy of render.py (the garbage
+Namespaced and owned by the session's pods like the NetworkPolicy of render/networkpolicy.py (the garbage
 collector removes it with the last one), named like it (``sortie-egress-<session-id>``; another
 kind, so no clash). What it adds over a NetworkPolicy:
 
@@ -17,11 +17,11 @@ of it denied (``egressDeny``), so its closed port is blocked by this policy what
 policy allows: the injected wait then proves this policy enforced, as on clusternetworkpolicy.
 
 An allowlist that names only networks is its allows plus ``egressDeny`` of everything else
-outside the cluster (complement.py), so another policy that selects the pod cannot widen it
+outside the cluster (policy/complement.py), so another policy that selects the pod cannot widen it
 there. Every allowlist also denies the cluster's own endpoints (``in_cluster_deny``): every pod
 of every namespace but the DNS pods (on port 53) and the canary's pods (on its open port), so a
 NetworkPolicy or CiliumNetworkPolicy that allows a selector cannot open the cluster's pods to the
-session either. Left to the allows, so widenable (and judged by effective.py as on the
+session either. Left to the allows, so widenable (and judged by effective/networkpolicy.py as on the
 networkpolicy backend): an allowlist that names hosts outside the cluster (a deny of "all but
 what these names resolve to" has no form: the deny would win over the names' addresses too), the
 node's own addresses (Cilium's ``host`` and ``remote-node`` entities: a node-local DNS cache
@@ -34,11 +34,11 @@ import ipaddress
 from itertools import product
 from typing import Any, Final
 
-from .backends import grouped_by_port_set, port_set
-from .complement import PortSet, denied_regions
-from .policy import EgressPolicy, Rule, network_text
-from .render import Canary, DnsDestination, pod_owner, session_labels, session_selector
-from .session import SessionPod
+from sortie_egress.backends import grouped_by_port_set, port_set
+from sortie_egress.policy.complement import PortSet, denied_regions
+from sortie_egress.policy.model import EgressPolicy, Rule, network_text
+from sortie_egress.render.networkpolicy import Canary, DnsDestination, pod_owner, session_labels, session_selector
+from sortie_egress.admission.session import SessionPod
 
 CILIUM_API_VERSION: Final = "cilium.io/v2"
 _NAMESPACE_KEY: Final = "k8s:io.kubernetes.pod.namespace"

@@ -33,10 +33,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Final
 
-from .backends import CNP_MAX_EGRESS_RULES, grouped_by_port_set
-from .policy import EgressPolicy, Rule, network_text
-from .render import Canary, DnsDestination, session_labels, session_selector
-from .session import SessionPod
+from sortie_egress.backends import CNP_MAX_EGRESS_RULES, grouped_by_port_set
+from sortie_egress.policy.model import EgressPolicy, Rule, network_text
+from sortie_egress.render.networkpolicy import Canary, DnsDestination, session_labels, session_selector
+from sortie_egress.admission.session import SessionPod
 
 CNP_GROUP: Final = "policy.networking.k8s.io"
 #: The versions we can write, preferred first: v1beta1 (network-policy-api v0.3.0) and v1alpha2

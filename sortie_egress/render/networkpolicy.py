@@ -10,7 +10,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .constants import (
+from sortie_egress.constants import (
     APP_ID_LABEL,
     EGRESS_MODE_LABEL,
     EGRESS_POLICY_LABEL,
@@ -18,8 +18,8 @@ from .constants import (
     MANAGED_BY_VALUE,
     SESSION_ID_LABEL,
 )
-from .policy import EgressPolicy, Rule, network_text, parse_network
-from .session import SessionPod
+from sortie_egress.policy.model import EgressPolicy, Rule, network_text, parse_network
+from sortie_egress.admission.session import SessionPod
 
 _DNS_PORTS = ({"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53})
 _WHOLE_FAMILY = {4: "0.0.0.0/0", 6: "::/0"}
@@ -131,7 +131,7 @@ def _deny_rule(rules: tuple[Rule, ...]) -> dict[str, Any] | None:
 
 @dataclass(frozen=True, slots=True)
 class Canary:
-    """The controller's enforcement canary (enforcement.py), as every session policy must treat it:
+    """The controller's enforcement canary (enforcement_wait/injection.py), as every session policy must treat it:
     its open port allowed (to its pods, by selector), and its addresses cut out of every
     address block of the app's rules, so that its closed port is blocked whatever they allow."""
 

@@ -6,7 +6,7 @@ with 413, a wrong method with 405, and a bug in a decision with the answer
 the endpoint's failurePolicy would give anyway (the mutating webhook fails
 closed) instead of a 500 the API server would turn into the same thing less
 clearly. Tamper protection is not here: it runs inside the API server as
-ValidatingAdmissionPolicies (webhook/tamper.py).
+ValidatingAdmissionPolicies (sortie_egress/protection/tamper.py).
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from .. import logs
-from ..admission.memo import EncodedAnswer, encoded, memoised_mutation
-from ..admission.mutate import mutate_pod
-from ..admission.response import Decision
-from ..admission.review import AdmissionRequest, ReviewError, ReviewRequest, admission_request, decode_request
-from ..backends import DEFAULT_BACKEND
-from ..constants import MAX_REVIEW_BYTES
-from ..enforcement import EnforcementWait
-from .budget import BodyBudget
-from .metrics import WebhookMetrics
+from sortie_egress import logs
+from sortie_egress.admission.memo import EncodedAnswer, encoded, memoised_mutation
+from sortie_egress.admission.mutate import mutate_pod
+from sortie_egress.admission.response import Decision
+from sortie_egress.admission.review import AdmissionRequest, ReviewError, ReviewRequest, admission_request, decode_request
+from sortie_egress.backends import DEFAULT_BACKEND
+from sortie_egress.constants import MAX_REVIEW_BYTES
+from sortie_egress.enforcement_wait.injection import EnforcementWait
+from sortie_egress.server.budget import BodyBudget
+from sortie_egress.server.metrics import WebhookMetrics
 
 log = logging.getLogger("sortie.webhook")
 JSON = b"application/json"
@@ -49,7 +49,7 @@ class WebhookSettings:
     ready: Callable[[], bool] = field(default=lambda: True)
     #: The init container that holds session pods back until enforcement is seen (CONTRACT §6).
     wait: EnforcementWait | None = None
-    #: What the cluster enforces with (backends.py): admission refuses what it cannot enforce exactly.
+    #: What the cluster enforces with (backends/): admission refuses what it cannot enforce exactly.
     backend: str = DEFAULT_BACKEND
     #: The bytes of admission bodies all connections hold at once, on both routes (budget.py).
     body_budget: BodyBudget = field(default_factory=BodyBudget)

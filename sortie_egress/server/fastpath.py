@@ -30,9 +30,9 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from .app import BUSY, AdmissionEndpoint, Reply, declares_too_much
-from .budget import BodyBudget
-from .protocol import DeadlineHttpToolsProtocol
+from sortie_egress.server.app import BUSY, AdmissionEndpoint, Reply, declares_too_much
+from sortie_egress.server.budget import BodyBudget
+from sortie_egress.server.protocol import DeadlineHttpToolsProtocol
 
 
 def http_response(reply: Reply, close: bool) -> bytes:

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import uvicorn
 
-from .. import logs
-from .app import WebhookSettings, create_app
-from .fastpath import admission_protocol
-from .tls import ReloadingTLS, file_stamp
+from sortie_egress import logs
+from sortie_egress.server.app import WebhookSettings, create_app
+from sortie_egress.server.fastpath import admission_protocol
+from sortie_egress.server.tls import ReloadingTLS, file_stamp
 
 log = logging.getLogger("sortie.server")
 
@@ -64,13 +64,13 @@ def uvicorn_config(options: ServeOptions, tls: ReloadingTLS) -> uvicorn.Config:
 
 
 def pin_canary(settings: WebhookSettings, ca_pem: bytes | None, cert_pem: bytes | None, source: str) -> None:
-    """Pin the injected wait to the canary's certificate (canary_pin.py): its CAs and its name.
+    """Pin the injected wait to the canary's certificate (enforcement_wait/pin.py): its CAs and its name.
     An unusable pair keeps the previous pin; with none yet, the webhook stays not ready."""
     if settings.wait is None:
         return
     from dataclasses import replace
 
-    from ..canary_pin import pin_from
+    from sortie_egress.enforcement_wait.pin import pin_from
 
     if ca_pem is None or cert_pem is None:
         log.error("%s has no %s: the injected wait cannot authenticate the canary", source,
@@ -89,7 +89,7 @@ def pin_canary(settings: WebhookSettings, ca_pem: bytes | None, cert_pem: bytes 
 def watch_secret(tls: ReloadingTLS, secret: tuple[str, str], kubeconfig: str | None,
                  settings: WebhookSettings | None = None) -> threading.Event:
     """Follow the serving Secret through the API: its pair to ``tls``, its CAs and name to the wait."""
-    from ..kube.secret_follower import follow_secret
+    from sortie_egress.kube.secret_follower import follow_secret
 
     namespace, name = secret
 

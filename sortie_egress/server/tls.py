@@ -98,7 +98,7 @@ class ReloadingTLS:
     @classmethod
     def awaiting_secret(cls, on_reload: Callable[[str], None] | None = None) -> ReloadingTLS:
         """A placeholder pair until ``load_pem`` brings the real one; not ready until then."""
-        from ..certs import generate
+        from sortie_egress.certs.authority import generate
 
         placeholder = generate(("placeholder.invalid",))
         return cls(pem_context(placeholder.cert_pem, placeholder.key_pem), ready=False, on_reload=on_reload)

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from webhook.certs import Authority
+from sortie_egress.certs.authority import Authority
 
 from .binaries import ControlPlaneBinaries
 

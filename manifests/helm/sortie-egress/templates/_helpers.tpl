@@ -35,7 +35,7 @@ sortie-egress-tls
 {{- end -}}
 {{- end }}
 
-{{/* The controller's --dns value (webhook/render.py DnsDestination). */}}
+{{/* The controller's --dns value (sortie_egress/render/networkpolicy.py DnsDestination). */}}
 {{- define "sortie-egress.dns" -}}
 {{- $dns := .Values.dns -}}
 {{- if eq $dns.destination "any" -}}
