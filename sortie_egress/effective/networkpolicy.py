@@ -27,13 +27,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-PORT_PROTOCOLS = ("TCP", "UDP", "SCTP")
+from sortie_egress.policy.intervals import Interval, covers, merge_intervals, network_interval, subtract
+from sortie_egress.policy.traffic import PROTOCOLS
+
+PORT_PROTOCOLS = PROTOCOLS
 #: Traffic of protocols without ports (ICMP, ...): allowed only by rules that list no ports.
 PORTLESS = "other protocols"
 _FULL = (1, 65535)
 _FAMILY_BITS = {4: 32, 6: 128}
 
-Interval = tuple[int, int]
 
 
 # --- pod selection ------------------------------------------------------------
@@ -81,45 +83,6 @@ def selecting(policies: Iterable[Mapping[str, Any]], namespace: str, labels: Map
 
 # --- destinations -------------------------------------------------------------
 
-def _interval(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Interval:
-    return int(network.network_address), int(network.broadcast_address)
-
-
-def merge_intervals(intervals: Iterable[Interval]) -> list[Interval]:
-    """Inclusive (low, high) intervals, sorted, with overlapping and adjacent ones joined (addresses
-    here, port ranges in policy/complement.py)."""
-    merged: list[Interval] = []
-    for low, high in sorted(intervals):
-        if merged and low <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
-        else:
-            merged.append((low, high))
-    return merged
-
-
-def _subtract(intervals: list[Interval], removed: list[Interval]) -> list[Interval]:
-    result = []
-    for low, high in intervals:
-        pieces = [(low, high)]
-        for cut_low, cut_high in removed:
-            next_pieces = []
-            for piece_low, piece_high in pieces:
-                if cut_high < piece_low or cut_low > piece_high:
-                    next_pieces.append((piece_low, piece_high))
-                    continue
-                if piece_low < cut_low:
-                    next_pieces.append((piece_low, cut_low - 1))
-                if cut_high < piece_high:
-                    next_pieces.append((cut_high + 1, piece_high))
-            pieces = next_pieces
-        result.extend(pieces)
-    return merge_intervals(result)
-
-
-def _covers(outer: list[Interval], inner: list[Interval]) -> bool:
-    return not _subtract(inner, outer)
-
-
 @dataclass(frozen=True)
 class Addresses:
     """An ipBlock as address intervals, one list per family."""
@@ -130,8 +93,8 @@ class Addresses:
     @classmethod
     def of_block(cls, block: Mapping[str, Any]) -> Addresses:
         network = ipaddress.ip_network(str(block.get("cidr")), strict=False)
-        excepted = [_interval(ipaddress.ip_network(str(text), strict=False)) for text in block.get("except") or []]
-        kept = tuple(_subtract([_interval(network)], merge_intervals(excepted)))
+        excepted = [network_interval(ipaddress.ip_network(str(text), strict=False)) for text in block.get("except") or []]
+        kept = tuple(subtract([network_interval(network)], merge_intervals(excepted)))
         return cls(v4=kept) if network.version == 4 else cls(v6=kept)
 
     def family(self, version: int) -> list[Interval]:
@@ -270,7 +233,7 @@ def _peer_covered(peer: Peer, segment: Traffic, own: list[Allowance]) -> bool:
         wanted = peer.addresses.family(version)
         if wanted:
             have = merge_intervals(i for other in own_peers if other.addresses is not None for i in other.addresses.family(version))
-            if not _covers(have, wanted):
+            if not covers(have, wanted):
                 return False
     return True
 

@@ -19,17 +19,17 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Final
 
-from sortie_egress.effective.networkpolicy import merge_intervals
+from sortie_egress.policy.intervals import merge_intervals
 from sortie_egress.policy.model import IPNetwork, network_text
+from sortie_egress.policy.traffic import PROTOCOLS, PortSet
 
 #: Port protocols a deny can name; "every port" of one is its range 1..65535.
-PORT_PROTOCOLS: Final = ("TCP", "UDP", "SCTP")
+PORT_PROTOCOLS: Final = PROTOCOLS
 _LAST_PORT: Final = 65535
 _FAMILIES: Final = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
 #: (protocol, first port, last port), where 0..0 is every port of the protocol; an empty tuple
 #: is all traffic (backends.port_set's form).
-PortSet = tuple[tuple[str, int, int], ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,11 +26,11 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Tag, ValidationError,
 from sortie_egress.constants import MAX_ANNOTATION_BYTES, MAX_MEMO_ANNOTATION, MAX_RULES
 from sortie_egress.policy.public_suffix import is_public_suffix
 from sortie_egress.policy.strict_json import JSONInputError, loads_strict
+from sortie_egress.policy.traffic import PROTOCOLS
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 Mode = Literal["allowlist", "denylist"]
-PROTOCOLS = ("TCP", "UDP", "SCTP")
 MODES = ("allowlist", "denylist", "")
 
 _ADDRESS_PART = re.compile(r"[0-9A-Fa-f:.]+")

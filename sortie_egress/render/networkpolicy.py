@@ -19,6 +19,7 @@ from sortie_egress.constants import (
     SESSION_ID_LABEL,
 )
 from sortie_egress.policy.model import EgressPolicy, Rule, network_text, parse_network
+from sortie_egress.policy.traffic import protocols_of
 from sortie_egress.admission.session import SessionPod
 
 _DNS_PORTS = ({"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53})
@@ -92,7 +93,7 @@ def _dns_rule(dns: DnsDestination) -> dict[str, Any]:
 def _ports(rule: Rule) -> list[dict[str, Any]] | None:
     if rule.port == 0:
         return None if rule.protocol is None else [{"protocol": rule.protocol}]
-    protocols = (rule.protocol,) if rule.protocol else ("TCP", "UDP")
+    protocols = protocols_of(rule)
     ports = []
     for protocol in protocols:
         entry: dict[str, Any] = {"protocol": protocol, "port": rule.port}
