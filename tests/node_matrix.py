@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sortie_egress import backends
 from tests.cluster.harness import ControlPlane, wait_for
 from tests.cluster.node import NODE_IP, PROBE_IMAGE
 from tests.cluster.targets import PORTS, TARGET_A, TARGET_B, UDP_PORT
@@ -38,8 +39,14 @@ Cell = tuple[str, str, int]
 EVERYTHING = set(COLUMNS)
 WEB = {("tcp", target, port) for target in (TARGET_A, TARGET_B) for port in (80, 443)}
 OUTSIDE_DNS = {("udp", TARGET_A, UDP_PORT), ("udp", TARGET_B, UDP_PORT)}
-BACKENDS = ("networkpolicy", "cilium", "clusternetworkpolicy")
-EXACT_BACKENDS = ("cilium", "clusternetworkpolicy")
+# Expectations are keyed by what a backend declares (sortie_egress/backends/), never by its name.
+BACKENDS = tuple(backend.name for backend in backends.in_docs_order())
+#: A denylist's ports are denied exactly.
+EXACT_BACKENDS = backends.with_capability(backends.EXACT)
+#: The session's own policy sits among the NetworkPolicies (no Admin tier before them): on Cilium,
+#: what a denylist leaves allowed is by address, and Cilium matches none of its endpoints by CIDR.
+AMONG_NETWORKPOLICIES = tuple(name for name in BACKENDS
+                              if not backends.get(name).has(backends.UNWIDENABLE_BY_NETWORKPOLICY))
 
 INVALID_ANNOTATION = '{"mode": "allowlist", "rule": []}'  # `rule`: a typo the webhook would refuse
 ALLOW_443 = {"mode": "allowlist", "rules": [{"cidr": f"{TARGET_A}/32", "port": 443, "protocol": "TCP"}]}
@@ -119,13 +126,14 @@ TABLE: list[Row] = [
     Row("default", "deny-a", {"mode": "denylist", "rules": [{"cidr": f"{TARGET_A}/32"}]}, {},
         {cell for cell in COLUMNS if cell[1] != TARGET_A},
         {f"cilium/{backend}": {cell for cell in COLUMNS if cell[1] != TARGET_A} - IN_CLUSTER - {NODE}
-         for backend in ("networkpolicy", "cilium")}),
+         for backend in AMONG_NETWORKPOLICIES}),
     # A denylist with a port: a NetworkPolicy can only deny the whole network (with a warning);
     # the exact backends deny that one port and nothing else.
     Row("default", "deny-a-443", DENY_A_443, {}, {cell for cell in COLUMNS if cell[1] != TARGET_A},
         {**{backend: _everything_but({("tcp", TARGET_A, 443)}) for backend in EXACT_BACKENDS},
-         "cilium/networkpolicy": {cell for cell in COLUMNS if cell[1] != TARGET_A} - IN_CLUSTER - {NODE},
-         "cilium/cilium": _everything_but({("tcp", TARGET_A, 443), NODE} | IN_CLUSTER)}),
+         **{f"cilium/{backend}": _everything_but({("tcp", TARGET_A, 443), NODE} | IN_CLUSTER)
+            if backend in EXACT_BACKENDS else {cell for cell in COLUMNS if cell[1] != TARGET_A} - IN_CLUSTER - {NODE}
+            for backend in AMONG_NETWORKPOLICIES}}),
     Row("default", "empty-allowlist", {"mode": "allowlist", "rules": []}, {}, {DNS}),
     # Created before the product was installed, with an annotation admission would refuse:
     # the controller backfills it with a DNS-only policy (CONTRACT §3).
@@ -398,7 +406,7 @@ def assert_shutdown_held(results: dict[str, dict[str, int]], deletion: str, back
     session, plain = results["shutdown-session"], results["shutdown-plain"]
     assert session["attempts"] > 0 and session["open"] == 0, results
     assert plain["open"] > 0 and plain["last_open_ms"] >= (SHUTDOWN_WATCH_SECONDS - 4) * 1000, results
-    if backend == "networkpolicy":
+    if backends.get(backend).kind.kind == "NetworkPolicy":
         assert (f"sortie-egress protects session NetworkPolicies: {namespace}/sortie-egress-shutdown-session is managed "
                 f"by sortie-egress and cannot be deleted by system:serviceaccount:{namespace}:{SORTIE_ACCOUNT}") in deletion, deletion
     else:

@@ -9,7 +9,8 @@ import pytest
 
 from sortie_egress.admission.mutate import judge, mutate_pod
 from sortie_egress.admission.review import AdmissionRequest
-from sortie_egress.backends import backend_problems, port_set
+from sortie_egress.backends import backend_problems
+from sortie_egress.policy.traffic import port_set
 from sortie_egress.controller.plan import enforced_for
 from sortie_egress.policy.model import parse_fqdn, parse_policy
 from sortie_egress.render.networkpolicy import Canary, DnsDestination, render_network_policy

@@ -223,24 +223,46 @@ def test_the_creation_policy_accepts_the_wait_under_both_names_for_one_release(
     webhook.wait``; the admission policy (and the image's shim, tests/test_packaging.py) take it,
     and nothing else that merely looks like it."""
     from sortie_egress.enforcement_wait.injection import EnforcementWait
+    from tests.conftest import describe_install
     from tests.test_cluster_controller import webhook_unregistered
 
     wait = EnforcementWait("registry.invalid/sortie-egress:1", "sortie-egress-canary.sortie-system.svc")
-    pod = session_pod(policy=POLICY, namespace=namespace)
-    pod["metadata"]["labels"]["sortie.io/egress-mode"] = "allowlist"
-    pod["spec"]["schedulingGates"] = [{"name": "sortie.io/egress-policy"}]
-    container = wait.container()
-    container["command"] = ["python", "-m", module, *container["command"][3:]]
-    pod["spec"]["initContainers"] = [container]
-    pod["spec"]["volumes"] = [wait.volume()]
+
+    def pod_running(running: str) -> dict[str, Any]:
+        pod = session_pod(policy=POLICY, namespace=namespace)
+        pod["metadata"]["labels"]["sortie.io/egress-mode"] = "allowlist"
+        pod["spec"]["schedulingGates"] = [{"name": "sortie.io/egress-policy"}]
+        container = wait.container()
+        container["command"] = ["python", "-m", running, *container["command"][3:]]
+        pod["spec"]["initContainers"] = [container]
+        pod["spec"]["volumes"] = [wait.volume()]
+        return pod
+
+    def refusal(running: str) -> str | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            core.create_namespaced_pod(namespace, pod_running(running), dry_run="All")
+        except ApiException as exc:
+            assert exc.status == 422, exc.body
+            return str(json.loads(exc.body)["message"])
+        return None
+
     core, _ = _api(control_plane)
     with webhook_unregistered(control_plane, registered_webhook, webhook_certs[1], creation_policy=True):
-        if admitted:
-            created = core.create_namespaced_pod(namespace, pod, dry_run="All")
-            assert created.spec.init_containers[0].command[2] == module
-            return
-        status, message = _status_and_message(core.create_namespaced_pod, namespace, pod, dry_run="All")
-    assert status == 422 and f"the init container {WAIT} is not first" in message, message
+        describe_install(control_plane, wait=True)  # this install injects the wait: the policy requires it
+        try:
+            # The parameter is read: a wait running something else entirely is refused.
+            wait_for(lambda: refusal("attacker.wait"), 30, "the creation policy to require the wait")
+            message = refusal(module)
+        finally:
+            # Back as the other tests' webhook runs (no wait), before the webhook is registered again.
+            describe_install(control_plane, wait=False)
+            wait_for(lambda: refusal("attacker.wait") is None, 30, "the creation policy to read wait off again")
+    if admitted:
+        assert message is None, message
+    else:
+        assert message is not None and f"the init container {WAIT} is not first" in message, message
 
 
 def _selector_text(selector: Any) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sortie_egress.guards import session_baseline
-from sortie_egress.enforcement_wait.injection import wait_needed
+from sortie_egress.backends import wait_needed
 from sortie_egress.render.networkpolicy import DnsDestination
 
 NOW = dt.datetime(2026, 12, 7, 12, 0, 0, tzinfo=dt.timezone.utc)

@@ -19,10 +19,11 @@ from typing import Any
 import yaml
 
 from sortie_egress import __version__
-from sortie_egress.backends import BACKENDS, DEFAULT_BACKEND
+from sortie_egress import backends
+from sortie_egress.backends import DEFAULT_BACKEND
 from sortie_egress.render.clusternetworkpolicy import DEFAULT_PRIORITY
 
-from sortie_egress.render.networkpolicy import DnsDestination, render_network_policy
+from sortie_egress.render.networkpolicy import DnsDestination
 from sortie_egress.admission.session import session_pod
 from sortie_egress.wait import add_arguments as add_wait_arguments
 
@@ -102,15 +103,7 @@ def _report(manifest: dict[str, Any], backend: str) -> tuple[Any, Any] | int:
 
 def _render_for(backend: str, session: Any, policy: Any, dns: DnsDestination) -> dict[str, Any]:
     """What the controller creates for the session on ``backend`` (before its owners and digest)."""
-    if backend == "clusternetworkpolicy":
-        from sortie_egress.render.clusternetworkpolicy import render_cluster_network_policy
-
-        return render_cluster_network_policy(session, policy, dns)
-    if backend == "cilium":
-        from sortie_egress.render.cilium import render_cilium_network_policy
-
-        return render_cilium_network_policy(session, policy, dns)
-    return render_network_policy(session, policy, dns)
+    return backends.get(backend).render(session, policy, dns)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -310,40 +303,34 @@ def _judged_objects(api: Any, backend: str, namespaces: list[str]) -> list[dict[
     return judged
 
 
-def _backend_objects(api: Any, backend: str, namespaces: list[str]) -> tuple[Any, list[dict[str, Any]] | None, str | None]:
-    """(the backend's object API, its objects as the controller keeps them, the served version) for
-    audit; (None, None, None) on the networkpolicy backend, whose objects are the NetworkPolicies."""
+def _backend_objects(api: Any, backend: str, namespaces: list[str],
+                     priority: int | None) -> tuple[Any, list[dict[str, Any]] | None, Any]:
+    """(the backend's object API, its objects as the controller keeps them, what the cluster
+    serves) for audit; no objects on a backend whose objects are the NetworkPolicies."""
     import json as _json
 
     from kubernetes import client
 
-    from sortie_egress.kube import policy_objects as session_objects
+    from sortie_egress.controller.plan import is_managed
 
-    if backend == "networkpolicy":
-        return None, None, None
-    custom = client.CustomObjectsApi(api)
-    version = None
-    if backend == "cilium":
-        if not session_objects.cilium_served(custom):
-            raise CommandError("the cluster does not serve CiliumNetworkPolicy (cilium.io/v2): is --backend right?")
-        objects = session_objects.cilium_network_policies(custom)
-    else:
-        version = session_objects.cluster_policy_version(custom)
-        if version is None:
-            raise CommandError("the cluster does not serve ClusterNetworkPolicy: is --backend right?")
-        objects = session_objects.cluster_network_policies(custom, version)
+    chosen = backends.get(backend)
+    try:
+        settings = chosen.served(client.CustomObjectsApi(api), priority)
+    except backends.BackendUnavailable as exc:
+        raise CommandError(f"cannot audit: {exc}") from None
+    objects = chosen.objects(api, settings)
+    if chosen.kind.kind == "NetworkPolicy":
+        return objects, None, settings
     owned: list[dict[str, Any]] = []
     for namespace in namespaces or [None]:
         listing = objects.list_all if namespace is None else objects.list_namespaced(namespace)
         owned += [objects.project(obj) for obj in _json.loads(listing(_preload_content=False).data)["items"]]
-    if backend == "clusternetworkpolicy" and namespaces:
-        # Someone else's cluster policies carry no session namespace, and any of them may come
-        # before a session's in the Admin tier: judged for every namespace (effective/clusternetworkpolicy.py).
-        from sortie_egress.controller.plan import is_managed
-
+    if not chosen.kind.namespaced and namespaces:
+        # Someone else's cluster-scoped policies carry no session namespace, and any of them may
+        # widen a session (effective/clusternetworkpolicy.py): judged for every namespace.
         everything = _json.loads(objects.list_all(_preload_content=False).data)["items"]
         owned += [objects.project(obj) for obj in everything if not is_managed(obj)]
-    return objects, owned, version
+    return objects, owned, settings
 
 
 def _node_guard_problem(api: Any, backend: str, dns: DnsDestination) -> str | None:
@@ -357,7 +344,8 @@ def _node_guard_problem(api: Any, backend: str, dns: DnsDestination) -> str | No
     from sortie_egress.guards import node_guard
     from sortie_egress.kube.policy_objects import CILIUM_CLUSTERWIDE_PLURAL, CILIUM_GROUP, CILIUM_VERSION, clusterwide_kind
 
-    if backend not in node_guard.REQUIRED_ON:
+
+    if not backends.get(backend).has(backends.NODE_GUARDED):
         return None
     custom = client.CustomObjectsApi(api)
     if clusterwide_kind(custom) is None:
@@ -382,8 +370,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     from sortie_egress.constants import SESSION_ID_LABEL
     from sortie_egress.controller.audit import audit, format_rows
-    from sortie_egress.controller.plan import ClusterPolicyOptions
-    from sortie_egress.kube.policy_objects import namespaced_policy_name
     from sortie_egress.kube.client import api_client
 
     try:
@@ -400,7 +386,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 policy_list = networking.list_namespaced_network_policy(namespace, _preload_content=False)
             pods += _json.loads(pod_list.data)["items"]
             policies += _json.loads(policy_list.data)["items"]
-        objects, owned, version = _backend_objects(api, args.backend, args.namespace)
+        objects, owned, settings = _backend_objects(api, args.backend, args.namespace, args.cluster_policy_priority)
         judged = _judged_objects(api, args.backend, args.namespace)
         guard_problem = _node_guard_problem(api, args.backend, args.dns)
         canary = None
@@ -414,9 +400,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot read the cluster: {exc.status} {exc.reason}") from None
     except (ConfigException, HTTPError, OSError, ValueError) as exc:  # no kubeconfig, unreachable server
         raise CommandError(f"cannot read the cluster: {exc}") from None
-    rows = audit(pods, policies, args.dns, canary, args.backend, owned,
-                 ClusterPolicyOptions(version, args.cluster_policy_priority) if version else ClusterPolicyOptions(),
-                 objects.name_for if objects is not None else namespaced_policy_name, judged, guard_problem)
+    rows = audit(pods, policies, args.dns, canary, args.backend, owned, settings, objects.name_for, judged, guard_problem)
     sys.stdout.write(format_rows(rows))
     wrong = [row for row in rows if row.wrong]
     print(f"{len(rows)} rows, {len(wrong)} need attention (backend: {args.backend})", file=sys.stderr)
@@ -446,7 +430,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _enforcement_wait(args: argparse.Namespace) -> Any:
     """The init container to inject, from --enforcement-canary/-port/-image; None without a canary."""
-    from sortie_egress.enforcement_wait.injection import EnforcementWait, wait_needed
+    from sortie_egress.backends import wait_needed
+    from sortie_egress.enforcement_wait.injection import EnforcementWait
 
     if not args.enforcement_canary:
         return None
@@ -514,19 +499,23 @@ def _cnp_priority(text: str) -> int:
 def _backend(text: str) -> str:
     """A backend name, checked also when it comes from $SORTIE_EGRESS_BACKEND (argparse checks
     ``choices`` only on the command line, but runs ``type`` on a string default too)."""
-    if text not in BACKENDS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a backend (choose from {', '.join(BACKENDS)}; "
+    if text not in backends.names():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a backend (choose from {', '.join(backends.names())}; "
                                          "$SORTIE_EGRESS_BACKEND counts too)")
     return text
 
 
 def _backend_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", type=_backend, default=os.environ.get("SORTIE_EGRESS_BACKEND", DEFAULT_BACKEND),
-                        metavar="{" + ",".join(BACKENDS) + "}",
-                        help="what enforces each session's policy: networkpolicy (default; allows only), cilium "
-                             "(CiliumNetworkPolicy: egressDeny, FQDN rules) or clusternetworkpolicy (Admin-tier "
-                             "ClusterNetworkPolicy: exact, not widenable, FQDN rules); a policy the backend cannot "
+                        metavar="{" + ",".join(backends.names()) + "}",
+                        help=f"what enforces each session's policy: {_summaries()}; a policy the backend cannot "
                              "enforce exactly is refused; webhook and controller must agree ($SORTIE_EGRESS_BACKEND)")
+
+
+def _summaries() -> str:
+    """Each backend in a few words: "a, b or c"."""
+    summaries = [backend.summary for backend in backends.in_docs_order()]
+    return ", ".join(summaries[:-1]) + " or " + summaries[-1] if len(summaries) > 1 else summaries[0]
 
 
 def _wait_mode(text: str) -> str:

@@ -12,15 +12,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sortie_egress.backends import DEFAULT_BACKEND
+from sortie_egress import backends
+from sortie_egress.backends import DEFAULT_BACKEND, BackendSettings
 from sortie_egress.constants import EGRESS_MODE_LABEL, POLICY_NAME_PREFIX, SESSION_ID_LABEL
 from sortie_egress.guards.node_guard import GUARDED_MODE
 from sortie_egress.render.networkpolicy import Canary, DnsDestination
 from sortie_egress.controller.plan import (
     INVALID_POLICY,
-    KIND_OF,
-    effective_widenings,
-    ClusterPolicyOptions,
     POLICY_CHANGED,
     POLICY_MISMATCH,
     age_order,
@@ -57,9 +55,9 @@ def _name(obj: dict[str, Any]) -> tuple[str, str]:
 
 def _session_rows(namespace: str, session_id: str, pods: list[dict[str, Any]], existing: dict[str, Any] | None,
                   others: list[dict[str, Any]], dns: DnsDestination, canary: Canary | None, backend: str,
-                  cluster: ClusterPolicyOptions, name: str, node_guard_problem: str | None) -> list[AuditRow]:
+                  cluster: BackendSettings, name: str, node_guard_problem: str | None) -> list[AuditRow]:
     plan = plan_session(pods, existing, dns, canary, backend, cluster)
-    kind = KIND_OF[backend]
+    kind = backends.get(backend).kind.kind
     policy_name = name
     notes = {(id(note.pod), note.reason): note.message for note in plan.notes}
     released = {id(pod) for pod in plan.release}
@@ -96,8 +94,8 @@ def _session_rows(namespace: str, session_id: str, pods: list[dict[str, Any]], e
         elif id(pod) in unlabelled:
             row("unlabelled", "no sortie.io/egress-mode label: the baseline does not select it yet")
         else:
-            widened = [] if plan.reference is None else effective_widenings(
-                backend, plan.reference, others, namespace, pod["metadata"].get("labels") or {}, cluster.priority)
+            widened = [] if plan.reference is None else backends.get(backend).widenings(
+                plan.reference, others, namespace, pod["metadata"].get("labels") or {}, cluster)
             if widened:
                 row("widened", "; ".join(w.describe() for w in widened))
             elif node_guard_problem is not None and (pod["metadata"].get("labels") or {}).get(EGRESS_MODE_LABEL) == GUARDED_MODE:
@@ -111,35 +109,42 @@ def _session_rows(namespace: str, session_id: str, pods: list[dict[str, Any]], e
 
 def audit(pods: list[dict[str, Any]], policies: list[dict[str, Any]], dns: DnsDestination,
           canary: Canary | None = None, backend: str = DEFAULT_BACKEND, owned: list[dict[str, Any]] | None = None,
-          cluster: ClusterPolicyOptions = ClusterPolicyOptions(),
+          cluster: BackendSettings = BackendSettings(),
           name_for: Callable[[str, str], str] = namespaced_policy_name,
           judged: Iterable[dict[str, Any]] = (), node_guard_problem: str | None = None) -> list[AuditRow]:
     """Rows for every session pod and every orphaned managed policy; ``policies`` are all the
     NetworkPolicies, ``owned`` the backend's objects when they are another kind (filed under their
     session's namespace, as the controller keeps them), ``name_for`` the session's object's name,
     ``judged`` others' policies of other kinds the dataplane enforces too (Cilium's, with their
-    kind: session_objects.judged_kinds), judged like the controller judges them; ``node_guard_problem``
+    kind: kube/policy_objects.judged_kinds), judged like the controller judges them; ``node_guard_problem``
     why the node guard cannot be relied on (node_guard.problem), where it is required: every running
     allowlist session is then ``unguarded``."""
-    kind = KIND_OF[backend]
+    chosen = backends.get(backend)
+    kind = chosen.kind.kind
     by_name = {_name(policy): policy for policy in (policies if owned is None else owned)}
-    others_by_namespace: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for policy in policies:  # every NetworkPolicy: what may widen a session
+    # Someone else's, by namespace, read as the controller reads its caches (reconciler.py): the
+    # NetworkPolicies, the backend's kind (cluster-scoped ones filed under ""), Cilium's policies.
+    network_policies: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for policy in policies:
         if not is_managed(policy):
-            others_by_namespace[_name(policy)[0]].append(policy)
-    if backend == "cilium":  # and, read alike by effective/cilium.py, every CiliumNetworkPolicy
-        for policy in owned or []:
-            if not is_managed(policy):
-                others_by_namespace[_name(policy)[0]].append(policy)
+            network_policies[_name(policy)[0]].append(policy)
+    own_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for policy in owned or []:
+        if not is_managed(policy):
+            own_kind[_name(policy)[0]].append(policy)
+    judged_by_namespace: dict[str, list[dict[str, Any]]] = defaultdict(list)
     clusterwide = []
     for policy in judged:
         if is_managed(policy):
             continue
         namespace = (policy.get("metadata") or {}).get("namespace")
-        (others_by_namespace[namespace] if namespace else clusterwide).append(policy)
-    if backend == "clusternetworkpolicy":  # NetworkPolicies cannot widen it; cluster policies first can
-        foreign = [policy for policy in owned or [] if not is_managed(policy)]
-        others_by_namespace = defaultdict(lambda: foreign)
+        (judged_by_namespace[namespace] if namespace else clusterwide).append(policy)
+
+    def others_for(namespace: str) -> list[dict[str, Any]]:
+        return chosen.widening_candidates(network_policies[namespace],
+                                          own_kind[namespace if chosen.kind.namespaced else ""],
+                                          [*judged_by_namespace[namespace], *clusterwide])
+
     sessions: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for pod in pods:
         session_id = ((pod.get("metadata") or {}).get("labels") or {}).get(SESSION_ID_LABEL)
@@ -149,7 +154,7 @@ def audit(pods: list[dict[str, Any]], policies: list[dict[str, Any]], dns: DnsDe
     for (namespace, session_id), members in sorted(sessions.items()):
         name = name_for(namespace, session_id)
         existing = by_name.get((namespace, name))
-        rows += _session_rows(namespace, session_id, members, existing, [*others_by_namespace[namespace], *clusterwide],
+        rows += _session_rows(namespace, session_id, members, existing, others_for(namespace),
                               dns, canary, backend, cluster, name, node_guard_problem)
     for (namespace, name), policy in sorted(by_name.items()):
         labelled = ((policy.get("metadata") or {}).get("labels") or {}).get(SESSION_ID_LABEL)

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from sortie_egress.backends import DEFAULT_BACKEND
+from sortie_egress import backends
+from sortie_egress.backends import DEFAULT_BACKEND, BackendUnavailable
 from sortie_egress.guards import node_guard, session_baseline
 from sortie_egress.constants import POLICY_NAME_PREFIX, SESSION_ID_LABEL
-from sortie_egress.enforcement_wait.injection import INIT_CONTAINER_NAME, init_container_names, wait_needed
+from sortie_egress.enforcement_wait.injection import INIT_CONTAINER_NAME, init_container_names
 from sortie_egress.kube.client import api_client
 from sortie_egress.kube.informer import Informer, Store
 from sortie_egress.render.networkpolicy import DnsDestination
@@ -27,12 +28,9 @@ from sortie_egress.controller.metrics import ControllerMetrics
 from sortie_egress.controller.projections import pod_session_key, policy_ownership_key, project_policy, project_pod
 from sortie_egress.controller.queue import WorkQueue
 from sortie_egress.controller.reconciler import Conflict, Reconciler, SessionKey
-from sortie_egress.render.clusternetworkpolicy import CNP_GROUP, DEFAULT_PRIORITY
-from sortie_egress.controller.plan import ClusterPolicyOptions
+from sortie_egress.render.clusternetworkpolicy import DEFAULT_PRIORITY
 from sortie_egress.controller.plan import BASELINE_MISSING, NODE_GUARD_MISSING
-from sortie_egress.kube.policy_objects import (JudgedKind, cilium_network_policies, cilium_served, cluster_network_policies,
-                              cluster_policy_domain_names, cluster_policy_version, clusterwide_kind, judged_kinds,
-                              network_policies)
+from sortie_egress.kube.policy_objects import JudgedKind, clusterwide_kind, judged_kinds
 
 log = logging.getLogger("sortie.controller")
 RESYNC_SECONDS = 300.0
@@ -73,10 +71,6 @@ class ControllerOptions:
     enforcement_wait: str = "required"
 
 
-class BackendUnavailable(ValueError):
-    """The cluster does not serve the kind the chosen backend writes: refuse to start."""
-
-
 class Controller:
     def __init__(self, options: ControllerOptions, api: Any | None = None) -> None:
         from kubernetes import client
@@ -86,38 +80,18 @@ class Controller:
         self.core = client.CoreV1Api(self.api)
         self.networking = client.NetworkingV1Api(self.api)
         self.coordination = client.CoordinationV1Api(self.api)
-        self.owned: Store | None = None  # the backend's objects, when they are not NetworkPolicies
-        self.cluster = ClusterPolicyOptions(priority=options.cluster_policy_priority)
-        if options.backend == "cilium":
-            custom = client.CustomObjectsApi(self.api)
-            if not cilium_served(custom):
-                raise BackendUnavailable(
-                    "--backend cilium writes CiliumNetworkPolicies (cilium.io/v2), which this cluster does not serve: "
-                    "install Cilium, or choose --backend networkpolicy")
-            self.objects = cilium_network_policies(custom)
-            self.owned = Store()
-        elif options.backend == "clusternetworkpolicy":
-            custom = client.CustomObjectsApi(self.api)
-            version = cluster_policy_version(custom)
-            if version is None:
-                raise BackendUnavailable(
-                    "--backend clusternetworkpolicy writes ClusterNetworkPolicies (policy.networking.k8s.io v1beta1 or "
-                    "v1alpha2), which this cluster does not serve: install network-policy-api's CRD (experimental "
-                    "channel) and a dataplane that implements it, or choose another --backend")
-            refusal = cluster_policy_domain_names(custom, version)
-            if refusal is not None:
-                raise BackendUnavailable(
-                    f"the cluster's ClusterNetworkPolicy {version} cannot hold domainNames, which FQDN rules need "
-                    f"(the standard channel's CRD?): install the experimental channel ({refusal})")
-            self.cluster = ClusterPolicyOptions(version=version, priority=options.cluster_policy_priority)
-            self.objects = cluster_network_policies(custom, version)
-            self.owned = Store()
-            log.info("clusternetworkpolicy backend: writing %s/%s at priority %d", CNP_GROUP, version,
-                     options.cluster_policy_priority)
-        elif options.backend == "networkpolicy":
-            self.objects = network_policies(self.networking)
-        else:
-            raise BackendUnavailable(f"unknown --backend {options.backend}")
+        try:
+            self.backend = backends.get(options.backend)
+        except KeyError:
+            raise BackendUnavailable(f"unknown --backend {options.backend}") from None
+        self.cluster = self.backend.discover(client.CustomObjectsApi(self.api), options.cluster_policy_priority)
+        self.objects = self.backend.objects(self.api, self.cluster)
+        # The backend's objects, when they are not NetworkPolicies (every one of those is kept in
+        # ``policies``: any may widen a session).
+        self.owned: Store | None = None if self.backend.kind.kind == "NetworkPolicy" else Store()
+        if self.cluster.version is not None:
+            log.info("%s backend: writing %s/%s at priority %d", self.backend.name, self.backend.kind.group,
+                     self.cluster.version, options.cluster_policy_priority)
         # Found at start() (discovery is a request): where Cilium runs, its policies widen sessions
         # whatever the backend, read, judged, kept; and its clusterwide policies, where the ones
         # the install ships are verified (the session baseline, the node guard).
@@ -178,16 +152,18 @@ class Controller:
 
     def _owned_changed(self, obj: dict[str, Any]) -> None:
         """One of the backend's objects (not a NetworkPolicy): its session, ours or named like ours;
-        on cilium, someone else's CiliumNetworkPolicy also every session of its namespace (it may
-        widen any of them, and is judged like a NetworkPolicy); on clusternetworkpolicy, someone
-        else's ClusterNetworkPolicy every session (effective/clusternetworkpolicy.py)."""
+        someone else's of a namespaced kind (a CiliumNetworkPolicy) also every session of its
+        namespace (it may widen any of them); of a cluster-scoped kind (a ClusterNetworkPolicy),
+        every session (effective/clusternetworkpolicy.py)."""
         key = Reconciler.key_for(obj)
         if key is not None:
             self.queue.add(key)
-        if self.options.backend == "cilium" and not is_managed(obj):
+        if is_managed(obj):
+            return
+        if self.backend.kind.namespaced:
             self._enqueue_namespace((obj.get("metadata") or {}).get("namespace", ""))
-        elif self.options.backend == "clusternetworkpolicy" and key is None and not is_managed(obj):
-            self.enqueue_all()  # someone else's cluster policy may come before any session's
+        elif key is None:
+            self.enqueue_all()  # someone else's cluster-scoped policy may come before any session's
 
     def _judged_changed(self, obj: dict[str, Any]) -> None:
         """Someone else's Cilium policy: every session it may select (its namespace's; a clusterwide
@@ -276,17 +252,17 @@ class Controller:
                                                                           for k in self.judged_kinds))
         kinds = list(zip(self.judged_kinds, self.judged))
         self.clusterwide = next((store for kind, store in kinds if kind.kind == session_baseline.KIND), None)
-        if self.clusterwide is None and self.options.backend == "clusternetworkpolicy":
+        if self.clusterwide is None and self.backend.has(backends.NODE_GUARDED):
             kind = clusterwide_kind(custom)  # not judged (the Admin tier comes first), but the node guard is read
             if kind is not None:
                 self.clusterwide = Store()
                 kinds.append((kind, self.clusterwide))
-        self.baseline_required = self.options.enforcement_wait == "auto" and not wait_needed("auto", self.options.backend)
+        self.baseline_required = self.options.enforcement_wait == "auto" and not backends.wait_needed("auto", self.options.backend)
         if self.baseline_required and self.clusterwide is None:
             raise BackendUnavailable(
                 f"--enforcement-wait auto on the {self.options.backend} backend needs the session baseline, a "
                 f"{session_baseline.KIND} (cilium.io/v2), which this cluster does not serve")
-        self.node_guard_required = self.clusterwide is not None and self.options.backend in node_guard.REQUIRED_ON
+        self.node_guard_required = self.clusterwide is not None and self.backend.has(backends.NODE_GUARDED)
         if self.node_guard_required:
             log.info("Cilium: allowlist sessions are released only while the %s %s is in place",
                      node_guard.KIND, node_guard.NAME)

@@ -40,11 +40,10 @@ from sortie_egress.constants import (
     SESSION_PODS_ANNOTATION,
 )
 from sortie_egress.admission.patch import JsonPatch, pointer
-from sortie_egress.backends import DEFAULT_BACKEND, backend_problems
+from sortie_egress import backends
+from sortie_egress.backends import DEFAULT_BACKEND, BackendSettings, backend_problems
 from sortie_egress.policy.model import FAIL_CLOSED_POLICY, EgressPolicy, parse_policy
-from sortie_egress.render.networkpolicy import Canary, DnsDestination, render_network_policy
-from sortie_egress.render.cilium import render_cilium_network_policy
-from sortie_egress.render.clusternetworkpolicy import CNP_VERSIONS, DEFAULT_PRIORITY, render_cluster_network_policy
+from sortie_egress.render.networkpolicy import Canary, DnsDestination
 from sortie_egress.admission.session import session_id_problem, session_pod
 
 FINISHED_PHASES = ("Succeeded", "Failed")
@@ -143,76 +142,15 @@ def has_gate(pod: dict[str, Any]) -> bool:
     return gate_removal_patch(pod) is not None
 
 
-def _owner(pod: dict[str, Any], controller: bool) -> dict[str, Any]:
-    metadata = pod["metadata"]
-    return {"apiVersion": "v1", "kind": "Pod", "name": metadata.get("name", ""), "uid": metadata.get("uid", ""),
-            "controller": controller, "blockOwnerDeletion": True}
-
-
-#: The kind of object each backend enforces a session with.
-KIND_OF = {"networkpolicy": "NetworkPolicy", "cilium": "CiliumNetworkPolicy",
-           "clusternetworkpolicy": "ClusterNetworkPolicy"}
-
-#: The name the cilium backend's reference NetworkPolicy carries: no real policy has it, so a
-#: NetworkPolicy named like the session (the original Sortie makes those) is judged too.
-_REFERENCE_NAME = "(the session's egress policy)"
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterPolicyOptions:
-    """The clusternetworkpolicy backend's settings: the served version, the Admin-tier priority."""
-
-    version: str = CNP_VERSIONS[0]
-    priority: int = DEFAULT_PRIORITY
-
-
-def effective_widenings(backend: str, reference: dict[str, Any], others: list[dict[str, Any]], namespace: str,
-                        labels: dict[str, str], priority: int = DEFAULT_PRIORITY) -> list[Any]:
-    """What widens a session pod on ``backend``: on clusternetworkpolicy only Admin-tier
-    ClusterNetworkPolicies that come first (``others`` are the cluster's, none of ours); elsewhere
-    NetworkPolicies and, on Cilium, CiliumNetworkPolicies (``others``: the namespace's, none of ours)."""
-    from sortie_egress.effective.networkpolicy import widenings
-    from sortie_egress.effective.clusternetworkpolicy import cluster_widenings
-
-    if backend == "clusternetworkpolicy":
-        return cluster_widenings(reference, others, namespace, labels, priority)
-    return widenings(reference, others, namespace, labels)
+#: The backend's settings the plan renders with (the served version, the Admin-tier priority).
+ClusterPolicyOptions = BackendSettings
 
 
 def _render(owners: list[dict[str, Any]], policy: EgressPolicy, digest: str, dns: DnsDestination,
             canary: Canary | None, backend: str = DEFAULT_BACKEND,
-            cluster: ClusterPolicyOptions = ClusterPolicyOptions()) -> tuple[dict[str, Any], dict[str, Any] | None]:
+            cluster: BackendSettings = BackendSettings()) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(the object to have, the NetworkPolicy that others are judged against, if any can widen it)."""
-    session = session_pod(owners[0])
-    assert session is not None
-    if backend == "clusternetworkpolicy":
-        # Admin-tier rules come before every NetworkPolicy: none can widen it, but another
-        # Admin-tier ClusterNetworkPolicy that comes first can (effective/clusternetworkpolicy.py), judged
-        # against the session's policy as a NetworkPolicy. No owner references on a cluster-scoped
-        # object: the pods it is for are named in an annotation (the pin and the clean-up read it).
-        rendered = render_cluster_network_policy(session, policy, dns, canary, cluster.version, cluster.priority)
-        uids = ",".join(str((pod.get("metadata") or {}).get("uid", "")) for pod in owners)
-        rendered["metadata"]["annotations"] = {POLICY_DIGEST_ANNOTATION: digest, SESSION_PODS_ANNOTATION: uids}
-        addresses_only = EgressPolicy(policy.mode, tuple(rule for rule in policy.rules if rule.fqdn is None))
-        reference = render_network_policy(session, addresses_only, dns, canary)
-        reference["metadata"]["name"] = _REFERENCE_NAME
-        return rendered, reference
-    if backend == "cilium":
-        rendered = render_cilium_network_policy(session, policy, dns, canary)
-        reference = None
-        if policy.mode == "allowlist" and policy.names_hosts:
-            # Its allows are a union with every NetworkPolicy's (an address-only allowlist denies
-            # the rest outside the cluster with egressDeny; one that names hosts cannot).
-            # Names are left out of the reference: an allow to one of their addresses is flagged.
-            addresses_only = EgressPolicy(policy.mode, tuple(rule for rule in policy.rules if rule.fqdn is None))
-            reference = render_network_policy(session, addresses_only, dns, canary)
-            reference["metadata"]["name"] = _REFERENCE_NAME
-    else:
-        rendered = render_network_policy(session, policy, dns, canary)
-        reference = rendered
-    rendered["metadata"]["annotations"] = {POLICY_DIGEST_ANNOTATION: digest}
-    rendered["metadata"]["ownerReferences"] = [_owner(pod, index == 0) for index, pod in enumerate(owners)]
-    return rendered, reference
+    return backends.get(backend).session_object(owners, policy, digest, dns, canary, cluster)
 
 
 def _owner_uids(metadata: dict[str, Any]) -> set[str]:
@@ -245,7 +183,7 @@ def describe_policy(policy: dict[str, Any], kind: str = "NetworkPolicy") -> str:
 
 def plan_session(pods: list[dict[str, Any]], existing: dict[str, Any] | None, dns: DnsDestination,
                  canary: Canary | None = None, backend: str = DEFAULT_BACKEND,
-                 cluster: ClusterPolicyOptions = ClusterPolicyOptions()) -> SessionPlan:
+                 cluster: BackendSettings = BackendSettings()) -> SessionPlan:
     """CONTRACT §3 for one session: every pod of it (any state), and the policy with its name, if any.
     ``canary``: the enforcement canary every session policy must open and cut out (render.Canary).
     ``backend``: the kind of object that enforces it (backends/); ``existing`` is of that kind."""
@@ -329,7 +267,7 @@ def plan_session(pods: list[dict[str, Any]], existing: dict[str, Any] | None, dn
     if existing is not None and not is_managed(existing):
         plan.adopt = True
         plan.notes.append(Note((active if plan.pin_violated else matching)[0], "Normal", ADOPTED,
-                               f"replaced {describe_policy(existing, KIND_OF[backend])}, which sortie-egress did not manage, "
+                               f"replaced {describe_policy(existing, backends.get(backend).kind.kind)}, which sortie-egress did not manage, "
                                "with the session's egress policy"))
     return plan
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any
 
-from sortie_egress.backends import DEFAULT_BACKEND
+from sortie_egress import backends
+from sortie_egress.backends import DEFAULT_BACKEND, BackendSettings
 from sortie_egress.constants import EGRESS_MODE_LABEL, MANAGED_BY_LABEL, POLICY_NAME_PREFIX, SESSION_ID_LABEL
 from sortie_egress.render.clusternetworkpolicy import CLUSTER_POLICY_PREFIX
 from sortie_egress.kube.informer import Store
@@ -28,11 +29,9 @@ from sortie_egress.admission.patch import pointer
 from sortie_egress.render.networkpolicy import Canary, DnsDestination
 from sortie_egress.controller.plan import (
     CONFLICT,
-    ClusterPolicyOptions,
     WIDENED,
     Note,
     SessionPlan,
-    effective_widenings,
     gate_removal_patch,
     is_managed,
     plan_session,
@@ -66,14 +65,14 @@ class Reconciler:
     #: The backend's objects by (namespace, name); None: they are NetworkPolicies, kept in ``policies``.
     owned: Store | None = None
     backend: str = DEFAULT_BACKEND
-    #: Someone else's policies of other kinds the dataplane enforces too (session_objects.judged_kinds:
+    #: Someone else's policies of other kinds the dataplane enforces too (kube/policy_objects.judged_kinds:
     #: Cilium's, where it runs), each kind's store; cluster-scoped ones are kept under "".
     judged: tuple[Store, ...] = ()
     #: Why a pod must stay gated although its policy is written, as an Event's (reason, message)
     #: (main.Controller._release_hold: no wait and no session baseline in place yet, or an
     #: allowlist on Cilium without the node guard); None: nothing holds pods back.
     hold_release: Callable[[dict[str, Any], str | None], tuple[str, str] | None] | None = None
-    cluster: ClusterPolicyOptions = field(default_factory=ClusterPolicyOptions)
+    cluster: BackendSettings = field(default_factory=BackendSettings)
     #: The enforcement canary every session policy opens and cuts out; its addresses follow the
     #: canary pods (Controller._canary_changed). None: no canary (nothing waits on one).
     canary: Canary | None = None
@@ -161,20 +160,17 @@ class Reconciler:
         """CONTRACT §4: every other policy that lets a session pod reach more than its own."""
         found: dict[str, str] = {}
         if plan.reference is not None:
-            if self.backend == "clusternetworkpolicy":  # someone else's cluster policies (filed under "")
-                others = [obj for obj in (self.owned.by_namespace("") if self.owned is not None else [])
-                          if not is_managed(obj)]
-            else:
-                others = self.policies.by_index((key[0], False))  # someone else's policies in the namespace
-                if self.backend == "cilium" and self.owned is not None:  # and their CiliumNetworkPolicies
-                    others = [*others, *(obj for obj in self.owned.by_namespace(key[0]) if not is_managed(obj))]
-                for store in self.judged:  # and, where Cilium runs, its policies of every kind
-                    others = [*others, *(obj for obj in (*store.by_namespace(key[0]), *store.by_namespace(""))
-                                         if not is_managed(obj))]
+            backend = backends.get(self.backend)
+            # Someone else's: NetworkPolicies of the namespace, the backend's kind (cluster-scoped
+            # ones are filed under ""), and, where Cilium runs, its policies of every kind.
+            own_kind = [] if self.owned is None else [
+                obj for obj in self.owned.by_namespace(key[0] if backend.kind.namespaced else "") if not is_managed(obj)]
+            judged = [obj for store in self.judged for obj in (*store.by_namespace(key[0]), *store.by_namespace(""))
+                      if not is_managed(obj)]
+            others = backend.widening_candidates(self.policies.by_index((key[0], False)), own_kind, judged)
             for pod in plan.enforced_pods:
                 labels = self._labels(pod)
-                for widening in effective_widenings(self.backend, plan.reference, others, key[0], labels,
-                                                    self.cluster.priority):
+                for widening in backend.widenings(plan.reference, others, key[0], labels, self.cluster):
                     found.setdefault(widening.policy, widening.describe())
                     self._tell(key, Note(pod, "Warning", WIDENED,
                                          f"{widening.describe()}; this pod can reach more than its egress policy allows"))

@@ -50,22 +50,6 @@ CANARY_POD_LABELS = {"app.kubernetes.io/name": "sortie-egress", "app.kubernetes.
 #: unknown: fail closed), ``auto`` (the wait where the backend's dataplane does not keep the
 #: promise itself), ``off`` (never; the operator's risk).
 WAIT_MODES = ("required", "auto", "off")
-#: Backends whose dataplane judges a pod's first packet by the policy it holds when the pod gets
-#: its network (Cilium: its CNI returns only once the endpoint's policy is built), so that with
-#: the session baseline (session_baseline.render: every session pod is in
-#: default-deny egress before its own policy reaches the node) ``auto`` needs no wait there.
-SELF_ENFORCING_BACKENDS = ("cilium",)
-
-
-def wait_needed(mode: str, backend: str) -> bool:
-    """Whether a session pod must carry the wait: one rule for the webhook (inject it), the
-    admission policies (require it; authorship.py spells it in CEL) and the controller (hold
-    pods without it until the baseline is verified)."""
-    if mode == "off":
-        return False
-    if mode == "auto":
-        return backend not in SELF_ENFORCING_BACKENDS
-    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,5 +131,5 @@ def _placed(pod: Mapping[str, Any], field: str, ours: dict[str, Any], first: boo
 
 
 __all__ = ["CANARY_POD_LABELS", "CANARY_TOKEN", "DEFAULT_OPEN_PORT", "EnforcementWait", "INIT_CONTAINER_NAME",
-           "NO_TOKEN_VOLUME", "SELF_ENFORCING_BACKENDS", "SERVICE_ACCOUNT_PATH", "WAIT_MODES", "closed_port",
-           "init_container_names", "wait_needed", "wait_patch"]
+           "NO_TOKEN_VOLUME", "SERVICE_ACCOUNT_PATH", "WAIT_MODES", "closed_port",
+           "init_container_names", "wait_patch"]

@@ -41,9 +41,8 @@ from sortie_egress.render.cilium import CILIUM_API_VERSION, deny_ports, every_po
 from sortie_egress.guards.session_baseline import KIND, SETTLE_SECONDS, shipped_problem
 
 NAME: Final = "sortie-egress-node-guard"
-#: The backends that leave a node to other policies' allows on Cilium: where the cluster serves
-#: Cilium's clusterwide kind, the controller (and audit) require the guard on them.
-REQUIRED_ON: Final = ("cilium", "clusternetworkpolicy")
+# Which backends require it (where the cluster serves Cilium's clusterwide kind): those that
+# declare backends.NODE_GUARDED, since they leave a node to other policies' allows on Cilium.
 #: The sessions it selects (our mode label's value): a denylist promised everything else.
 GUARDED_MODE: Final = "allowlist"
 #: Cilium's identities of its nodes: the local node, every other node, and the health endpoints.
@@ -80,4 +79,4 @@ def problem(found: Mapping[str, Any] | None, dns: DnsDestination, now: dt.dateti
     return shipped_problem(found, NAME, spec_problem, now)
 
 
-__all__ = ["GUARDED_MODE", "KIND", "NAME", "NODE_ENTITIES", "REQUIRED_ON", "SETTLE_SECONDS", "problem", "render"]
+__all__ = ["GUARDED_MODE", "KIND", "NAME", "NODE_ENTITIES", "SETTLE_SECONDS", "problem", "render"]

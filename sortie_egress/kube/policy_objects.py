@@ -17,8 +17,8 @@ from functools import partial
 from typing import Any
 
 from sortie_egress.constants import POLICY_NAME_PREFIX
-from sortie_egress.render.cilium import CILIUM_API_VERSION
-from sortie_egress.render.clusternetworkpolicy import CLUSTER_POLICY_PREFIX, CNP_GROUP, CNP_VERSIONS, SESSION_NAMESPACE_LABEL, cluster_policy_name
+from sortie_egress.render.cilium import CILIUM_API_VERSION, CILIUM_PLURAL
+from sortie_egress.render.clusternetworkpolicy import CLUSTER_POLICY_PREFIX, CNP_GROUP, CNP_PLURAL, CNP_VERSIONS, SESSION_NAMESPACE_LABEL, cluster_policy_name
 from sortie_egress.controller.projections import project_policy
 
 
@@ -72,7 +72,6 @@ def network_policies(networking: Any) -> SessionObjects:
 
 
 CILIUM_GROUP, CILIUM_VERSION = CILIUM_API_VERSION.split("/")
-CILIUM_PLURAL = "ciliumnetworkpolicies"
 
 
 def cilium_network_policies(custom: Any) -> SessionObjects:
@@ -93,7 +92,6 @@ def cilium_network_policies(custom: Any) -> SessionObjects:
     )
 
 
-CNP_PLURAL = "clusternetworkpolicies"
 
 
 def _session_namespace(obj: dict[str, Any]) -> str:
@@ -235,14 +233,17 @@ class JudgedKind:
 
 def judged_kinds(custom: Any, backend: str) -> list[JudgedKind]:
     """What Cilium also enforces beside the backend's objects, where the cluster serves it:
-    CiliumNetworkPolicies (on the networkpolicy backend: on the cilium backend they are the
-    backend's kind, kept with its own objects) and CiliumClusterwideNetworkPolicies. None on the
-    clusternetworkpolicy backend: its Admin-tier policy is judged against other Admin-tier ones."""
-    if backend == "clusternetworkpolicy":
+    CiliumNetworkPolicies (unless they are the backend's kind, kept with its own objects) and
+    CiliumClusterwideNetworkPolicies. None where nothing but the backend's own kind can widen a
+    session (the clusternetworkpolicy backend: its Admin tier comes first)."""
+    from sortie_egress import backends
+
+    chosen = backends.get(backend)
+    if chosen.has(backends.UNWIDENABLE_BY_NETWORKPOLICY):
         return []
     group = (CILIUM_GROUP, CILIUM_VERSION)
     kinds = []
-    if backend == "networkpolicy" and cilium_served(custom):
+    if chosen.kind.plural != CILIUM_PLURAL and cilium_served(custom):
         kinds.append(JudgedKind(
             "CiliumNetworkPolicy", partial(custom.list_cluster_custom_object, *group, CILIUM_PLURAL),
             lambda namespace: partial(custom.list_namespaced_custom_object, *group, namespace, CILIUM_PLURAL)))

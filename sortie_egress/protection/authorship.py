@@ -34,10 +34,10 @@ from __future__ import annotations
 from typing import Any
 
 from sortie_egress.constants import EGRESS_MODE_LABEL, EGRESS_POLICY_ANNOTATION, SCHEDULING_GATE, SESSION_ID_LABEL
-from sortie_egress.enforcement_wait.injection import INIT_CONTAINER_NAME, SELF_ENFORCING_BACKENDS, WAIT_MODULES_ACCEPTED
+from sortie_egress import backends
 from sortie_egress.admission.pod_shape import CONTAINER_LISTS, NETWORK_CAPABILITIES
-from sortie_egress.protection.tamper import (CILIUM_NETWORK_POLICIES, CLUSTER_NETWORK_POLICIES, NETWORK_POLICIES, _policy, binding,
-                     cel_string)
+from sortie_egress.enforcement_wait.injection import INIT_CONTAINER_NAME, WAIT_MODULES_ACCEPTED
+from sortie_egress.protection.tamper import _policy, binding, cel_string, protected_backends
 
 POD_CREATION_POLICY = "sortie-egress-session-pod-creation"
 WORKLOADS_POLICY = "sortie-egress-session-workloads"
@@ -50,11 +50,13 @@ SESSION_POLICIES_GROUP = "egress.sortie.io"
 SESSION_POLICIES_RESOURCE = "sessionpolicies"
 POLICY_AUTHOR_ROLE = "sortie-egress:policy-author"
 #: What each backend writes on the author's behalf: (group, resource, namespaced).
-AUTHOR_KINDS: dict[str, tuple[str, str, bool]] = {
-    "networkpolicy": (NETWORK_POLICIES[2], NETWORK_POLICIES[4], True),
-    "cilium": (CILIUM_NETWORK_POLICIES[2], CILIUM_NETWORK_POLICIES[4], True),
-    "clusternetworkpolicy": (CLUSTER_NETWORK_POLICIES[2], CLUSTER_NETWORK_POLICIES[4], False),
-}
+def author_kinds() -> dict[str, tuple[str, str, bool]]:
+    """Every registered backend's kind, in the order the admission policies list them."""
+    return {name: (backends.get(name).kind.group, backends.get(name).kind.plural, backends.get(name).kind.namespaced)
+            for name in [backends.DEFAULT_BACKEND, *protected_backends()]}
+
+
+AUTHOR_KINDS = author_kinds()
 #: Kubernetes' workload controllers, as kube-controller-manager runs them (per-controller
 #: ServiceAccounts, or its own identity): pods they create come from a template judged already.
 POD_CREATING_CONTROLLERS = tuple(f"system:serviceaccount:kube-system:{name}" for name in (
@@ -73,21 +75,21 @@ def _cel_list(items: tuple[str, ...] | list[str]) -> str:
 
 _ANNOTATION = cel_string(EGRESS_POLICY_ANNOTATION)
 _BACKEND = f"params.metadata.?annotations[?{cel_string(BACKEND_ANNOTATION)}].orValue('networkpolicy')"
-_AUTHOR_KIND = "{" + ", ".join(
-    f"{cel_string(backend)}: [{cel_string(group)}, {cel_string(resource)}]"
-    for backend, (group, resource, _) in AUTHOR_KINDS.items()) + "}"
-_CLUSTER_SCOPED = _cel_list([backend for backend, (_, _, namespaced) in AUTHOR_KINDS.items() if not namespaced])
 _SA_PREFIX = "system:serviceaccount:"
 
 
 def _author_variables() -> list[dict[str, str]]:
     """``authorised``: the requester may write what the backend writes, or holds the delegable
     permission; evaluated lazily, so the authorizer is asked only about pods with a policy."""
+    kinds = author_kinds()
+    author_kind = "{" + ", ".join(f"{cel_string(backend)}: [{cel_string(group)}, {cel_string(resource)}]"
+                                  for backend, (group, resource, _) in kinds.items()) + "}"
+    cluster_scoped = _cel_list([backend for backend, (_, _, namespaced) in kinds.items() if not namespaced])
     return [
         {"name": "backend", "expression": _BACKEND},
         # An unknown backend fails the lookup, and the policy fails closed.
-        {"name": "authorKind", "expression": f"{_AUTHOR_KIND}[variables.backend]"},
-        {"name": "clusterScoped", "expression": f"variables.backend in {_CLUSTER_SCOPED}"},
+        {"name": "authorKind", "expression": f"{author_kind}[variables.backend]"},
+        {"name": "clusterScoped", "expression": f"variables.backend in {cluster_scoped}"},
         {"name": "mayWriteKind", "expression": (
             "variables.clusterScoped"
             " ? authorizer.group(variables.authorKind[0]).resource(variables.authorKind[1]).check('create').allowed()"
@@ -146,11 +148,11 @@ def pod_creation_policy() -> dict[str, Any]:
         {"name": "mode", "expression": f"object.metadata.?labels[?{mode}].orValue('')"},
         {"name": "hasPolicy", "expression": (
             f"variables.mode != '' || !variables.annotation.matches({cel_string(NO_POLICY_PATTERN)})")},
-        # enforcement.wait_needed in CEL: "off" never, "auto" but on the self-enforcing backends.
+        # backends.wait_needed in CEL: "off" never, "auto" but on the self-enforcing backends.
         {"name": "waitMode", "expression": f"params.metadata.?annotations[?{cel_string(WAIT_ANNOTATION)}].orValue('required')"},
         {"name": "waitRequired", "expression": (
             f"variables.waitMode != 'off' && !(variables.waitMode == 'auto'"
-            f" && {_BACKEND} in {_cel_list(list(SELF_ENFORCING_BACKENDS))})")},
+            f" && {_BACKEND} in {_cel_list(list(backends.with_capability(backends.SELF_ENFORCING)))})")},
         {"name": "waitFirst", "expression": (
             f"object.spec.?initContainers.orValue([]).size() > 0 && {first}.name == {wait}"
             f" && {first}.?command.orValue([]).size() >= 3 && {first}.command[0] == 'python'"
@@ -247,6 +249,6 @@ def authorship_policies(namespace: str, account: str) -> list[dict[str, Any]]:
     return [pod_creation_policy(), workloads_policy(), binding(POD_CREATION_POLICY, namespace, account), workloads]
 
 
-__all__ = ["AUTHOR_KINDS", "BACKEND_ANNOTATION", "NO_POLICY_PATTERN", "POD_CREATING_CONTROLLERS", "POD_CREATION_POLICY",
+__all__ = ["AUTHOR_KINDS", "author_kinds", "BACKEND_ANNOTATION", "NO_POLICY_PATTERN", "POD_CREATING_CONTROLLERS", "POD_CREATION_POLICY",
            "POLICY_AUTHOR_ROLE", "SESSION_POLICIES_GROUP", "SESSION_POLICIES_RESOURCE", "WAIT_ANNOTATION",
            "WORKLOADS_POLICY", "authorship_policies", "containers_of", "pod_creation_policy", "workloads_policy"]

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sortie_egress import backends
+
 from sortie_egress.constants import (
     EGRESS_MODE_LABEL,
     EGRESS_POLICY_ANNOTATION,
@@ -209,22 +211,35 @@ def pods_policy() -> dict[str, Any]:
 _MANAGED = {"matchLabels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}}
 
 
-#: The kinds a backend enforces sessions with: (policy name suffix, what messages call them, rules' group,
-#: versions, resource). NetworkPolicies always (the default backend, and tamper protection of
-#: any installed before); CiliumNetworkPolicies with the cilium backend's component.
-NETWORK_POLICIES = ("networkpolicies", "NetworkPolicies", "networking.k8s.io", ("v1",), "networkpolicies")
-CILIUM_NETWORK_POLICIES = ("ciliumnetworkpolicies", "CiliumNetworkPolicies", "cilium.io", ("v2",), "ciliumnetworkpolicies")
-#: Cluster-scoped: nobody but the controller ever deletes a managed one (it retires it first, as
-#: it retires the others), since neither the garbage collector nor a namespace deletion reaches it.
-CLUSTER_NETWORK_POLICIES = ("clusternetworkpolicies", "ClusterNetworkPolicies", "policy.networking.k8s.io",
-                            ("v1alpha2", "v1beta1"), "clusternetworkpolicies")
 _KindRules = tuple[str, str, str, tuple[str, ...], str]
+
+
+def kind_rules(backend: str) -> _KindRules:
+    """The kind a backend enforces sessions with, as its protection names it: (policy name suffix,
+    what messages call them, rules' group, versions, resource). A cluster-scoped kind: nobody but
+    the controller ever deletes a managed one (it retires it first, as it retires the others),
+    since neither the garbage collector nor a namespace deletion reaches it."""
+    kind = backends.get(backend).kind
+    return (kind.plural, kind.kinds, kind.group, tuple(sorted(kind.versions)), kind.plural)
+
+
+def protected_backends() -> list[str]:
+    """The backends whose kind its component protects besides NetworkPolicies (which the base
+    protects always: the default backend, and any installed before): the default first, then
+    namespaced kinds, then cluster-scoped ones."""
+    return [backend.name for backend in backends.in_docs_order() if backend.name != backends.DEFAULT_BACKEND]
+
+
+NETWORK_POLICIES = kind_rules("networkpolicy")
+CILIUM_NETWORK_POLICIES = kind_rules("cilium")
+CLUSTER_NETWORK_POLICIES = kind_rules("clusternetworkpolicy")
 
 
 def _where(kind: _KindRules) -> str:
     """The object, in a message: namespace/name, or the name alone for a cluster-scoped kind (a
     request for one has no namespace, and a message expression that fails is not shown)."""
-    return "request.name" if kind is CLUSTER_NETWORK_POLICIES else "request.namespace + '/' + request.name"
+    namespaced = next(b.kind.namespaced for b in backends.registered() if b.kind.plural == kind[4])
+    return "request.namespace + '/' + request.name" if namespaced else "request.name"
 
 
 def _rules(kind: _KindRules, operations: list[str]) -> list[dict[str, Any]]:
@@ -252,7 +267,7 @@ def network_policies_policy(kind: _KindRules = NETWORK_POLICIES) -> dict[str, An
             "reason": "Forbidden",
         },
     ]
-    name = NETWORK_POLICIES_POLICY if kind is NETWORK_POLICIES else f"sortie-egress-managed-{kind[0]}"
+    name = NETWORK_POLICIES_POLICY if kind == NETWORK_POLICIES else f"sortie-egress-managed-{kind[0]}"
     return _policy(name, _rules(kind, ["CREATE", "UPDATE"]), _MANAGED, variables, validations)
 
 
@@ -270,7 +285,7 @@ def deletion_policy(kind: _KindRules = NETWORK_POLICIES) -> dict[str, Any]:
             "reason": "Forbidden",
         },
     ]
-    name = DELETION_POLICY if kind is NETWORK_POLICIES else f"sortie-egress-managed-{kind[0][:-3]}y-deletion"
+    name = DELETION_POLICY if kind == NETWORK_POLICIES else f"sortie-egress-managed-{kind[0][:-3]}y-deletion"
     return _policy(name, _rules(kind, ["DELETE"]), _MANAGED, [], validations, parameterised=False)
 
 

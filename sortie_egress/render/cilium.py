@@ -34,13 +34,14 @@ import ipaddress
 from itertools import product
 from typing import Any, Final
 
-from sortie_egress.backends import grouped_by_port_set, port_set
+from sortie_egress.policy.traffic import PROTOCOLS, grouped_by_port_set, port_set
 from sortie_egress.policy.complement import PortSet, denied_regions
 from sortie_egress.policy.model import EgressPolicy, Rule, network_text
 from sortie_egress.render.networkpolicy import Canary, DnsDestination, pod_owner, session_labels, session_selector
 from sortie_egress.admission.session import SessionPod
 
 CILIUM_API_VERSION: Final = "cilium.io/v2"
+CILIUM_PLURAL: Final = "ciliumnetworkpolicies"
 _NAMESPACE_KEY: Final = "k8s:io.kubernetes.pod.namespace"
 _EVERYWHERE: Final = ("0.0.0.0/0", "::/0")
 _DNS_PORTS: Final = (("UDP", 53, 53), ("TCP", 53, 53))
@@ -122,7 +123,7 @@ def deny_ports(ports: tuple[tuple[str, int, int], ...]) -> list[dict[str, Any]]:
 def every_port_but(protocol_ports: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int, int], ...]:
     """Every TCP, UDP and SCTP port but the given (protocol, port) pairs, as port ranges."""
     rest = []
-    for protocol in ("TCP", "UDP", "SCTP"):
+    for protocol in PROTOCOLS:
         open_ports = sorted(port for name, port in protocol_ports if name == protocol)
         first = 1
         for port in open_ports:

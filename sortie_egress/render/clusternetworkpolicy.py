@@ -18,7 +18,7 @@ When the policy names hosts, the canary's rules come first, then the port sets t
 then DNS and the rest: Cilium sends a pod's lookups through its DNS proxy (which opens a name's
 addresses) only by a rule it adds at the naming rule's place, so DNS must not be accepted before.
 
-One egress rule per port set (backends.grouped_by_port_set); a rule's destinations go in peers of
+One egress rule per port set (policy/traffic.py, grouped_by_port_set); a rule's destinations go in peers of
 at most 25 networks or 25 domain names each. Pure: the controller creates what
 ``sortie-egress render --backend clusternetworkpolicy`` prints.
 
@@ -33,15 +33,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Final
 
-from sortie_egress.backends import CNP_MAX_EGRESS_RULES, grouped_by_port_set
+from sortie_egress.policy.traffic import grouped_by_port_set
 from sortie_egress.policy.model import EgressPolicy, Rule, network_text
 from sortie_egress.render.networkpolicy import Canary, DnsDestination, session_labels, session_selector
 from sortie_egress.admission.session import SessionPod
 
+#: A ClusterNetworkPolicy holds at most 25 egress rules (network-policy-api v1alpha2/v1beta1).
+CNP_MAX_EGRESS_RULES: Final = 25
+#: Rules a session's ClusterNetworkPolicy needs besides the app's: DNS, the enforcement canary's
+#: open port and the rest of the canary, and the final Deny (allowlist) or Accept (denylist).
+CNP_FIXED_RULES: Final = 4
+CNP_MAX_PORT_SETS: Final = CNP_MAX_EGRESS_RULES - CNP_FIXED_RULES
 CNP_GROUP: Final = "policy.networking.k8s.io"
 #: The versions we can write, preferred first: v1beta1 (network-policy-api v0.3.0) and v1alpha2
 #: (v0.2.0, as Cilium 1.20 serves it). Their schemas are the same.
 CNP_VERSIONS: Final = ("v1beta1", "v1alpha2")
+CNP_PLURAL: Final = "clusternetworkpolicies"
 #: The label that says which namespace a (cluster-scoped) session policy belongs to.
 SESSION_NAMESPACE_LABEL: Final = "sortie.io/session-namespace"
 #: Admin-tier precedence: lower numbers win. The operator's own guardrails (a deny of the cloud
@@ -138,7 +145,7 @@ def cluster_egress_rules(policy: EgressPolicy, dns: DnsDestination, canary: Cana
     if policy.mode == "allowlist":  # after DNS, the canary and the app's Accepts: they keep their pods
         everything.append({"pods": {"namespaceSelector": {}, "podSelector": {}}})
     rules.append(_rule("everything-else", rest, everything, None))
-    if len(rules) > CNP_MAX_EGRESS_RULES:  # admission refuses such policies (backends.backend_problems)
+    if len(rules) > CNP_MAX_EGRESS_RULES:  # admission refuses such policies (backends/clusternetworkpolicy.py)
         raise ValueError(f"{len(rules)} egress rules; a ClusterNetworkPolicy holds {CNP_MAX_EGRESS_RULES}")
     return rules
 
