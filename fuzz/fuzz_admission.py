@@ -17,15 +17,17 @@ import time
 
 import atheris
 
-with atheris.instrument_imports(include=["webhook"]):
+with atheris.instrument_imports(include=["sortie_egress"]):
     from sortie_egress import logs
     from sortie_egress.admission.memo import memoised_mutation
     from sortie_egress.admission.mutate import mutate_pod
     from sortie_egress.admission.response import encode_response
     from sortie_egress.admission.review import admission_request, decode_request
+    from sortie_egress.policy.fields import POLICY_FIELDS, RULE_FIELDS
     from sortie_egress.policy.model import _parse_policy
     from sortie_egress.server.app import WebhookSettings, create_app
 
+RULE_KEYS = [field.name for field in RULE_FIELDS]  # the vocabulary's table (policy/fields.py)
 parse_uncached = _parse_policy  # the memo would hide repeated work from the fuzzer
 MUTATE = create_app(WebhookSettings()).endpoints["/mutate"]  # the webhook's whole hot path, memo included
 logs._stream = lambda: open(os.devnull, "w")  # one admission line per input is not a finding
@@ -104,11 +106,11 @@ def _structured(data: bytes) -> bytes:
                                             ) if provider.ConsumeBool() else provider.ConsumeUnicodeNoSurrogates(12)
         if kind in (6, 7):
             return [value(depth + 1) for _ in range(provider.ConsumeIntInRange(0, 4))]
-        keys = ["cidr", "fqdn", "port", "end_port", "protocol", "mode", "rules", "rule", provider.ConsumeUnicodeNoSurrogates(4)]
+        keys = [*RULE_KEYS, *POLICY_FIELDS, "rule", provider.ConsumeUnicodeNoSurrogates(4)]
         return {provider.PickValueInList(keys): value(depth + 1) for _ in range(provider.ConsumeIntInRange(0, 5))}
 
     rules = [value(1) if provider.ConsumeIntInRange(0, 4) == 0 else {
-        key: value(2) for key in ("cidr", "fqdn", "port", "end_port", "protocol") if provider.ConsumeBool()}
+        key: value(2) for key in RULE_KEYS if provider.ConsumeBool()}
         for _ in range(provider.ConsumeIntInRange(0, 6))]
     document: object = {"mode": value(1) if provider.ConsumeIntInRange(0, 3) == 0 else provider.PickValueInList(
         ["allowlist", "denylist", ""]), "rules": rules}

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Tag, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Tag, ValidationError, ValidationInfo, create_model, field_validator
 
 from sortie_egress.constants import MAX_ANNOTATION_BYTES, MAX_MEMO_ANNOTATION, MAX_RULES
 from sortie_egress.policy.public_suffix import is_public_suffix
 from sortie_egress.policy.strict_json import JSONInputError, loads_strict
+from sortie_egress.policy.fields import DESTINATIONS, TRAFFIC_FIELDS, known_fields_text
 from sortie_egress.policy.traffic import PROTOCOLS
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -53,7 +54,8 @@ class Rule:
     fqdn: str | None = None
 
     def canonical(self) -> dict[str, Any]:
-        """Only what differs from the defaults, so equal policies print equal."""
+        """Only what differs from the defaults, so equal policies print equal. Part of the pin
+        (EgressPolicy.canonical_json): never change what this returns for an existing rule."""
         out: dict[str, Any] = {"cidr": network_text(self.network)} if self.network is not None else {"fqdn": self.fqdn}
         if self.end_port is not None:
             out["end_port"] = self.end_port
@@ -79,7 +81,14 @@ class EgressPolicy:
         return any(rule.fqdn is not None for rule in self.rules)
 
     def canonical_json(self) -> str:
-        """Sorted keys and the contract's own spacing: the annotation's fixed point."""
+        """Sorted keys and the contract's own spacing: the annotation's fixed point.
+
+        THE PIN. A running session's policy object records the sha256 of this text
+        (``sortie.io/policy-digest``, controller/plan.policy_digest) and every pod of the session
+        is checked against it; a text that changes for an existing policy across an upgrade makes
+        every running session look tampered with (held, or DNS only). Changing it is a migration,
+        not a refactor: tests/golden/canonical-policies.json holds texts and digests written before
+        anything moved, and tests/test_canonical_golden.py fails on any difference."""
         document = {"mode": self.mode, "rules": [rule.canonical() for rule in self.rules]}
         return json.dumps(document, sort_keys=True)
 
@@ -228,29 +237,24 @@ class _RuleFields(BaseModel):
         return value.upper()
 
 
-class _RuleInput(_RuleFields):
-    cidr: str
-    port: int = 0
-    end_port: int = None  # type: ignore[assignment]  # absent is fine, null is not an integer
-    protocol: str = ""
-
-    @field_validator("cidr")
-    @classmethod
-    def _network(cls, value: str) -> str:
-        parse_network(value)
-        return value
+def _checked_network(value: str) -> str:
+    parse_network(value)
+    return value
 
 
-class _FqdnRuleInput(_RuleFields):
-    fqdn: str
-    port: int = 0
-    end_port: int = None  # type: ignore[assignment]
-    protocol: str = ""
+def _rule_model(destination: str, check: Any) -> Any:
+    """The input model of one kind of rule, from the field table (policy/fields.py): its destination
+    first, then the traffic fields, in the table's order (the order problems are reported in)."""
+    fields: dict[str, Any] = {destination: (str, ...)}
+    for traffic in TRAFFIC_FIELDS:
+        fields[traffic.name] = (traffic.type, traffic.default)
+    return create_model(f"_{destination.capitalize()}RuleInput", __base__=_RuleFields,
+                        __validators__={f"_check_{destination}": field_validator(destination)(check)}, **fields)
 
-    @field_validator("fqdn")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return parse_fqdn(value)
+
+_RuleInput = _rule_model("cidr", _checked_network)
+_FqdnRuleInput = _rule_model("fqdn", parse_fqdn)
+assert DESTINATIONS == ("cidr", "fqdn"), "a new destination needs its kind of rule here and in _rule_kind"
 
 
 #: Tags of the two kinds of rule; they appear in pydantic's error locations and are taken out.
@@ -281,10 +285,7 @@ class _PolicyInput(BaseModel):
         return value
 
 
-_KNOWN_FIELDS = {
-    "policy": "mode, rules",
-    "rule": "cidr or fqdn, port, end_port, protocol",
-}
+_KNOWN_FIELDS = known_fields_text()
 
 
 def _path(loc: tuple[Any, ...]) -> str:
