@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 
 from sortie_egress.admission.review import ADMISSION_API_VERSION
 
-
 class ReviewFailed(Exception):
     """The webhook could not be asked, or did not answer with an AdmissionReview."""
 

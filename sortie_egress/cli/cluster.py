@@ -1,0 +1,60 @@
+"""Commands that read a cluster or call a running webhook: ``audit``, ``review``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sortie_egress import backends
+
+from sortie_egress.cli.common import CommandError, load_manifest, dump, warn
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from sortie_egress.cli.review_client import ReviewFailed, send_review
+    from sortie_egress.admission.patch import apply_patch
+
+    manifest = load_manifest(args.file)
+    try:
+        response = send_review(manifest, args.url, args.ca, timeout=args.timeout)
+    except ReviewFailed as exc:
+        raise CommandError(str(exc)) from None
+    allowed = response.get("allowed") is True
+    print(f"decision: {'allowed' if allowed else 'denied'}", file=sys.stderr)
+    warn(response.get("warnings") or [])
+    if not allowed:
+        status = response.get("status") or {}
+        print(f"error: {status.get('message', 'denied')} (code {status.get('code', '?')})", file=sys.stderr)
+        return 1
+    ops = response.get("patchOps") or []
+    print(f"patch: {len(ops)} operation(s)", file=sys.stderr)
+    sys.stdout.write(dump(apply_patch(manifest, ops), args.output))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Each session pod's state, judged from one snapshot of the cluster (kube/snapshot.py)."""
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.config.config_exception import ConfigException
+    from urllib3.exceptions import HTTPError
+
+    from sortie_egress.controller.audit import audit, format_rows
+    from sortie_egress.kube.client import api_client
+    from sortie_egress.kube.snapshot import read_snapshot
+
+    try:
+        snapshot = read_snapshot(api_client(args.kubeconfig), args.backend, args.namespace, args.dns,
+                                 canary_port=args.canary_port, system_namespace=args.system_namespace,
+                                 priority=args.cluster_policy_priority)
+    except backends.BackendUnavailable as exc:
+        raise CommandError(f"cannot audit: {exc}") from None
+    except ApiException as exc:
+        raise CommandError(f"cannot read the cluster: {exc.status} {exc.reason}") from None
+    except (ConfigException, HTTPError, OSError, ValueError) as exc:  # no kubeconfig, unreachable server
+        raise CommandError(f"cannot read the cluster: {exc}") from None
+    rows = audit(snapshot.pods, snapshot.network_policies, args.dns, snapshot.canary, args.backend, snapshot.owned,
+                 snapshot.settings, snapshot.name_for, snapshot.judged, snapshot.node_guard_problem)
+    sys.stdout.write(format_rows(rows))
+    wrong = [row for row in rows if row.wrong]
+    print(f"{len(rows)} rows, {len(wrong)} need attention (backend: {args.backend})", file=sys.stderr)
+    return 1 if wrong else 0

@@ -1,0 +1,118 @@
+"""The cluster as the controller sees it, read once: what ``audit`` (and, next, ``explain``) judges.
+
+The controller keeps the same objects in its informers' stores (controller/main.py), projected the
+same way (controller/projections.py, kube/policy_objects.py), and picks what may widen a session
+through the same backend method (``Backend.widening_candidates``); a snapshot is that view taken
+by listing instead of watching, so the pure judges read both alike. Discovery is asked once per
+question (served kind, Cilium's kinds), not once per reader.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sortie_egress import backends
+from sortie_egress.backends import BackendSettings
+from sortie_egress.render.networkpolicy import Canary, DnsDestination
+
+
+@dataclass(frozen=True)
+class ClusterSnapshot:
+    backend: str
+    #: What the cluster serves for the backend (version), and its priority.
+    settings: BackendSettings
+    #: Session pods (label sortie.io/session-id), raw.
+    pods: list[dict[str, Any]]
+    #: Every NetworkPolicy of the namespaces read, raw.
+    network_policies: list[dict[str, Any]]
+    #: The backend's objects as the controller keeps them (None: they are the NetworkPolicies).
+    owned: list[dict[str, Any]] | None
+    #: Others' policies of the kinds the dataplane enforces beside the backend's (Cilium's).
+    judged: list[dict[str, Any]]
+    #: Why the node guard cannot be relied on where the controller requires it; None otherwise.
+    node_guard_problem: str | None
+    #: The enforcement canary every session policy opens (None: no --canary-port).
+    canary: Canary | None
+    #: The session's object's name, (namespace, session id) -> name.
+    name_for: Callable[[str, str], str]
+
+
+def _items(call: Callable[..., Any], *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    return json.loads(call(*args, _preload_content=False, **kwargs).data)["items"]
+
+
+def read_snapshot(api: Any, backend: str, namespaces: list[str], dns: DnsDestination, *, canary_port: int = 0,
+                  system_namespace: str = "sortie-system", priority: int | None = None) -> ClusterSnapshot:
+    """List what the controller watches. BackendUnavailable when the cluster does not serve the
+    backend's kind; the client's errors (ApiException, connection errors) pass through."""
+    from kubernetes import client
+
+    from sortie_egress.constants import SESSION_ID_LABEL
+    from sortie_egress.controller.plan import is_managed
+    from sortie_egress.guards import node_guard
+    from sortie_egress.kube.policy_objects import clusterwide_kind, judged_kinds
+
+    chosen = backends.get(backend)
+    core, networking, custom = client.CoreV1Api(api), client.NetworkingV1Api(api), client.CustomObjectsApi(api)
+    settings = chosen.served(custom, priority)
+    pods: list[dict[str, Any]] = []
+    policies: list[dict[str, Any]] = []
+    for namespace in namespaces or [None]:
+        if namespace is None:
+            pods += _items(core.list_pod_for_all_namespaces, label_selector=SESSION_ID_LABEL)
+            policies += _items(networking.list_network_policy_for_all_namespaces)
+        else:
+            pods += _items(core.list_namespaced_pod, namespace, label_selector=SESSION_ID_LABEL)
+            policies += _items(networking.list_namespaced_network_policy, namespace)
+    objects = chosen.objects(api, settings)
+    owned: list[dict[str, Any]] | None = None
+    if chosen.kind.kind != "NetworkPolicy":
+        owned = []
+        for namespace in namespaces or [None]:
+            listing = objects.list_all if namespace is None else objects.list_namespaced(namespace)
+            owned += [objects.project(obj) for obj in _items(listing)]
+        if not chosen.kind.namespaced and namespaces:
+            # Someone else's cluster-scoped policies carry no session namespace, and any of them
+            # may widen a session (effective/clusternetworkpolicy.py): judged for every namespace.
+            owned += [objects.project(obj) for obj in _items(objects.list_all) if not is_managed(obj)]
+    kinds = judged_kinds(custom, backend)
+    judged: list[dict[str, Any]] = []
+    for kind in kinds:
+        for namespace in ([None] if kind.cluster_scoped else namespaces or [None]):
+            judged += [kind.project(obj) for obj in _items(kind.listing(namespace))]
+    guard_problem = None
+    if chosen.has(backends.NODE_GUARDED):  # required where Cilium's clusterwide kind is served
+        now = dt.datetime.now(dt.timezone.utc)
+        if any(kind.kind == node_guard.KIND for kind in kinds):  # listed already, as the controller keeps it
+            found = next((obj for obj in judged if obj.get("kind") == node_guard.KIND
+                          and (obj.get("metadata") or {}).get("name") == node_guard.NAME), None)
+            guard_problem = node_guard.problem(found, dns, now)
+        elif clusterwide_kind(custom) is not None:
+            guard_problem = node_guard.problem(_node_guard(custom), dns, now)
+    canary = None
+    if canary_port:
+        from sortie_egress.controller.canary import CANARY_SELECTOR, canary_for, project_canary_pod
+
+        canary_pods = _items(core.list_namespaced_pod, system_namespace, label_selector=CANARY_SELECTOR)
+        canary = canary_for(system_namespace, canary_port, [project_canary_pod(pod) for pod in canary_pods])
+    return ClusterSnapshot(backend, settings, pods, policies, owned, judged, guard_problem, canary, objects.name_for)
+
+
+def _node_guard(custom: Any) -> dict[str, Any] | None:
+    """The node guard as stored (None: absent), where Cilium's clusterwide policies are not judged."""
+    from kubernetes.client.exceptions import ApiException
+
+    from sortie_egress.guards import node_guard
+    from sortie_egress.kube.policy_objects import CILIUM_CLUSTERWIDE_PLURAL, CILIUM_GROUP, CILIUM_VERSION
+
+    try:
+        return json.loads(custom.get_cluster_custom_object(CILIUM_GROUP, CILIUM_VERSION, CILIUM_CLUSTERWIDE_PLURAL,
+                                                           node_guard.NAME, _preload_content=False).data)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        return None
