@@ -28,7 +28,7 @@ from sortie_egress.controller.plan import (
     pod_patch,
     policy_matches,
 )
-from sortie_egress.controller.projections import pod_session_key, project_policy, project_pod
+from sortie_egress.kube.projections import pod_session_key, project_policy, project_pod
 from sortie_egress.controller.queue import WorkQueue, backoff_delay
 from sortie_egress.kube.informer import Store
 from sortie_egress.admission.patch import apply_patch

@@ -13,7 +13,7 @@ import pytest
 from tests.fake_api import FakeCore, FakeObjects
 from tests.test_controller_unit import CANONICAL, DNS_RULE, POLICY, RULE_443, expected_policy, owner, pod_with, sha
 from sortie_egress.controller.metrics import ControllerMetrics
-from sortie_egress.controller.projections import pod_session_key, policy_ownership_key, project_policy, project_pod
+from sortie_egress.kube.projections import pod_session_key, policy_ownership_key, project_policy, project_pod
 from sortie_egress.controller.reconciler import Conflict, Reconciler
 from sortie_egress.kube.informer import Store
 from sortie_egress.render.networkpolicy import DnsDestination

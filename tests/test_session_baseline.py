@@ -78,7 +78,8 @@ def test_a_baseline_for_another_dns_destination_is_not_this_controllers() -> Non
 def test_the_webhook_injects_the_wait_as_the_mode_and_backend_say(tmp_path: Any) -> None:
     """`serve`'s flags as an operator writes them: with a canary configured, auto leaves the wait
     out on the cilium backend only; required and the default keep it everywhere."""
-    from sortie_egress.cli import _enforcement_wait, build_parser
+    from sortie_egress.cli import build_parser
+    from sortie_egress.cli.processes import _enforcement_wait
 
     canary = ["--enforcement-canary", "sortie-egress-canary.sortie-system.svc", "--enforcement-image", "registry.invalid/x:1"]
 

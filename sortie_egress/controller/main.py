@@ -25,7 +25,7 @@ from sortie_egress.certs.rotation import RotationPolicy
 from sortie_egress.controller.canary import CANARY_SELECTOR, CanaryProcess, canary_for, project_canary_pod
 from sortie_egress.controller.plan import is_managed
 from sortie_egress.controller.metrics import ControllerMetrics
-from sortie_egress.controller.projections import pod_session_key, policy_ownership_key, project_policy, project_pod
+from sortie_egress.kube.projections import pod_session_key, policy_ownership_key, project_policy, project_pod
 from sortie_egress.controller.queue import WorkQueue
 from sortie_egress.controller.reconciler import Conflict, Reconciler, SessionKey
 from sortie_egress.render.clusternetworkpolicy import DEFAULT_PRIORITY

@@ -24,7 +24,6 @@ and one NetworkPolicy named after it (CONTRACT §3):
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,13 +32,14 @@ from sortie_egress.constants import (
     EGRESS_MODE_LABEL,
     EGRESS_POLICY_LABEL,
     MANAGED_BY_LABEL,
-    MANAGED_BY_VALUE,
     POLICY_DIGEST_ANNOTATION,
     SCHEDULING_GATE,
     SESSION_ID_LABEL,
     SESSION_PODS_ANNOTATION,
 )
 from sortie_egress.admission.patch import JsonPatch, pointer
+from sortie_egress.kube.projections import spec_digest
+from sortie_egress.managed import is_managed
 from sortie_egress import backends
 from sortie_egress.backends import DEFAULT_BACKEND, BackendSettings, backend_problems
 from sortie_egress.policy.model import FAIL_CLOSED_POLICY, EgressPolicy, parse_policy
@@ -132,10 +132,6 @@ def age_order(pod: dict[str, Any]) -> tuple[str, str]:
     """Oldest first, ties by uid: the same order on every replica and every run."""
     metadata = pod.get("metadata") or {}
     return metadata.get("creationTimestamp") or "", metadata.get("uid") or ""
-
-
-def is_managed(policy: dict[str, Any] | None) -> bool:
-    return ((((policy or {}).get("metadata") or {}).get("labels")) or {}).get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE
 
 
 def has_gate(pod: dict[str, Any]) -> bool:
@@ -270,12 +266,6 @@ def plan_session(pods: list[dict[str, Any]], existing: dict[str, Any] | None, dn
                                f"replaced {describe_policy(existing, backends.get(backend).kind.kind)}, which sortie-egress did not manage, "
                                "with the session's egress policy"))
     return plan
-
-
-def spec_digest(spec: Any) -> bytes:
-    """A fingerprint of a NetworkPolicy spec: the controller caches this, not the spec
-    (5,000 specs as Python objects were a fifth of its memory)."""
-    return hashlib.blake2b(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode(), digest_size=16).digest()
 
 
 def _owners_of(metadata: dict[str, Any]) -> list[tuple[Any, ...]]:

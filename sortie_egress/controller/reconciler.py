@@ -39,7 +39,7 @@ from sortie_egress.controller.plan import (
     policy_matches,
 )
 from sortie_egress.controller.metrics import ControllerMetrics
-from sortie_egress.controller.projections import project_pod
+from sortie_egress.kube.projections import project_pod
 from sortie_egress.kube.policy_objects import SessionObjects
 
 log = logging.getLogger("sortie.controller")

@@ -19,7 +19,7 @@ from typing import Any
 from sortie_egress.constants import POLICY_NAME_PREFIX
 from sortie_egress.render.cilium import CILIUM_API_VERSION, CILIUM_PLURAL
 from sortie_egress.render.clusternetworkpolicy import CLUSTER_POLICY_PREFIX, CNP_GROUP, CNP_PLURAL, CNP_VERSIONS, SESSION_NAMESPACE_LABEL, cluster_policy_name
-from sortie_egress.controller.projections import project_policy
+from sortie_egress.kube.projections import project_policy
 
 
 def namespaced_policy_name(_namespace: str, session_id: str) -> str:

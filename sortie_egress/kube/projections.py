@@ -10,13 +10,21 @@ egress rules are what effective egress is judged against.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from typing import Any
 
 from sortie_egress.constants import EGRESS_POLICY_ANNOTATION, POLICY_DIGEST_ANNOTATION, SESSION_ID_LABEL, SESSION_PODS_ANNOTATION
-from sortie_egress.controller.plan import is_managed, spec_digest
+from sortie_egress.managed import is_managed
 
 SessionKey = tuple[str, str]  # namespace, session id
+
+
+def spec_digest(spec: Any) -> bytes:
+    """A fingerprint of a policy spec: the controller caches this, not the spec (5,000 specs as
+    Python objects were a fifth of its memory), and compares it with what it would write."""
+    return hashlib.blake2b(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode(), digest_size=16).digest()
 
 
 def _only(mapping: Any, keys: tuple[str, ...]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The cluster as the controller sees it, read once: what ``audit`` (and, next, ``explain``) judges.
 
 The controller keeps the same objects in its informers' stores (controller/main.py), projected the
-same way (controller/projections.py, kube/policy_objects.py), and picks what may widen a session
+same way (kube/projections.py, kube/policy_objects.py), and picks what may widen a session
 through the same backend method (``Backend.widening_candidates``); a snapshot is that view taken
 by listing instead of watching, so the pure judges read both alike. Discovery is asked once per
 question (served kind, Cilium's kinds), not once per reader.
@@ -52,7 +52,7 @@ def read_snapshot(api: Any, backend: str, namespaces: list[str], dns: DnsDestina
     from kubernetes import client
 
     from sortie_egress.constants import SESSION_ID_LABEL
-    from sortie_egress.controller.plan import is_managed
+    from sortie_egress.managed import is_managed
     from sortie_egress.guards import node_guard
     from sortie_egress.kube.policy_objects import clusterwide_kind, judged_kinds
 
