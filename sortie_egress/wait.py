@@ -1,7 +1,7 @@
 """``sortie-egress wait-for-enforcement``: the injected init container's whole job (enforcement_wait/injection.py).
 
-The standard library and small pure modules of ours only (enforcement, canary_protocol,
-session), and the CLI imports it only for this command: it starts in every session pod, so it
+The standard library and small pure modules of ours only (enforcement_wait/injection.py and
+protocol.py, admission/session.py), and the CLI imports it only for this command: it starts in every session pod, so it
 starts fast and small. Each round, from the pod's own network namespace:
 
 1. the canary's name (a Service) is resolved anew and its open port asked for a status: which
@@ -10,7 +10,7 @@ starts fast and small. Each round, from the pod's own network namespace:
    arguments (``--ca-bundle``): a name the pod's creator controls (``hostAliases``,
    ``dnsPolicy: None``) can point at a look-alike, but the look-alike cannot prove it is ours;
 2. on that one endpoint, the open port's status, the closed port, and the open port's status
-   again (canary_protocol.judge_round: a completed handshake on the closed port is never
+   again (enforcement_wait/protocol.judge_round: a completed handshake on the closed port is never
    "blocked", and a refusal or timeout counts only between two answers that show that
    endpoint's closed listener up and its queues not overflowing).
 

@@ -104,7 +104,7 @@ class FakeObjects:
         return Response(b"{}")
 
     def session_objects(self) -> SessionObjects:
-        """The reconciler's view of this kind, as session_objects.network_policies builds it."""
+        """The reconciler's view of this kind, as kube/policy_objects.network_policies builds it."""
         return SessionObjects(kind=self.kind, create_call=self.create, replace_call=self.replace,
                               patch_call=self.patch, delete_call=self.delete,
                               list_all=lambda **_: Response(json.dumps({"items": list(self.objects.values())}).encode()),

@@ -112,7 +112,7 @@ def test_the_baseline_as_shipped_releases_held_pods_once_settled_and_a_changed_o
 
 
 def test_auto_requires_the_wait_on_every_other_backend(plane: ControlPlane, installed: Any) -> None:
-    """The admission policies read auto as enforcement.wait_needed does: on the networkpolicy
+    """The admission policies read auto as backends.wait_needed does: on the networkpolicy
     backend a session pod without the wait is refused, webhook or not."""
     core, _ = installed
     from kubernetes.client.exceptions import ApiException

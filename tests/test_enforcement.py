@@ -167,7 +167,7 @@ def test_the_container_is_restricted_and_runs_the_prober() -> None:
         "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-# --- one round's judgement (canary_protocol.judge_round), case by case ---------------------------
+# --- one round's judgement (enforcement_wait/protocol.judge_round), case by case ---------------------------
 
 def status(**changes: object) -> CanaryStatus:
     """A healthy canary endpoint's status as this pod (10.1.0.5) sees it on 10.2.0.9."""

@@ -3,6 +3,7 @@ and the kubectl plugin."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -84,3 +85,15 @@ def test_kubectl_finds_the_plugin(tmp_path: Path) -> None:
     assert checked.returncode == 0 and "host bits set" in checked.stderr
     rendered = subprocess.run([str(bin_dir / "kubectl"), "sortie", "render", "-f", str(pod)], capture_output=True, text=True, env=env)
     assert rendered.returncode == 0 and "sortie-egress-" in rendered.stdout
+
+
+def test_the_wait_imports_the_standard_library_and_its_own_small_modules_only() -> None:
+    """It starts in every session pod (docs/development.md, invariants): no pydantic, no client."""
+    probe = ("import sys; import sortie_egress.wait; "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] not in sys.stdlib_module_names))")
+    loaded = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert loaded.returncode == 0, loaded.stderr
+    assert ast.literal_eval(loaded.stdout) == ["__main__", "sortie_egress", "sortie_egress.admission", "sortie_egress.admission.session",
+                                   "sortie_egress.constants", "sortie_egress.enforcement_wait",
+                                   "sortie_egress.enforcement_wait.injection", "sortie_egress.enforcement_wait.protocol",
+                                   "sortie_egress.wait"]

@@ -1,7 +1,7 @@
 """Reconciling one session: its policy object first, then labels and gates, Events last.
 
 A session is keyed by (namespace, session id), so the pods and the policy they
-name meet in one place however their events arrive. ``desired.plan_session``
+name meet in one place however their events arrive. ``plan.plan_session``
 decides; this module writes, in the order that never lets a pod reach more
 than its policy: the policy (or its fail-closed DNS-only form) exists before
 any gate is lifted, and an Event that cannot be recorded is logged and

@@ -26,7 +26,7 @@ but is not valid JSON is enforced by the controller as DNS only, never wider.
 The parameter, as for tamper protection, is the controller's ServiceAccount; its annotations
 say which backend the install runs (``sortie.io/backend``: the kind a policy author must be
 able to create) and whether session pods must carry the wait (``sortie.io/enforcement-wait``:
-``off``, ``auto`` or ``required``, read as enforcement.wait_needed reads it). A missing parameter refuses session pods (and only them: the object selector).
+``off``, ``auto`` or ``required``, read as backends.wait_needed reads it). A missing parameter refuses session pods (and only them: the object selector).
 """
 
 from __future__ import annotations
