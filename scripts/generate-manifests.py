@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from sortie_egress.guards import node_guard, session_baseline  # noqa: E402
 from sortie_egress.admission.registration import mutating_configuration  # noqa: E402
-from sortie_egress.render.networkpolicy import DnsDestination  # noqa: E402
+from sortie_egress.render.session import DnsDestination  # noqa: E402
 from sortie_egress import backends  # noqa: E402
 from sortie_egress.protection.tamper import (admission_policies, backend_admission_policies, kind_rules,  # noqa: E402
                                              protected_backends)

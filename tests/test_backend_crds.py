@@ -17,7 +17,7 @@ import yaml
 from tests.cluster.harness import ControlPlane, wait_for
 from tests.support import control_plane_binaries, policy_crds
 from sortie_egress.policy.model import parse_policy
-from sortie_egress.render.networkpolicy import Canary, DnsDestination
+from sortie_egress.render.session import Canary, DnsDestination
 from sortie_egress.render.cilium import render_cilium_network_policy
 from sortie_egress.render.clusternetworkpolicy import render_cluster_network_policy
 from sortie_egress.admission.session import session_pod

@@ -101,7 +101,7 @@ def test_every_backend_has_what_it_needs_outside_its_module(backend: Backend) ->
 def test_every_backend_declares_known_capabilities_and_a_kind_its_renderer_writes(backend: Backend) -> None:
     from sortie_egress.admission.session import session_pod
     from sortie_egress.policy.model import parse_policy
-    from sortie_egress.render.networkpolicy import DnsDestination
+    from sortie_egress.render.session import DnsDestination
     from tests.support import session_pod as pod_manifest
 
     assert backend.capabilities <= set(backends.CAPABILITIES)

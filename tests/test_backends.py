@@ -13,7 +13,8 @@ from sortie_egress.backends import backend_problems
 from sortie_egress.policy.traffic import port_set
 from sortie_egress.controller.plan import enforced_for
 from sortie_egress.policy.model import parse_fqdn, parse_policy
-from sortie_egress.render.networkpolicy import Canary, DnsDestination, render_network_policy
+from sortie_egress.render.networkpolicy import render_network_policy
+from sortie_egress.render.session import Canary, DnsDestination
 from sortie_egress.render.cilium import render_cilium_network_policy
 from sortie_egress.render.clusternetworkpolicy import cluster_policy_name, render_cluster_network_policy
 from sortie_egress.admission.session import session_pod

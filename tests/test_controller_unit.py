@@ -32,7 +32,7 @@ from sortie_egress.kube.projections import pod_session_key, project_policy, proj
 from sortie_egress.controller.queue import WorkQueue, backoff_delay
 from sortie_egress.kube.informer import Store
 from sortie_egress.admission.patch import apply_patch
-from sortie_egress.render.networkpolicy import DnsDestination
+from sortie_egress.render.session import DnsDestination
 
 DNS = DnsDestination()
 POLICY = {"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8", "port": 443}]}

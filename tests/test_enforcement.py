@@ -20,7 +20,8 @@ from sortie_egress.controller.canary import CanaryProcess, canary_for, listen_ov
 from sortie_egress.enforcement_wait.injection import INIT_CONTAINER_NAME, EnforcementWait, wait_patch
 from sortie_egress.admission.patch import apply_patch
 from sortie_egress.policy.model import parse_policy
-from sortie_egress.render.networkpolicy import Canary, DnsDestination, render_network_policy
+from sortie_egress.render.networkpolicy import render_network_policy
+from sortie_egress.render.session import Canary, DnsDestination
 from sortie_egress.admission.session import SessionPod
 from sortie_egress.wait import ask, enforced_once, wait_for_enforcement
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sortie_egress.guards import node_guard
-from sortie_egress.render.networkpolicy import DnsDestination
+from sortie_egress.render.session import DnsDestination
 
 NOW = dt.datetime(2026, 12, 7, 12, 0, 0, tzinfo=dt.timezone.utc)
 ALLOWLIST_SESSIONS = {"matchLabels": {"k8s:sortie.io/egress-mode": "allowlist"}}

@@ -16,7 +16,7 @@ from sortie_egress.controller.metrics import ControllerMetrics
 from sortie_egress.kube.projections import pod_session_key, policy_ownership_key, project_policy, project_pod
 from sortie_egress.controller.reconciler import Conflict, Reconciler
 from sortie_egress.kube.informer import Store
-from sortie_egress.render.networkpolicy import DnsDestination
+from sortie_egress.render.session import DnsDestination
 
 KEY = ("ns", "s1")
 NAME = "sortie-egress-s1"

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from tests.netpol_eval import Packet, egress_allows
 from tests.test_policy import policies
 from sortie_egress.policy.model import EgressPolicy, parse_policy
-from sortie_egress.render.networkpolicy import DnsDestination, render_network_policy
+from sortie_egress.render.networkpolicy import render_network_policy
+from sortie_egress.render.session import DnsDestination
 from sortie_egress.admission.session import SessionPod
 from tests.support import MODE_EXISTS
 

@@ -10,7 +10,7 @@ import pytest
 
 from sortie_egress.guards import session_baseline
 from sortie_egress.backends import wait_needed
-from sortie_egress.render.networkpolicy import DnsDestination
+from sortie_egress.render.session import DnsDestination
 
 NOW = dt.datetime(2026, 12, 7, 12, 0, 0, tzinfo=dt.timezone.utc)
 CLUSTER_DNS_EGRESS = [{"toEndpoints": [{"matchLabels": {"k8s:io.kubernetes.pod.namespace": "kube-system",

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from sortie_egress.admission.session import SessionPod
     from sortie_egress.kube.policy_objects import SessionObjects
     from sortie_egress.policy.model import EgressPolicy
-    from sortie_egress.render.networkpolicy import Canary, DnsDestination
+    from sortie_egress.render.session import Canary, DnsDestination
 
 #: Capabilities a backend declares; tests and the node matrix key their expectations on these,
 #: never on a backend's name.

@@ -17,7 +17,7 @@ from sortie_egress import backends
 from sortie_egress.backends import DEFAULT_BACKEND
 from sortie_egress.render.clusternetworkpolicy import DEFAULT_PRIORITY
 
-from sortie_egress.render.networkpolicy import DnsDestination
+from sortie_egress.render.session import DnsDestination
 from sortie_egress.wait import add_arguments as add_wait_arguments
 from sortie_egress.cli.local import cmd_render, cmd_check, cmd_certs_generate
 from sortie_egress.cli.cluster import cmd_audit, cmd_review

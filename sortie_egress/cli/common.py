@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from sortie_egress.render.networkpolicy import DnsDestination
+from sortie_egress.render.session import DnsDestination
 
 DEFAULT_CERT_DIR = Path("certs")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from sortie_egress import backends
 
-from sortie_egress.render.networkpolicy import DnsDestination
+from sortie_egress.render.session import DnsDestination
 from sortie_egress.admission.session import session_pod
 from sortie_egress.cli.common import CommandError, load_manifest, dump, warn
 

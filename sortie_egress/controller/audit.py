@@ -16,7 +16,7 @@ from sortie_egress import backends
 from sortie_egress.backends import DEFAULT_BACKEND, BackendSettings
 from sortie_egress.constants import EGRESS_MODE_LABEL, POLICY_NAME_PREFIX, SESSION_ID_LABEL
 from sortie_egress.guards.node_guard import GUARDED_MODE
-from sortie_egress.render.networkpolicy import Canary, DnsDestination
+from sortie_egress.render.session import Canary, DnsDestination
 from sortie_egress.controller.plan import (
     INVALID_POLICY,
     POLICY_CHANGED,

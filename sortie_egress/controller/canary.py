@@ -44,7 +44,7 @@ from typing import IO, Any
 from sortie_egress import logs
 from sortie_egress.enforcement_wait.protocol import CANARY_TOKEN, SELF_CHECK_INTERVAL, CanaryStatus
 from sortie_egress.enforcement_wait.injection import CANARY_POD_LABELS, closed_port
-from sortie_egress.render.networkpolicy import Canary
+from sortie_egress.render.session import Canary
 from sortie_egress.server.tls import ReloadingTLS
 from sortie_egress.wait import Trust, ask  # the wait's own reader: the controller checks its canary as a session pod would
 

@@ -20,7 +20,7 @@ from sortie_egress.constants import POLICY_NAME_PREFIX, SESSION_ID_LABEL
 from sortie_egress.enforcement_wait.injection import INIT_CONTAINER_NAME, init_container_names
 from sortie_egress.kube.client import api_client
 from sortie_egress.kube.informer import Informer, Store
-from sortie_egress.render.networkpolicy import DnsDestination
+from sortie_egress.render.session import DnsDestination
 from sortie_egress.certs.rotation import RotationPolicy
 from sortie_egress.controller.canary import CANARY_SELECTOR, CanaryProcess, canary_for, project_canary_pod
 from sortie_egress.controller.plan import is_managed

@@ -43,7 +43,7 @@ from sortie_egress.managed import is_managed
 from sortie_egress import backends
 from sortie_egress.backends import DEFAULT_BACKEND, BackendSettings, backend_problems
 from sortie_egress.policy.model import FAIL_CLOSED_POLICY, EgressPolicy, parse_policy
-from sortie_egress.render.networkpolicy import Canary, DnsDestination
+from sortie_egress.render.session import Canary, DnsDestination
 from sortie_egress.admission.session import session_id_problem, session_pod
 
 FINISHED_PHASES = ("Succeeded", "Failed")

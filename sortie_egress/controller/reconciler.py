@@ -26,7 +26,7 @@ from sortie_egress.constants import EGRESS_MODE_LABEL, MANAGED_BY_LABEL, POLICY_
 from sortie_egress.render.clusternetworkpolicy import CLUSTER_POLICY_PREFIX
 from sortie_egress.kube.informer import Store
 from sortie_egress.admission.patch import pointer
-from sortie_egress.render.networkpolicy import Canary, DnsDestination
+from sortie_egress.render.session import Canary, DnsDestination
 from sortie_egress.controller.plan import (
     CONFLICT,
     WIDENED,

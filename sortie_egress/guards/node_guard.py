@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from sortie_egress.constants import EGRESS_MODE_LABEL
-from sortie_egress.render.networkpolicy import DnsDestination
+from sortie_egress.render.session import DnsDestination
 from sortie_egress.render.cilium import CILIUM_API_VERSION, deny_ports, every_port_but
 from sortie_egress.guards.session_baseline import KIND, SETTLE_SECONDS, shipped_problem
 

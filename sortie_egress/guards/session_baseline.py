@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from sortie_egress.constants import EGRESS_MODE_LABEL
-from sortie_egress.render.networkpolicy import DnsDestination
+from sortie_egress.render.session import DnsDestination
 from sortie_egress.render.cilium import CILIUM_API_VERSION, dns_rules
 
 NAME: Final = "sortie-egress-session-baseline"

@@ -17,7 +17,7 @@ from typing import Any
 
 from sortie_egress import backends
 from sortie_egress.backends import BackendSettings
-from sortie_egress.render.networkpolicy import Canary, DnsDestination
+from sortie_egress.render.session import Canary, DnsDestination
 
 
 @dataclass(frozen=True)

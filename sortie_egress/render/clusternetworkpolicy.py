@@ -35,7 +35,7 @@ from typing import Any, Final
 
 from sortie_egress.policy.traffic import grouped_by_port_set
 from sortie_egress.policy.model import EgressPolicy, Rule, network_text
-from sortie_egress.render.networkpolicy import Canary, DnsDestination, session_labels, session_selector
+from sortie_egress.render.session import Canary, DnsDestination, session_labels, session_selector
 from sortie_egress.admission.session import SessionPod
 
 #: A ClusterNetworkPolicy holds at most 25 egress rules (network-policy-api v1alpha2/v1beta1).
