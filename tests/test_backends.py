@@ -12,7 +12,8 @@ from sortie_egress.admission.review import AdmissionRequest
 from sortie_egress.backends import backend_problems
 from sortie_egress.policy.traffic import port_set
 from sortie_egress.controller.plan import enforced_for
-from sortie_egress.policy.model import parse_fqdn, parse_policy
+from sortie_egress.policy.model import parse_policy
+from sortie_egress.policy.destinations import parse_fqdn
 from sortie_egress.render.networkpolicy import render_network_policy
 from sortie_egress.render.session import Canary, DnsDestination
 from sortie_egress.render.cilium import render_cilium_network_policy

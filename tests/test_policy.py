@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sortie_egress.policy.model import EgressPolicy, Rule, parse_network, parse_policy
+from sortie_egress.policy.model import EgressPolicy, Rule, parse_policy
+from sortie_egress.policy.destinations import parse_network
 
 
 def parse(document: object) -> object:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from sortie_egress.policy.intervals import merge_intervals
-from sortie_egress.policy.model import IPNetwork, network_text
+from sortie_egress.policy.destinations import IPNetwork, network_text
 from sortie_egress.policy.traffic import PROTOCOLS, PortSet
 
 #: Port protocols a deny can name; "every port" of one is its range 1..65535.

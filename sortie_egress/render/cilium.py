@@ -36,7 +36,8 @@ from typing import Any, Final
 
 from sortie_egress.policy.traffic import PROTOCOLS, grouped_by_port_set, port_set
 from sortie_egress.policy.complement import PortSet, denied_regions
-from sortie_egress.policy.model import EgressPolicy, Rule, network_text
+from sortie_egress.policy.model import EgressPolicy, Rule
+from sortie_egress.policy.destinations import network_text
 from sortie_egress.render.session import Canary, DnsDestination, pod_owner, session_labels, session_selector
 from sortie_egress.admission.session import SessionPod
 

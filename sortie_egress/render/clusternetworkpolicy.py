@@ -34,7 +34,8 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 from sortie_egress.policy.traffic import grouped_by_port_set
-from sortie_egress.policy.model import EgressPolicy, Rule, network_text
+from sortie_egress.policy.model import EgressPolicy, Rule
+from sortie_egress.policy.destinations import network_text
 from sortie_egress.render.session import Canary, DnsDestination, session_labels, session_selector
 from sortie_egress.admission.session import SessionPod
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from sortie_egress.policy.model import EgressPolicy, Rule, network_text
+from sortie_egress.policy.model import EgressPolicy, Rule
+from sortie_egress.policy.destinations import network_text
 from sortie_egress.policy.traffic import protocols_of
 from sortie_egress.admission.session import SessionPod
 from sortie_egress.render.session import Canary, DnsDestination, pod_owner, session_labels, session_selector

@@ -16,7 +16,7 @@ from sortie_egress.constants import (
     MANAGED_BY_VALUE,
     SESSION_ID_LABEL,
 )
-from sortie_egress.policy.model import parse_network
+from sortie_egress.policy.destinations import parse_network
 
 
 @dataclass(frozen=True, slots=True)
