@@ -370,6 +370,55 @@ def test_audit_reports_missing_then_ok(control_plane: ControlPlane, registered_w
         process.stop()
 
 
+def test_audit_judges_with_the_installed_controllers_settings_from_its_lease(
+        control_plane: ControlPlane, registered_webhook: WebhookProcess, controller_kubeconfig: Path, namespace: str,
+        tmp_path: Path) -> None:
+    """Issue 24's trap: audit judged with its own flags, so an operator who did not repeat the
+    controller's saw healthy sessions drifted. The leader publishes its settings on its Lease."""
+    import subprocess
+
+    from tests.support import CLI
+
+    _, core, _ = _api(control_plane)
+    pod = session_pod(policy=POLICY, namespace=namespace)
+    session = pod["metadata"]["labels"]["sortie.io/session-id"]
+    core.create_namespaced_pod(namespace, pod)
+    process = ControllerProcess(controller_kubeconfig, tmp_path / "controller.log", extra_args=("--dns", "any")).start()
+    try:
+        from kubernetes import client
+
+        coordination = client.CoordinationV1Api(control_plane.admin.api_client())
+
+        def published() -> dict[str, Any] | None:
+            from kubernetes.client.exceptions import ApiException
+
+            try:
+                lease = coordination.read_namespaced_lease("sortie-egress-controller", "sortie-system")
+            except ApiException as exc:
+                assert exc.status == 404, exc
+                return None
+            text = (lease.metadata.annotations or {}).get("sortie.io/controller-settings")
+            settings = json.loads(text) if text else None
+            return settings if settings and settings["dns"] == "any" else None
+
+        settings = wait_for(published, 30, "the leader to publish its settings")
+        assert settings == {"backend": "networkpolicy", "dns": "any", "canaryPort": 0, "clusterPolicyPriority": 500,
+                            "enforcementWait": "required", "version": "0.1.0"}
+        wait_for(lambda: _audit(control_plane, controller_kubeconfig, namespace) == (0, {session: "ok"}), 30,
+                 "audit, given no flag, to judge with --dns any")
+        told = subprocess.run([CLI, "audit", "--kubeconfig", str(controller_kubeconfig), "--namespace", namespace],
+                              capture_output=True, text=True, timeout=60).stderr
+        assert "judging with the installed controller's settings: --backend networkpolicy, --dns any, " in told, told
+        # A flag is a question ("what if"): answered, with a warning that it is not what is installed.
+        asked = subprocess.run([CLI, "audit", "--kubeconfig", str(controller_kubeconfig), "--namespace", namespace,
+                                "--dns", "cluster"], capture_output=True, text=True, timeout=60)
+        rows = {line.split()[2]: line.split()[3] for line in asked.stdout.splitlines()[1:]}
+        assert asked.returncode == 1 and rows == {session: "drifted"}, asked.stdout
+        assert "warning: --dns cluster differs from the installed controller's (any): judging with the flag" in asked.stderr
+    finally:
+        process.stop()
+
+
 def test_run_serves_the_webhook_and_reconciles(control_plane: ControlPlane, registered_webhook: WebhookProcess,
                                                controller_kubeconfig: Path, namespace: str, tmp_path: Path) -> None:
     import signal

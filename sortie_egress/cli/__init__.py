@@ -55,8 +55,9 @@ def _backend(text: str) -> str:
     return text
 
 
-def _backend_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", type=_backend, default=os.environ.get("SORTIE_EGRESS_BACKEND", DEFAULT_BACKEND),
+def _backend_flag(parser: argparse.ArgumentParser, *, unset: str | None = DEFAULT_BACKEND) -> None:
+    """``unset``: the value without the flag and $SORTIE_EGRESS_BACKEND (None: ask the cluster)."""
+    parser.add_argument("--backend", type=_backend, default=os.environ.get("SORTIE_EGRESS_BACKEND", unset),
                         metavar="{" + ",".join(backends.names()) + "}",
                         help=f"what enforces each session's policy: {_summaries()}; a policy the backend cannot "
                              "enforce exactly is refused; webhook and controller must agree ($SORTIE_EGRESS_BACKEND)")
@@ -169,11 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="list session pods and the state of their NetworkPolicies")
     audit.add_argument("--namespace", action="append", default=[], help="only this namespace (repeatable)")
     audit.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG/~/.kube/config)")
-    audit.add_argument("--dns", type=dns_flag, default=DnsDestination(), help="the controller's DNS setting")
-    audit.add_argument("--canary-port", type=int, default=0, help="the controller's --canary-port (0: none)")
-    _backend_flag(audit)
-    audit.add_argument("--cluster-policy-priority", type=_cnp_priority, default=DEFAULT_PRIORITY,
-                       help="the controller's --cluster-policy-priority (clusternetworkpolicy backend)")
+    # Not given: the installed controller's, read from its Lease (controller/settings.py); a flag
+    # given wins, with a warning where it differs.
+    audit.add_argument("--dns", type=dns_flag, default=None,
+                       help="the controller's DNS setting (default: the installed controller's, else cluster)")
+    audit.add_argument("--canary-port", type=int, default=None,
+                       help="the controller's --canary-port (default: the installed controller's, else 0: none)")
+    _backend_flag(audit, unset=None)
+    audit.add_argument("--cluster-policy-priority", type=_cnp_priority, default=None,
+                       help="the controller's --cluster-policy-priority (clusternetworkpolicy backend; default: the "
+                            f"installed controller's, else {DEFAULT_PRIORITY})")
     _system_namespace_flag(audit)
     audit.set_defaults(handler=cmd_audit)
 

@@ -6,6 +6,9 @@ import argparse
 import sys
 
 from sortie_egress import backends
+from sortie_egress.backends import DEFAULT_BACKEND
+from sortie_egress.render.clusternetworkpolicy import DEFAULT_PRIORITY
+from sortie_egress.render.session import DnsDestination
 
 from sortie_egress.cli.common import CommandError, load_manifest, dump, warn
 
@@ -32,6 +35,10 @@ def cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
+#: What audit judges with where neither a flag nor the installed controller says (the controller's defaults).
+AUDIT_DEFAULTS = {"backend": DEFAULT_BACKEND, "dns": "cluster", "canary_port": 0, "cluster_policy_priority": DEFAULT_PRIORITY}
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     """Each session pod's state, judged from one snapshot of the cluster (kube/snapshot.py)."""
     from kubernetes.client.exceptions import ApiException
@@ -40,12 +47,23 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     from sortie_egress.controller.audit import audit, format_rows
     from sortie_egress.kube.client import api_client
-    from sortie_egress.kube.snapshot import read_snapshot
+    from sortie_egress.controller.settings import resolve
+    from sortie_egress.kube.snapshot import read_published_settings, read_snapshot
 
     try:
-        snapshot = read_snapshot(api_client(args.kubeconfig), args.backend, args.namespace, args.dns,
-                                 canary_port=args.canary_port, system_namespace=args.system_namespace,
-                                 priority=args.cluster_policy_priority)
+        api = api_client(args.kubeconfig)
+        published, why = read_published_settings(api, args.system_namespace)
+        given = {"backend": args.backend, "dns": None if args.dns is None else str(args.dns),
+                 "canary_port": args.canary_port, "cluster_policy_priority": args.cluster_policy_priority}
+        chosen, notes = resolve(given, published, AUDIT_DEFAULTS, why)
+        for note in notes:
+            print(note, file=sys.stderr)
+        args.backend, args.dns = chosen["backend"], DnsDestination.parse(chosen["dns"])
+        if args.backend not in backends.names():
+            raise CommandError(f"the installed controller's backend {args.backend!r} is not one this sortie-egress knows "
+                               f"({', '.join(backends.names())}): upgrade it, or give --backend")
+        snapshot = read_snapshot(api, args.backend, args.namespace, args.dns, canary_port=chosen["canary_port"],
+                                 system_namespace=args.system_namespace, priority=chosen["cluster_policy_priority"])
     except backends.BackendUnavailable as exc:
         raise CommandError(f"cannot audit: {exc}") from None
     except ApiException as exc:

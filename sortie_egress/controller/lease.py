@@ -28,7 +28,8 @@ def _now_text() -> str:
 
 class LeaderElector(threading.Thread):
     def __init__(self, coordination: Any, namespace: str, name: str, identity: str, stop: threading.Event,
-                 lease_seconds: int = 15, renew_deadline: float = 10.0, retry_period: float = 2.0) -> None:
+                 lease_seconds: int = 15, renew_deadline: float = 10.0, retry_period: float = 2.0,
+                 annotations: dict[str, str] | None = None) -> None:
         super().__init__(name="leader-elector", daemon=True)
         self.api = coordination
         self.namespace = namespace
@@ -38,6 +39,9 @@ class LeaderElector(threading.Thread):
         self.lease_seconds = lease_seconds
         self.renew_deadline = renew_deadline
         self.retry_period = retry_period
+        #: Written by the leader with every acquire and renewal (controller/settings.py), beside
+        #: whatever else the Lease carries.
+        self.annotations = dict(annotations or {})
         self.leading = threading.Event()
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
@@ -64,7 +68,8 @@ class LeaderElector(threading.Thread):
         lease = self._read()
         try:
             if lease is None:
-                body = {"metadata": {"name": self.lease_name, "namespace": self.namespace}, "spec": self._spec(0, None)}
+                body = {"metadata": {"name": self.lease_name, "namespace": self.namespace,
+                                     "annotations": dict(self.annotations)}, "spec": self._spec(0, None)}
                 self.api.create_namespaced_lease(self.namespace, body, _preload_content=False)
                 return True
             spec = lease.get("spec") or {}
@@ -77,8 +82,9 @@ class LeaderElector(threading.Thread):
                 return False
             transitions = int(spec.get("leaseTransitions") or 0) + (0 if holder == self.identity else 1)
             acquired = spec.get("acquireTime") if holder == self.identity else None
+            annotations = {**(lease["metadata"].get("annotations") or {}), **self.annotations}
             body = {"metadata": {"name": self.lease_name, "namespace": self.namespace,
-                                 "resourceVersion": lease["metadata"]["resourceVersion"]},
+                                 "resourceVersion": lease["metadata"]["resourceVersion"], "annotations": annotations},
                     "spec": self._spec(transitions, acquired)}
             self.api.replace_namespaced_lease(self.lease_name, self.namespace, body, _preload_content=False)
             return True

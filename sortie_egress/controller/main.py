@@ -122,8 +122,14 @@ class Controller:
         if options.leader_elect:
             from sortie_egress.controller.lease import LeaderElector
 
+            from sortie_egress import __version__
+            from sortie_egress.controller.settings import SETTINGS_ANNOTATION, Published
+
+            published = Published(options.backend, str(options.dns), options.canary_port,
+                                  self.cluster.priority if self.cluster.priority is not None else DEFAULT_PRIORITY,
+                                  options.enforcement_wait, __version__)
             self.elector = LeaderElector(self.coordination, options.system_namespace, options.lease_name,
-                                         options.identity, self.stop)
+                                         options.identity, self.stop, annotations={SETTINGS_ANNOTATION: published.encode()})
 
     def _pod_changed(self, pod: dict[str, Any]) -> None:
         key = Reconciler.key_for(pod)

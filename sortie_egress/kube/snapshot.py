@@ -116,3 +116,33 @@ def _node_guard(custom: Any) -> dict[str, Any] | None:
         if exc.status != 404:
             raise
         return None
+
+
+#: The controller's Lease (controller/main.ControllerOptions.lease_name), where its leader publishes its settings.
+CONTROLLER_LEASE = "sortie-egress-controller"
+
+
+def read_published_settings(api: Any, system_namespace: str, lease: str = CONTROLLER_LEASE) -> tuple[Any, str | None]:
+    """(the installed controller's published settings, None) or (None, why they cannot be read)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from sortie_egress.controller.settings import SETTINGS_ANNOTATION, Published
+
+    where = f"Lease {system_namespace}/{lease}"
+    try:
+        found = json.loads(client.CoordinationV1Api(api).read_namespaced_lease(
+            lease, system_namespace, _preload_content=False).data)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None, f"no {where}: is the controller running there (--system-namespace), with leader election?"
+        if exc.status == 403:
+            return None, f"not allowed to read the {where}"
+        raise
+    text = ((found.get("metadata") or {}).get("annotations") or {}).get(SETTINGS_ANNOTATION)
+    if text is None:
+        return None, f"the {where} carries no {SETTINGS_ANNOTATION} (a controller older than this tool?)"
+    try:
+        return Published.decode(text), None
+    except ValueError as exc:
+        return None, f"the {where}'s {SETTINGS_ANNOTATION} is unreadable: {exc}"
