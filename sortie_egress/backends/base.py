@@ -104,9 +104,9 @@ class Backend:
 
     def name_for(self, namespace: str, session_id: str) -> str:
         """The session's object's name (a namespaced kind ignores ``namespace``)."""
-        from sortie_egress.constants import POLICY_NAME_PREFIX
+        from sortie_egress.kube.policy_objects import namespaced_policy_name
 
-        return POLICY_NAME_PREFIX + session_id
+        return namespaced_policy_name(namespace, session_id)
 
     def render(self, session: SessionPod, policy: EgressPolicy, dns: DnsDestination, canary: Canary | None = None,
                settings: BackendSettings = BackendSettings()) -> dict[str, Any]:

@@ -126,8 +126,7 @@ class Controller:
             from sortie_egress.controller.settings import SETTINGS_ANNOTATION, Published
 
             published = Published(options.backend, str(options.dns), options.canary_port,
-                                  self.cluster.priority if self.cluster.priority is not None else DEFAULT_PRIORITY,
-                                  options.enforcement_wait, __version__)
+                                  options.cluster_policy_priority, options.enforcement_wait, __version__)
             self.elector = LeaderElector(self.coordination, options.system_namespace, options.lease_name,
                                          options.identity, self.stop, annotations={SETTINGS_ANNOTATION: published.encode()})
 
