@@ -316,8 +316,9 @@ def _column(cell: Cell) -> str:
 
 
 def run_matrix(plane: ControlPlane, rows: list[Row], tag: str, backend: str,
-               dataplane: str = "kube-router") -> tuple[list[str], list[str]]:
-    """Probe every cell of every row (8 at a time): (the printed table, the differences)."""
+               dataplane: str = "kube-router") -> tuple[list[str], list[str], list[str]]:
+    """Probe every cell of every row (8 at a time), and ask ``explain`` every cell too: (the printed
+    table, the differences from the expectation, where explain disagrees with the packets)."""
     running = [row for row in rows if row.expected(backend, dataplane) is not HELD]
     cells = [(row, cell) for row in running for cell in COLUMNS]
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -337,7 +338,79 @@ def run_matrix(plane: ControlPlane, rows: list[Row], tag: str, backend: str,
                 differences.append(f"{backend}: {ns(row.namespace, tag)}/{row.pod} -> {cell[0]} {cell[1]}:{cell[2]}: "
                                    f"expected {'open' if expected else 'blocked'}, observed {'open' if seen else 'blocked'}")
         lines.append(f"{ns(row.namespace, tag):<22}{row.pod:<20}{text}")
-    return lines, differences
+    return lines, differences, explain_disagreements(plane, rows, tag, backend, dataplane, results)
+
+
+def explain_destination(plane: ControlPlane, cell: Cell) -> str:
+    """A cell as an operator asks ``explain`` about it (DEST[:PORT][/PROTO])."""
+    protocol, target, port = cell
+    if cell == DNS:
+        return "dns"  # nslookup: UDP 53 to the cluster resolver's Service
+    if cell == NODE:
+        name = plane.kubectl("get", "nodes", "-o", "jsonpath={.items[0].metadata.name}").stdout.strip()
+        return f"node/{name}:{kubelet_port(plane)}/tcp"
+    if target.startswith(("pod:", "service:")):
+        kind, name = target.split(":", 1)
+        return f"{kind}/{IN_CLUSTER_NAMESPACE}/{name}:{port}/{protocol}"
+    return f"{target}:{port}/{protocol}"
+
+
+def explain_row(plane: ControlPlane, namespace: str, pod: str, destinations: list[str]) -> dict[str, Any]:
+    """``sortie-egress explain POD --to-file ... -o json`` as an operator runs it (in-process, so
+    the matrix's hundreds of cells cost no interpreter starts), with the installed controller's
+    settings read from its Lease."""
+    import contextlib
+    import io
+    import tempfile
+
+    from sortie_egress.cli import main
+
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as listing:
+        listing.write("\n".join(destinations) + "\n")
+        listing.flush()
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["explain", pod, "-n", namespace, "--to-file", listing.name, "-o", "json",
+                         "--kubeconfig", str(plane.kubeconfig_path), "--system-namespace", "sortie-system"])
+    assert code == 0, f"explain {namespace}/{pod} exited {code}: {err.getvalue()}"
+    assert "judging with the installed controller's settings" in err.getvalue(), err.getvalue()
+    return json.loads(out.getvalue())
+
+
+#: Where explain's answers are kept for a look after a run (one JSON per matrix).
+EXPLAIN_RECORD = Path(os.environ.get("SORTIE_EXPLAIN_RECORD", "/tmp/sortie-explain-matrix"))
+
+
+def explain_disagreements(plane: ControlPlane, rows: list[Row], tag: str, backend: str, dataplane: str,
+                          results: dict[tuple[str, Cell], bool]) -> list[str]:
+    """Every cell the packets answered, asked of explain: where its verdict is not what the packet
+    did (an "unknown" counts as a disagreement: every cell here is knowable). A held row must be
+    said to be held."""
+    destinations = {cell: explain_destination(plane, cell) for cell in COLUMNS}
+    disagreements, record = [], {}
+    for row in rows:
+        namespace = ns(row.namespace, tag)
+        answer = explain_row(plane, namespace, row.pod, list(destinations.values()))
+        record[f"{namespace}/{row.pod}"] = answer
+        if row.expected(backend, dataplane) is HELD:
+            if not any("held at its init containers" in note for note in answer["notes"]):
+                disagreements.append(f"{backend}: {namespace}/{row.pod} is held at its wait; explain says {answer['notes']}")
+            continue
+        verdicts = {item["destination"]: item for item in answer["answers"]}
+        for cell in COLUMNS:
+            item = verdicts[destinations[cell]]
+            seen = results[(row.pod, cell)]
+            if item["verdict"] != ("allowed" if seen else "denied"):
+                decided = [f"{said['kind']} {said['name']} {said['rule']} {said['effect']}"
+                           for packet in item["packets"] for said in packet["decidedBy"] + packet["mayMatch"]]
+                disagreements.append(f"{dataplane}/{backend}: {namespace}/{row.pod} -> {destinations[cell]}: packets "
+                                     f"{'open' if seen else 'blocked'}, explain {item['verdict']} ({'; '.join(decided)}"
+                                     f"{'; ' if decided and item['notes'] else ''}{'; '.join(item['notes'])})")
+    EXPLAIN_RECORD.mkdir(parents=True, exist_ok=True)
+    (EXPLAIN_RECORD / f"{dataplane}-{backend}.json").write_text(json.dumps(
+        {"results": {f"{pod}|{'|'.join(map(str, cell))}": seen for (pod, cell), seen in results.items()},
+         "explained": record}, indent=1))
+    return disagreements
 
 
 #: How long the shutdown probes watch: they start with the pod, the pod's deletion is asked for

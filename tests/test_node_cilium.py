@@ -90,10 +90,12 @@ def test_what_each_pod_can_reach_on_packets(cluster: CiliumCluster, backend: str
     # Pods made before the install: only on the first round (the default backend's install).
     rows = [row for row in TABLE if backend == backends.DEFAULT_BACKEND or not row.before_install]
     start_rows(plane, rows, tag, backend, "cilium")
-    lines, differences = run_matrix(plane, rows, tag, backend, "cilium")
+    lines, differences, disagreements = run_matrix(plane, rows, tag, backend, "cilium")
     print(f"{len(rows)} pods x {len(COLUMNS)} destinations on Cilium, backend {backend}")
     print("\n".join(lines))  # ok = reached, -- = blocked, ! = differs from the expectation
     assert differences == [], "\n".join(differences)
+    # Every cell the packets answered, asked of `sortie-egress explain` too (issue 24).
+    assert disagreements == [], "\n".join(disagreements)
 
 
 def _lookup(plane: ControlPlane, namespace: str, pod: str, name: str) -> str | None:

@@ -83,10 +83,12 @@ def test_what_each_pod_can_reach_on_packets(installed: Installed) -> None:
             wait_for(lambda ip=ips[row.pod]: _in_dataplane(ip), 30, f"kube-router to enforce {row.pod}")
     wait_for(lambda: plane.kubectl("get", "networkpolicy", "sortie-egress-fail-closed").returncode == 0, 30,
              "the fail-closed pod's policy")
-    lines, differences = run_matrix(plane, TABLE, "", "networkpolicy")
+    lines, differences, disagreements = run_matrix(plane, TABLE, "", "networkpolicy")
     print(f"{len(TABLE)} pods x {len(COLUMNS)} destinations = {len(TABLE) * len(COLUMNS)} cells")
     print("\n".join(lines))  # ok = reached, -- = blocked, ! = differs from the expectation
     assert differences == [], "\n".join(differences)
+    # Every cell the packets answered, asked of `sortie-egress explain` too (issue 24).
+    assert disagreements == [], "\n".join(disagreements)
 
 
 def test_the_widening_chart_default_is_reported(installed: Installed) -> None:

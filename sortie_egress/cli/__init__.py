@@ -21,6 +21,7 @@ from sortie_egress.render.session import DnsDestination
 from sortie_egress.wait import add_arguments as add_wait_arguments
 from sortie_egress.cli.local import cmd_render, cmd_check, cmd_certs_generate
 from sortie_egress.cli.cluster import cmd_audit, cmd_review
+from sortie_egress.cli.explain import cmd_explain
 from sortie_egress.cli.processes import cmd_serve, cmd_controller, cmd_run, cmd_wait_for_enforcement
 from sortie_egress.cli.common import DEFAULT_CERT_DIR, CommandError, dns_flag, duration_flag, positive_seconds
 
@@ -182,6 +183,31 @@ def build_parser() -> argparse.ArgumentParser:
                             f"installed controller's, else {DEFAULT_PRIORITY})")
     _system_namespace_flag(audit)
     audit.set_defaults(handler=cmd_audit)
+
+    explain = commands.add_parser(
+        "explain", help="can a session pod reach a destination, and which object and rule decide",
+        description="explain POD DEST... or explain -f pod.yaml DEST...: for each destination "
+                    "(DEST[:PORT][/PROTO]: an address, a host name, pod/[NS/]NAME, service/[NS/]NAME, node/NAME, or "
+                    "dns), allowed or denied and by which object and rule, as the installed dataplane decides.")
+    explain.add_argument("targets", nargs="*", metavar="POD DEST", help="the pod (unless -f), then destinations")
+    explain.add_argument("-f", "--file", help="judge this Pod manifest (YAML or JSON; - for stdin) as admission and "
+                                              "the controller would leave it, instead of a running pod")
+    explain.add_argument("-n", "--namespace", help="the pod's namespace (default: the manifest's, else default)")
+    explain.add_argument("--to-file", metavar="FILE", help="more destinations, one a line (# comments); - for stdin")
+    explain.add_argument("-o", "--output", choices=["table", "wide", "json", "yaml"], default="table")
+    explain.add_argument("--dataplane", choices=["auto", "cilium", "networkpolicy"], default="auto",
+                         help="how the CNI decides (default: cilium where the cluster serves Cilium's kinds, else a "
+                              "NetworkPolicy dataplane that matches ipBlocks by address, as kube-router does)")
+    explain.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG/~/.kube/config)")
+    explain.add_argument("--dns", type=dns_flag, default=None,
+                         help="the controller's DNS setting (default: the installed controller's, else cluster)")
+    explain.add_argument("--canary-port", type=int, default=None,
+                         help="the controller's --canary-port (default: the installed controller's, else 0: none)")
+    _backend_flag(explain, unset=None)
+    explain.add_argument("--cluster-policy-priority", type=_cnp_priority, default=None,
+                         help="the controller's --cluster-policy-priority (default: the installed controller's)")
+    _system_namespace_flag(explain)
+    explain.set_defaults(handler=cmd_explain)
 
     run = commands.add_parser("run", help="webhook and controller in one process (local development)")
     _serve_flags(run)

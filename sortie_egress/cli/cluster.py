@@ -39,36 +39,51 @@ def cmd_review(args: argparse.Namespace) -> int:
 AUDIT_DEFAULTS = {"backend": DEFAULT_BACKEND, "dns": "cluster", "canary_port": 0, "cluster_policy_priority": DEFAULT_PRIORITY}
 
 
-def cmd_audit(args: argparse.Namespace) -> int:
-    """Each session pod's state, judged from one snapshot of the cluster (kube/snapshot.py)."""
-    from kubernetes.client.exceptions import ApiException
+def installed_settings(args: argparse.Namespace, api: object) -> dict[str, object]:
+    """The settings to judge with (the flags given, else the installed controller's, else the
+    defaults), said on stderr; ``args.backend`` and ``args.dns`` are set to them."""
+    from sortie_egress.controller.settings import resolve
+    from sortie_egress.kube.snapshot import read_published_settings
+
+    published, why = read_published_settings(api, args.system_namespace)
+    given = {"backend": args.backend, "dns": None if args.dns is None else str(args.dns),
+             "canary_port": args.canary_port, "cluster_policy_priority": args.cluster_policy_priority}
+    chosen, notes = resolve(given, published, AUDIT_DEFAULTS, why)
+    for note in notes:
+        print(note, file=sys.stderr)
+    args.backend, args.dns = chosen["backend"], DnsDestination.parse(chosen["dns"])
+    if args.backend not in backends.names():
+        raise CommandError(f"the installed controller's backend {args.backend!r} is not one this sortie-egress knows "
+                           f"({', '.join(backends.names())}): upgrade it, or give --backend")
+    return chosen
+
+
+def cluster_errors() -> tuple[type[BaseException], ...]:
+    """What reading the cluster may raise that is the operator's to fix, not a bug: said in one line."""
     from kubernetes.config.config_exception import ConfigException
     from urllib3.exceptions import HTTPError
 
+    return ConfigException, HTTPError, OSError, ValueError
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Each session pod's state, judged from one snapshot of the cluster (kube/snapshot.py)."""
+    from kubernetes.client.exceptions import ApiException
+
     from sortie_egress.controller.audit import audit, format_rows
     from sortie_egress.kube.client import api_client
-    from sortie_egress.controller.settings import resolve
-    from sortie_egress.kube.snapshot import read_published_settings, read_snapshot
+    from sortie_egress.kube.snapshot import read_snapshot
 
     try:
         api = api_client(args.kubeconfig)
-        published, why = read_published_settings(api, args.system_namespace)
-        given = {"backend": args.backend, "dns": None if args.dns is None else str(args.dns),
-                 "canary_port": args.canary_port, "cluster_policy_priority": args.cluster_policy_priority}
-        chosen, notes = resolve(given, published, AUDIT_DEFAULTS, why)
-        for note in notes:
-            print(note, file=sys.stderr)
-        args.backend, args.dns = chosen["backend"], DnsDestination.parse(chosen["dns"])
-        if args.backend not in backends.names():
-            raise CommandError(f"the installed controller's backend {args.backend!r} is not one this sortie-egress knows "
-                               f"({', '.join(backends.names())}): upgrade it, or give --backend")
+        chosen = installed_settings(args, api)
         snapshot = read_snapshot(api, args.backend, args.namespace, args.dns, canary_port=chosen["canary_port"],
                                  system_namespace=args.system_namespace, priority=chosen["cluster_policy_priority"])
     except backends.BackendUnavailable as exc:
         raise CommandError(f"cannot audit: {exc}") from None
     except ApiException as exc:
         raise CommandError(f"cannot read the cluster: {exc.status} {exc.reason}") from None
-    except (ConfigException, HTTPError, OSError, ValueError) as exc:  # no kubeconfig, unreachable server
+    except cluster_errors() as exc:  # no kubeconfig, unreachable server
         raise CommandError(f"cannot read the cluster: {exc}") from None
     rows = audit(snapshot.pods, snapshot.network_policies, args.dns, snapshot.canary, args.backend, snapshot.owned,
                  snapshot.settings, snapshot.name_for, snapshot.judged, snapshot.node_guard_problem)

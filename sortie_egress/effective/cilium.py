@@ -91,7 +91,7 @@ def _clusterwide(policy: Mapping[str, Any]) -> bool:
     return policy.get("kind") == CLUSTERWIDE_KIND
 
 
-def _selecting_specs(policy: Mapping[str, Any], namespace: str, labels: Mapping[str, str]) -> list[Mapping[str, Any]]:
+def selecting_specs(policy: Mapping[str, Any], namespace: str, labels: Mapping[str, str]) -> list[Mapping[str, Any]]:
     """The specs of a CiliumNetworkPolicy (in its namespace) or CiliumClusterwideNetworkPolicy
     whose endpointSelector selects a pod in ``namespace`` with ``labels``."""
     if not _clusterwide(policy) and (policy.get("metadata") or {}).get("namespace") != namespace:
@@ -108,7 +108,7 @@ def _selecting_specs(policy: Mapping[str, Any], namespace: str, labels: Mapping[
 
 def selects(policy: Mapping[str, Any], namespace: str, labels: Mapping[str, str]) -> bool:
     """Whether a CiliumNetworkPolicy selects a pod with ``labels`` in ``namespace`` (any of its specs)."""
-    return bool(_selecting_specs(policy, namespace, labels))
+    return bool(selecting_specs(policy, namespace, labels))
 
 
 def _endpoint_peer(selector: Mapping[str, Any], clusterwide: bool = False) -> Peer:
@@ -189,8 +189,8 @@ def cilium_allowances(policy: Mapping[str, Any], namespace: str, labels: Mapping
     ``namespace``, in order (``spec``, then the ``specs`` that select it)."""
     clusterwide = _clusterwide(policy)
     return [Allowance(tuple(_peers(rule, clusterwide)), tuple(_traffic(rule)))
-            for spec in _selecting_specs(policy, namespace, labels)
+            for spec in selecting_specs(policy, namespace, labels)
             for rule in spec.get("egress") or [] if isinstance(rule, Mapping)]
 
 
-__all__ = ["CLUSTERWIDE_KIND", "cilium_allowances", "is_cilium_policy", "selects"]
+__all__ = ["CLUSTERWIDE_KIND", "cilium_allowances", "is_cilium_policy", "selecting_specs", "selects"]

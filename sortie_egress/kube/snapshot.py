@@ -13,11 +13,15 @@ import datetime as dt
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sortie_egress import backends
 from sortie_egress.backends import BackendSettings
 from sortie_egress.render.session import Canary, DnsDestination
+
+if TYPE_CHECKING:
+    from sortie_egress.explain.asked import Asked
+    from sortie_egress.explain.view import ExplainView
 
 
 @dataclass(frozen=True)
@@ -146,3 +150,88 @@ def read_published_settings(api: Any, system_namespace: str, lease: str = CONTRO
         return Published.decode(text), None
     except ValueError as exc:
         return None, f"the {where}'s {SETTINGS_ANNOTATION} is unreadable: {exc}"
+
+
+def read_explain_view(api: Any, pod: dict[str, Any], asked: list[Asked], *, dataplane: str | None = None,
+                      session_object: tuple[str, str] | None = None, state: tuple[str, str] | None = None,
+                      extra: tuple[dict[str, Any], ...] = ()) -> ExplainView:
+    """What ``explain`` judges a pod's egress with (explain/view.ExplainView): the policies that may
+    select it (NetworkPolicies of its namespace; Cilium's kinds and ClusterNetworkPolicies where
+    served), every namespace's labels, the nodes, and what the destinations ``asked`` name (pods by
+    address or name, Services and their endpoints). ``extra``: objects to judge as if stored (the
+    session's object ``explain -f`` renders), replacing any of the same kind and name."""
+    from kubernetes import client
+
+    from sortie_egress.explain.view import ExplainView
+    from sortie_egress.kube.policy_objects import (CILIUM_GROUP, CILIUM_PLURAL, CILIUM_VERSION, cilium_served,
+                                                   cluster_policy_version, clusterwide_kind)
+    from sortie_egress.render.clusternetworkpolicy import CNP_GROUP, CNP_PLURAL
+
+    core, networking, custom = client.CoreV1Api(api), client.NetworkingV1Api(api), client.CustomObjectsApi(api)
+    namespace = str((pod.get("metadata") or {}).get("namespace") or "default")
+    notes: list[str] = []
+    cilium = cilium_served(custom)
+    chosen = dataplane or ("cilium" if cilium else "networkpolicy")
+    if chosen == "networkpolicy":
+        notes.append("no Cilium here: judged as a CNI that enforces NetworkPolicy by address (kube-router, Calico, "
+                     "Antrea); a CNI without NetworkPolicy support enforces none of this")
+
+    def kinded(kind: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**item, "kind": kind} for item in items]
+
+    namespaces = {str(item["metadata"]["name"]): dict(item["metadata"].get("labels") or {})
+                  for item in _items(core.list_namespace)}
+    network_policies = kinded("NetworkPolicy", _items(networking.list_namespaced_network_policy, namespace))
+    cilium_policies: list[dict[str, Any]] = []
+    if cilium:
+        cilium_policies = kinded("CiliumNetworkPolicy", _items(custom.list_namespaced_custom_object, CILIUM_GROUP,
+                                                               CILIUM_VERSION, namespace, CILIUM_PLURAL))
+        clusterwide = clusterwide_kind(custom)
+        if clusterwide is not None:
+            cilium_policies += kinded(clusterwide.kind, _items(clusterwide.list_all))
+    cluster_policies: list[dict[str, Any]] = []
+    version = cluster_policy_version(custom)
+    if version is not None:
+        cluster_policies = kinded("ClusterNetworkPolicy", _items(custom.list_cluster_custom_object, CNP_GROUP, version,
+                                                                 CNP_PLURAL))
+        if chosen == "networkpolicy" and cluster_policies:
+            notes.append("ClusterNetworkPolicies are judged as if the CNI enforces them (kube-router does not)")
+    for obj in extra:
+        name = (obj.get("metadata") or {}).get("name")
+        for kept in (network_policies, cilium_policies, cluster_policies):
+            kept[:] = [o for o in kept if not (o.get("kind") == obj.get("kind") and o["metadata"].get("name") == name)]
+        {"NetworkPolicy": network_policies, "ClusterNetworkPolicy": cluster_policies}.get(
+            str(obj.get("kind")), cilium_policies).append(obj)
+    nodes = _items(core.list_node)
+    pods: list[dict[str, Any]] = []
+    services: list[dict[str, Any]] = []
+    every_service: list[dict[str, Any]] | None = None
+    node_addresses = {entry.get("address") for node in nodes for entry in (node.get("status") or {}).get("addresses") or []}
+    for question in asked:
+        where = question.namespace or namespace
+        if question.where == "pod":
+            pods += _items(core.list_namespaced_pod, where, field_selector=f"metadata.name={question.host}")
+        elif question.where == "service":
+            found = _items(core.list_namespaced_service, where, field_selector=f"metadata.name={question.host}")
+            services += found
+            for service in found:
+                selector = (service.get("spec") or {}).get("selector")
+                if selector:
+                    pods += _items(core.list_namespaced_pod, where,
+                                   label_selector=",".join(f"{k}={v}" for k, v in sorted(selector.items())))
+        elif question.where == "address" and question.host not in node_addresses:
+            by_address = _items(core.list_pod_for_all_namespaces, field_selector=f"status.podIP={question.host}")
+            pods += by_address
+            if not by_address:
+                if every_service is None:
+                    every_service = _items(core.list_service_for_all_namespaces)
+                for service in every_service:
+                    spec = service.get("spec") or {}
+                    if question.host in {spec.get("clusterIP"), *(spec.get("clusterIPs") or [])}:
+                        services.append(service)
+                        selector = spec.get("selector")
+                        if selector:
+                            pods += _items(core.list_namespaced_pod, service["metadata"]["namespace"],
+                                           label_selector=",".join(f"{k}={v}" for k, v in sorted(selector.items())))
+    return ExplainView(pod, chosen, namespaces, network_policies, cilium_policies, cluster_policies, pods, services,
+                       nodes, tuple(notes), session_object, state)
