@@ -419,6 +419,87 @@ def test_audit_judges_with_the_installed_controllers_settings_from_its_lease(
         process.stop()
 
 
+def _explain(plane: ControlPlane, *args: str, stdin: str | None = None) -> Any:
+    import subprocess
+
+    from tests.support import CLI
+
+    return subprocess.run([CLI, "explain", "--kubeconfig", str(plane.kubeconfig_path), *args], input=stdin,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_explain_names_the_rule_that_decides_and_the_policy_that_widens(
+        control_plane: ControlPlane, controller: ControllerProcess, namespace: str, tmp_path: Path) -> None:
+    """Issue 24: ``explain`` on a real API server, with the installed controller's settings (its
+    Lease), for a running session, a manifest not yet created, and what an operator gets wrong."""
+    _, core, networking = _api(control_plane)
+    pod = session_pod(policy=POLICY, namespace=namespace)
+    name, session = pod["metadata"]["name"], pod["metadata"]["labels"]["sortie.io/session-id"]
+    core.create_namespaced_pod(namespace, pod)
+    wait_for(lambda: _converged(core, networking, namespace, name), 30, "the session's policy and release")
+    own = f"NetworkPolicy {namespace}/sortie-egress-{session}"
+
+    seen: dict[str, Any] = {}
+
+    def table() -> tuple[int, list[str], str] | None:
+        done = _explain(control_plane, name, "-n", namespace, "10.1.2.3:443", "10.1.2.3:80", "192.0.2.1:443/udp")
+        seen["last"] = (done.returncode, done.stdout.splitlines(), done.stderr)
+        return seen["last"] if done.stdout.startswith(f"pod: {namespace}/{name}") and "state: ok" in done.stdout.split("\n")[0] else None
+
+    try:
+        code, lines, stderr = wait_for(table, 30, "explain to see the session ok")
+    except TimeoutError:
+        raise AssertionError(f"explain never said ok: {seen.get('last')}") from None
+    assert code == 0, stderr
+    assert "judging with the installed controller's settings: --backend networkpolicy" in stderr, stderr
+    assert lines[0] == f"pod: {namespace}/{name}    dataplane: networkpolicy    backend: networkpolicy    state: ok", lines
+    assert lines[1] == f"selected by: {own} (the session's own)", lines
+    rows = [line.split(None, 2) for line in lines[lines.index("") + 1:]]
+    assert rows == [["DESTINATION", "VERDICT", "DECIDED BY"],
+                    ["10.1.2.3:443", "allowed", f"{own} egress[1] allows (the session's own)"],
+                    ["10.1.2.3:80", "denied", f"{own} selects the pod (the session's own)"],
+                    ["192.0.2.1:443/udp", "denied", f"{own} selects the pod (the session's own)"]], lines
+
+    # A namespace admin's allow-all beside it: explain names it as what lets the packet out.
+    networking.create_namespaced_network_policy(namespace, {
+        "metadata": {"name": "allow-all-egress"}, "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}})
+    def widened() -> dict[str, Any] | None:
+        done = _explain(control_plane, name, "-n", namespace, "10.1.2.3:80", "-o", "json")
+        answer = json.loads(done.stdout) if done.returncode == 0 else {}
+        return answer if (answer.get("state") or {}).get("state") == "widened" else None
+
+    answer = wait_for(widened, 30, "explain to see it widened")
+    assert answer["state"]["state"] == "widened" and answer["state"]["detail"].startswith("NetworkPolicy allow-all-egress: egress[0]")
+    assert [(said["name"], said["rule"], said["effect"]) for said in answer["answers"][0]["packets"][0]["decidedBy"]] == [
+        ("allow-all-egress", "egress[0]", "allows")]
+
+    # A manifest not created yet: judged with the object the controller would make for it.
+    manifest = session_pod(policy={"mode": "allowlist", "rules": [{"cidr": "192.0.2.0/24", "port": 8443}]}, namespace=namespace)
+    networking.delete_namespaced_network_policy("allow-all-egress", namespace)
+    done = _explain(control_plane, "-f", "-", "192.0.2.7:8443", "192.0.2.7:443", "-o", "yaml", stdin=json.dumps(manifest))
+    assert done.returncode == 0, done.stderr
+    import yaml
+
+    answer = yaml.safe_load(done.stdout)
+    assert [a["verdict"] for a in answer["answers"]] == ["allowed", "denied"], done.stdout
+    said = answer["answers"][0]["packets"][0]["decidedBy"][0]
+    assert (said["name"], said["role"]) == (f"sortie-egress-{manifest['metadata']['labels']['sortie.io/session-id']}",
+                                            "the session's own")
+
+    # What an operator gets wrong: said in one line, nothing judged.
+    refused = _explain(control_plane, "-f", "-", "192.0.2.7:443", stdin=json.dumps(
+        session_pod(policy={"mode": "allowlist", "rule": []}, namespace=namespace)))
+    assert refused.returncode == 1 and refused.stdout == "" and (
+        "\nerror: admission would refuse this pod: rule: unknown field (a policy has: mode, rules)\n" in refused.stderr), refused.stderr
+    missing = _explain(control_plane, "no-such-pod", "-n", namespace, "192.0.2.7:443")
+    assert missing.returncode == 2 and f"sortie-egress: no pod {namespace}/no-such-pod" in missing.stderr, missing.stderr
+    bad = _explain(control_plane, name, "-n", namespace, "192.0.2.0/24:443")
+    assert bad.returncode == 2 and "one address, not a network" in bad.stderr and bad.stdout == "", bad.stderr
+    absent = _explain(control_plane, name, "-n", namespace, "pod/ghost:80", "10.1.2.3:443")
+    assert absent.returncode == 1 and [line.split()[:2] for line in absent.stdout.splitlines()[-2:]] == [
+        ["pod/ghost:80", "error"], ["10.1.2.3:443", "allowed"]], absent.stdout
+
+
 def test_run_serves_the_webhook_and_reconciles(control_plane: ControlPlane, registered_webhook: WebhookProcess,
                                                controller_kubeconfig: Path, namespace: str, tmp_path: Path) -> None:
     import signal

@@ -140,7 +140,7 @@ def test_every_rendered_object_validates_strictly_for_1_37(helm: dict[str, Path]
         if doc["apiVersion"] in CUSTOM_KINDS:
             continue
         kubernetes_validate.validate(doc, "1.37.0", strict=True)
-        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding", "PriorityClass", "MutatingWebhookConfiguration",
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding", "PriorityClass", "MutatingWebhookConfiguration", "CustomResourceDefinition",
                                "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "NetworkPolicy"):
             assert doc["metadata"]["namespace"] == namespace, f"{doc['kind']}/{doc['metadata']['name']} elsewhere"
     # Nothing of the default namespace is left behind when installing elsewhere.
@@ -513,3 +513,27 @@ def test_the_node_guard_follows_the_dns_settings(helm: dict[str, Path], dns: tup
                          ("SCTP", "0", None)}
     else:
         assert "toPorts" not in deny
+
+
+def test_the_dashboard_and_openreports_are_shipped_only_when_asked(helm: dict[str, Path]) -> None:
+    """Issue 24: the dashboard ConfigMap carries the sidecar's label and the JSON byte for byte; the
+    OpenReports switch adds the controller's flag, its RBAC and (unless told not to) the CRD."""
+    binary = helm["helm3"]
+    plain = rendered(binary)
+    assert not [d for d in plain if d["kind"] in ("ConfigMap", "CustomResourceDefinition")]
+    assert "--report-interval" not in container(plain, "sortie-egress-controller")["args"]
+    docs = rendered(binary, "--set", "grafanaDashboard.enabled=true", "--set", "openReports.enabled=true")
+    board = one(docs, "ConfigMap", "sortie-egress-dashboard")
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = CHART / "dashboards" / "sortie-egress.json"
+    assert board["data"]["sortie-egress.json"] == dashboard.read_text().rstrip("\n")
+    args = container(docs, "sortie-egress-controller")["args"]
+    assert args[args.index("--report-interval") + 1] == "60"
+    role = one(docs, "ClusterRole", "sortie-egress-controller-reports")
+    assert role["rules"] == [{"apiGroups": ["openreports.io"], "resources": ["reports"],
+                              "verbs": ["get", "list", "create", "update", "delete"]}]
+    binding = one(docs, "ClusterRoleBinding", "sortie-egress-controller-reports")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sortie-egress", "namespace": "sortie-system"}]
+    assert one(docs, "CustomResourceDefinition", "reports.openreports.io")["spec"]["group"] == "openreports.io"
+    without_crd = rendered(binary, "--set", "openReports.enabled=true", "--set", "openReports.installCRD=false")
+    assert not [d for d in without_crd if d["kind"] == "CustomResourceDefinition"]

@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--serving-lifetime", type=duration_flag, default=dt.timedelta(days=30))
     controller.add_argument("--certificate-overlap", type=duration_flag, default=dt.timedelta(minutes=2),
                             help="how long old and new CA are both trusted around a switch")
+    controller.add_argument("--report-interval", type=float, default=0.0, metavar="SECONDS",
+                            help="the leader writes what `audit --report` writes (OpenReports, one Report per "
+                                 "namespace) every SECONDS, each only when it changed; 0 (default): no reports")
     controller.set_defaults(handler=cmd_controller)
 
     audit = commands.add_parser("audit", help="list session pods and the state of their NetworkPolicies")
@@ -182,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the controller's --cluster-policy-priority (clusternetworkpolicy backend; default: the "
                             f"installed controller's, else {DEFAULT_PRIORITY})")
     _system_namespace_flag(audit)
+    audit.add_argument("--report", action="store_true",
+                       help="also write the rows as OpenReports: one openreports.io/v1alpha1 Report "
+                            "(sortie-egress-sessions) per namespace, for report viewers; removes ours where no session "
+                            "is left (all namespaces only)")
     audit.set_defaults(handler=cmd_audit)
 
     explain = commands.add_parser(
@@ -259,7 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # explain takes its pod and destinations anywhere among its options (kubectl's habit:
+    # `explain POD -n NS DEST...`): argparse gives one run of positionals to a nargs="*" argument,
+    # so the rest of them come back unrecognised and are its destinations too.
+    args, unrecognised = parser.parse_known_args(argv)
+    if unrecognised:
+        if args.command != "explain" or any(text.startswith("-") and len(text) > 1 for text in unrecognised):
+            parser.error(f"unrecognized arguments: {' '.join(unrecognised)}")
+        args.targets = [*args.targets, *unrecognised]
     try:
         return int(args.handler(args))
     except CommandError as exc:

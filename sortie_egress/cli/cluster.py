@@ -66,6 +66,31 @@ def cluster_errors() -> tuple[type[BaseException], ...]:
     return ConfigException, HTTPError, OSError, ValueError
 
 
+def _write_reports(api: object, rows: list, backend: str, namespaces: list[str]) -> None:
+    """audit --report: the rows as OpenReports, one Report per namespace (reports/openreports.py)."""
+    import datetime as dt
+
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from sortie_egress.kube.reports import ReportsUnavailable, ReportWriter, our_report_namespaces
+    from sortie_egress.reports.openreports import reports
+
+    custom = client.CustomObjectsApi(api)
+    built = reports(rows, backend, dt.datetime.now(dt.timezone.utc), namespaces)
+    try:
+        stale = [] if namespaces else sorted(our_report_namespaces(custom) - set(built))
+        writes, notes = ReportWriter(custom).write(built, stale)
+    except ReportsUnavailable as exc:
+        raise CommandError(f"cannot write reports: {exc}") from None
+    except ApiException as exc:
+        raise CommandError(f"cannot write reports: {exc.status} {exc.reason}") from None
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    print(f"reports: {len(built)} namespace(s), {len(stale)} removed, {writes} write(s) (openreports.io/v1alpha1 "
+          "Report sortie-egress-sessions)", file=sys.stderr)
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     """Each session pod's state, judged from one snapshot of the cluster (kube/snapshot.py)."""
     from kubernetes.client.exceptions import ApiException
@@ -88,6 +113,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     rows = audit(snapshot.pods, snapshot.network_policies, args.dns, snapshot.canary, args.backend, snapshot.owned,
                  snapshot.settings, snapshot.name_for, snapshot.judged, snapshot.node_guard_problem)
     sys.stdout.write(format_rows(rows))
+    if args.report:
+        _write_reports(api, rows, args.backend, args.namespace)
     wrong = [row for row in rows if row.wrong]
     print(f"{len(rows)} rows, {len(wrong)} need attention (backend: {args.backend})", file=sys.stderr)
     return 1 if wrong else 0

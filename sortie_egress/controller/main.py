@@ -69,6 +69,8 @@ class ControllerOptions:
     #: enforcement.WAIT_MODES: with "auto" on the cilium backend, pods without the wait are
     #: released only while the session baseline is in place (session_baseline.py).
     enforcement_wait: str = "required"
+    #: Seconds between two OpenReports passes of the leader (reports/openreports.py); 0: none.
+    report_interval: float = 0.0
 
 
 class Controller:
@@ -332,6 +334,47 @@ class Controller:
                 self.enqueue_all()
                 self._last_resync = time.monotonic()
 
+    def report_rows(self) -> list[Any]:
+        """audit's rows from the caches (what ``sortie-egress audit`` would say, without a list)."""
+        from sortie_egress.controller.audit import audit
+
+        guard = None
+        if self.node_guard_required and self.clusterwide is not None:
+            guard = node_guard.problem(self.clusterwide.get(("", node_guard.NAME)), self.options.dns,
+                                       dt.datetime.now(dt.timezone.utc))
+        return audit(self.pods.items(), self.policies.items(), self.options.dns, self.reconciler.canary,
+                     self.options.backend, None if self.owned is None else self.owned.items(), self.cluster,
+                     self.objects.name_for, [obj for store in self.judged for obj in store.items()], guard)
+
+    def _report(self) -> None:
+        """The leader writes OpenReports every report_interval seconds, each only when it changed."""
+        from kubernetes import client
+
+        from sortie_egress.kube.reports import ReportsUnavailable, ReportWriter, our_report_namespaces
+        from sortie_egress.reports.openreports import reports
+
+        writer, told = ReportWriter(client.CustomObjectsApi(self.api)), False
+        while not self.stop.wait(self.options.report_interval):
+            if not self.leading or not all(informer.synced.is_set() for informer in self.informers):
+                writer.written.clear()  # a new leader compares with what is stored, not what it once wrote
+                continue
+            try:
+                built = reports(self.report_rows(), self.options.backend, dt.datetime.now(dt.timezone.utc),
+                                self.options.namespaces)
+                stale = [] if self.options.namespaces else sorted(our_report_namespaces(writer.custom) - set(built))
+                writes, notes = writer.write(built, stale)
+                self.metrics.writes.labels("Report").inc(writes)
+                (log.info if writes else log.debug)("report pass: %d namespace(s), %d write(s)", len(built), writes)
+                for note in notes:
+                    log.warning("%s", note)
+                told = False
+            except ReportsUnavailable as exc:
+                if not told:
+                    log.error("cannot write reports: %s", exc)
+                    told = True
+            except Exception:  # noqa: BLE001 - a report pass must never take the controller down
+                log.exception("report pass failed; the next one tries again")
+
     def enqueue_all(self) -> None:
         for obj in self.pods.items() + self.policies.items() + (self.owned.items() if self.owned is not None else []):
             key = Reconciler.key_for(obj)
@@ -353,6 +396,7 @@ class Controller:
             return False, "threads exited: " + ", ".join(dead)
         if self.canary is not None:
             canary_ok, detail = self.canary.healthy()
+            self.metrics.canary_healthy.set(1 if canary_ok else 0)
             if not canary_ok:
                 return False, detail
         idle = time.monotonic() - self.last_progress
@@ -383,6 +427,8 @@ class Controller:
         for worker in self.workers:
             worker.start()
         threading.Thread(target=self._resync, name="resync", daemon=True).start()
+        if self.options.report_interval > 0:
+            threading.Thread(target=self._report, name="reports", daemon=True).start()
         if self.options.certificates is not None:
             from kubernetes import client
 

@@ -36,3 +36,6 @@ class ControllerMetrics:
         self.backend = Gauge("sortie_egress_backend_info", "1 for the backend this controller enforces sessions with.",
                              ("backend",), registry=self.registry)
         self.leader = Gauge("sortie_egress_leader", "1 while this replica holds the leader lease.", registry=self.registry)
+        self.canary_healthy = Gauge("sortie_egress_canary_healthy",
+                                    "1 while this replica's enforcement canary answers on both ports (as of the last "
+                                    "liveness check); 0 otherwise, and always 0 without --canary-port.", registry=self.registry)

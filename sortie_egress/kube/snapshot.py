@@ -161,6 +161,7 @@ def read_explain_view(api: Any, pod: dict[str, Any], asked: list[Asked], *, data
     address or name, Services and their endpoints). ``extra``: objects to judge as if stored (the
     session's object ``explain -f`` renders), replacing any of the same kind and name."""
     from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
 
     from sortie_egress.explain.view import ExplainView
     from sortie_egress.kube.policy_objects import (CILIUM_GROUP, CILIUM_PLURAL, CILIUM_VERSION, cilium_served,
@@ -179,8 +180,20 @@ def read_explain_view(api: Any, pod: dict[str, Any], asked: list[Asked], *, data
     def kinded(kind: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{**item, "kind": kind} for item in items]
 
+    def listed(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        """Someone with fewer rights than a cluster administrator still gets an answer, told what
+        it could not take into account."""
+        try:
+            return _items(call, *args, **kwargs)
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            notes.append(f"not allowed to list {what}: the verdicts do not take them into account")
+            return []
+
     namespaces = {str(item["metadata"]["name"]): dict(item["metadata"].get("labels") or {})
-                  for item in _items(core.list_namespace)}
+                  for item in listed("namespaces (their labels)", core.list_namespace)}
+    namespaces.setdefault(namespace, {"kubernetes.io/metadata.name": namespace})
     network_policies = kinded("NetworkPolicy", _items(networking.list_namespaced_network_policy, namespace))
     cilium_policies: list[dict[str, Any]] = []
     if cilium:
@@ -188,12 +201,12 @@ def read_explain_view(api: Any, pod: dict[str, Any], asked: list[Asked], *, data
                                                                CILIUM_VERSION, namespace, CILIUM_PLURAL))
         clusterwide = clusterwide_kind(custom)
         if clusterwide is not None:
-            cilium_policies += kinded(clusterwide.kind, _items(clusterwide.list_all))
+            cilium_policies += kinded(clusterwide.kind, listed("CiliumClusterwideNetworkPolicies", clusterwide.list_all))
     cluster_policies: list[dict[str, Any]] = []
     version = cluster_policy_version(custom)
     if version is not None:
-        cluster_policies = kinded("ClusterNetworkPolicy", _items(custom.list_cluster_custom_object, CNP_GROUP, version,
-                                                                 CNP_PLURAL))
+        cluster_policies = kinded("ClusterNetworkPolicy", listed("ClusterNetworkPolicies", custom.list_cluster_custom_object,
+                                                                 CNP_GROUP, version, CNP_PLURAL))
         if chosen == "networkpolicy" and cluster_policies:
             notes.append("ClusterNetworkPolicies are judged as if the CNI enforces them (kube-router does not)")
     for obj in extra:
@@ -202,7 +215,7 @@ def read_explain_view(api: Any, pod: dict[str, Any], asked: list[Asked], *, data
             kept[:] = [o for o in kept if not (o.get("kind") == obj.get("kind") and o["metadata"].get("name") == name)]
         {"NetworkPolicy": network_policies, "ClusterNetworkPolicy": cluster_policies}.get(
             str(obj.get("kind")), cilium_policies).append(obj)
-    nodes = _items(core.list_node)
+    nodes = listed("nodes (a node's address is then taken for one outside the cluster)", core.list_node)
     pods: list[dict[str, Any]] = []
     services: list[dict[str, Any]] = []
     every_service: list[dict[str, Any]] | None = None
@@ -220,11 +233,13 @@ def read_explain_view(api: Any, pod: dict[str, Any], asked: list[Asked], *, data
                     pods += _items(core.list_namespaced_pod, where,
                                    label_selector=",".join(f"{k}={v}" for k, v in sorted(selector.items())))
         elif question.where == "address" and question.host not in node_addresses:
-            by_address = _items(core.list_pod_for_all_namespaces, field_selector=f"status.podIP={question.host}")
+            by_address = listed("pods in every namespace (an address is then taken for one outside the cluster)",
+                                core.list_pod_for_all_namespaces, field_selector=f"status.podIP={question.host}")
             pods += by_address
             if not by_address:
                 if every_service is None:
-                    every_service = _items(core.list_service_for_all_namespaces)
+                    every_service = listed("Services in every namespace (a ClusterIP is then taken for an address outside "
+                                           "the cluster)", core.list_service_for_all_namespaces)
                 for service in every_service:
                     spec = service.get("spec") or {}
                     if question.host in {spec.get("clusterIP"), *(spec.get("clusterIPs") or [])}:

@@ -3,7 +3,7 @@
 # module proxy: ClusterNetworkPolicy from sigs.k8s.io/network-policy-api (v0.3.0 serves v1alpha2
 # and v1beta1; v0.2.0 serves v1alpha2 only, as Cilium 1.20 ships it; the experimental channel has
 # domainNames, the standard one does not) and CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy
-# from Cilium's module. The
+# from Cilium's module; and OpenReports' Report (issue 24: what audit and the controller write). The
 # API server then validates what our renderers write with the real schemas. Nothing is built;
 # a warm cache exits at once.
 #
@@ -13,11 +13,12 @@ set -euo pipefail
 
 npapi_versions=(v0.3.0 v0.2.0)
 cilium_version=v1.20.2
+openreports_version=v0.2.1
 
 cache_root="${SORTIE_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sortie-egress}"
 # The folder's name changes with what it holds (-ccnp: the clusterwide CRD too), so a cache from
 # before is fetched anew rather than trusted.
-out="$cache_root/policy-crds-npapi-${npapi_versions[0]}-${npapi_versions[1]}-cilium-$cilium_version-ccnp"
+out="$cache_root/policy-crds-npapi-${npapi_versions[0]}-${npapi_versions[1]}-cilium-$cilium_version-ccnp-openreports-$openreports_version"
 
 # shellcheck source=build-lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/build-lib.sh"
@@ -47,8 +48,11 @@ dir="$(module_dir "github.com/cilium/cilium@$cilium_version")"
 for plural in ciliumnetworkpolicies ciliumclusterwidenetworkpolicies; do
   cp "$dir/pkg/k8s/apis/cilium.io/client/crds/v2/$plural.yaml" "$out/cilium-$cilium_version-$plural.yaml"
 done
+log "fetching openreports $openreports_version (its Report CRD only)"
+dir="$(module_dir "github.com/openreports/reports-api@$openreports_version")"
+cp "$dir/config/crd/openreports.io_reports.yaml" "$out/openreports-$openreports_version-reports.yaml"
 chmod 0644 "$out"/*.yaml
-printf 'network-policy-api %s\ncilium %s\nfetched_seconds %s\n' "${npapi_versions[*]}" "$cilium_version" \
-  "$((SECONDS - started))" > "$out/.complete"
+printf 'network-policy-api %s\ncilium %s\nopenreports %s\nfetched_seconds %s\n' "${npapi_versions[*]}" "$cilium_version" \
+  "$openreports_version" "$((SECONDS - started))" > "$out/.complete"
 log "done in $((SECONDS - started)) s: $out"
 echo "$out"
