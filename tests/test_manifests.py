@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
 KUSTOMIZATIONS = ["base", "overlays/self-managed", "overlays/cert-manager", "examples/session-namespace", "examples/cilium",
-                  "examples/cilium-auto", "examples/clusternetworkpolicy", "examples/cilium-clusternetworkpolicy", "."]
+                  "examples/cilium-auto", "examples/clusternetworkpolicy", "examples/cilium-clusternetworkpolicy",
+                  "examples/openreports", "."]
 # Custom resources have no schema in kubernetes-validate; they are checked by the
 # API server (with their CRDs installed) in the dry-run test below.
 CUSTOM_KINDS = {("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate"),
@@ -290,3 +291,16 @@ def test_an_image_pinned_by_digest_pins_the_injected_wait_too(tmp_path: Path) ->
     container = webhook["spec"]["template"]["spec"]["containers"][0]
     injected = next(env["value"] for env in container["env"] if env["name"] == "SORTIE_EGRESS_IMAGE")
     assert container["image"] == injected == f"registry.example/sortie-egress@{digest}"
+
+
+def test_the_openreports_example_adds_the_flag_the_rbac_and_the_crd() -> None:
+    """Issue 24: what `kubectl apply -k manifests/examples/openreports` installs besides the default."""
+    docs = render("examples/openreports")
+    controller = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "sortie-egress-controller")
+    args = controller["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-2:] == ["--report-interval", "60"], args
+    role = next(d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"] == "sortie-egress-controller-reports")
+    assert role["rules"] == [{"apiGroups": ["openreports.io"], "resources": ["reports"],
+                              "verbs": ["get", "list", "create", "update", "delete"]}]
+    assert [d["metadata"]["name"] for d in by_kind(docs, "CustomResourceDefinition")] == ["reports.openreports.io"]
+    assert "--report-interval" not in str(render("overlays/self-managed"))
