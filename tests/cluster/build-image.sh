@@ -64,10 +64,13 @@ if ! [[ -f "$base_dir/.complete" ]] || ! buildah_ inspect --type image "$base_na
 fi
 
 # --- 2. our image -------------------------------------------------------------------------------
-# Keyed by what the Dockerfile reads (its COPY sources) and the base.
+# Keyed by what the Dockerfile reads (its COPY sources: the whole package, every file of it) and the
+# base. (Until session 14 the key read webhook/ only, the shim left after the package's rename, so a
+# warm cache kept an image of older code: node runs then judged a controller that was not this one.)
 cd "$root"
 image_key="$( { echo "$base_name"; cat Dockerfile .dockerignore pyproject.toml README.md;
-                find webhook -type f -name '*.py' | LC_ALL=C sort | xargs cat; } | sha256sum | cut -c1-12)"
+                find sortie_egress webhook -type f ! -path '*/__pycache__/*' ! -name '*.pyc' | LC_ALL=C sort | xargs cat; } \
+              | sha256sum | cut -c1-12)"
 image_name="registry.invalid/sortie/sortie-egress:$image_key"
 archive="$cache_root/images/sortie-egress-$image_key.tar"
 if ! [[ -f "$archive" ]]; then
