@@ -355,7 +355,7 @@ def explain_destination(plane: ControlPlane, cell: Cell) -> str:
     return f"{target}:{port}/{protocol}"
 
 
-def explain_row(plane: ControlPlane, namespace: str, pod: str, destinations: list[str]) -> dict[str, Any]:
+def explain_row(plane: ControlPlane, namespace: str, pod: str, destinations: list[str], output: str = "json") -> Any:
     """``sortie-egress explain POD --to-file ... -o json`` as an operator runs it (in-process, so
     the matrix's hundreds of cells cost no interpreter starts), with the installed controller's
     settings read from its Lease."""
@@ -370,11 +370,15 @@ def explain_row(plane: ControlPlane, namespace: str, pod: str, destinations: lis
         listing.flush()
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(["explain", pod, "-n", namespace, "--to-file", listing.name, "-o", "json",
+            code = main(["explain", pod, "-n", namespace, "--to-file", listing.name, "-o", output,
                          "--kubeconfig", str(plane.kubeconfig_path), "--system-namespace", "sortie-system"])
     assert code == 0, f"explain {namespace}/{pod} exited {code}: {err.getvalue()}"
     assert "judging with the installed controller's settings" in err.getvalue(), err.getvalue()
-    return json.loads(out.getvalue())
+    return json.loads(out.getvalue()) if output == "json" else out.getvalue()
+
+
+#: Rows whose table (`explain -o wide`) is kept beside the JSON: the docs show real runs of these.
+EXPLAIN_SHOWN = ("chart-allow-443", "widened-allow-443", "deny-a-443")
 
 
 #: Where explain's answers are kept for a look after a run (one JSON per matrix).
@@ -392,6 +396,10 @@ def explain_disagreements(plane: ControlPlane, rows: list[Row], tag: str, backen
         namespace = ns(row.namespace, tag)
         answer = explain_row(plane, namespace, row.pod, list(destinations.values()))
         record[f"{namespace}/{row.pod}"] = answer
+        if row.pod in EXPLAIN_SHOWN:
+            EXPLAIN_RECORD.mkdir(parents=True, exist_ok=True)
+            (EXPLAIN_RECORD / f"{dataplane}-{backend}-{row.pod}.txt").write_text(
+                explain_row(plane, namespace, row.pod, list(destinations.values()), "wide"))
         if row.expected(backend, dataplane) is HELD:
             if not any("held at its init containers" in note for note in answer["notes"]):
                 disagreements.append(f"{backend}: {namespace}/{row.pod} is held at its wait; explain says {answer['notes']}")

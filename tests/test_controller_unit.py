@@ -291,10 +291,59 @@ def test_store_index_follows_updates_and_deletes() -> None:
     moved["metadata"]["labels"]["sortie.io/session-id"] = "t"
     store.put(moved)
     assert store.by_index(("ns", "s")) == [] and len(store.by_index(("ns", "t"))) == 1
-    gone = store.replace([], "other-namespace")
-    assert gone == [] and len(store) == 1
-    assert [p["metadata"]["name"] for p in store.replace([], "ns")] == ["a"]
+    gone, moved = store.replace([], "other-namespace")
+    assert gone == [] and moved == [] and len(store) == 1
+    assert [p["metadata"]["name"] for p in store.replace([], "ns")[0]] == ["a"]
     assert store.by_index(("ns", "t")) == [] and len(store) == 0
+
+
+def test_a_relist_reports_only_what_changed_while_nobody_watched() -> None:
+    """After a broken watch the fresh list must not reconcile every session again (the relist
+    storm at 50,000 sessions): only objects that are new, changed (resourceVersion) or gone."""
+    store = Store()
+    same = {"metadata": {"namespace": "ns", "name": "same", "resourceVersion": "10"}}
+    changed = {"metadata": {"namespace": "ns", "name": "changed", "resourceVersion": "11"}}
+    gone = {"metadata": {"namespace": "ns", "name": "gone", "resourceVersion": "12"}}
+    for obj in (same, changed, gone):
+        store.put(obj)
+    fresh = [dict(same), {"metadata": {**changed["metadata"], "resourceVersion": "20"}},
+             {"metadata": {"namespace": "ns", "name": "new", "resourceVersion": "21"}}]
+    vanished, moved = store.replace(fresh, None)
+    assert [o["metadata"]["name"] for o in vanished] == ["gone"]
+    assert sorted(o["metadata"]["name"] for o in moved) == ["changed", "new"]
+
+
+def test_a_list_is_read_in_pages_and_a_stale_continue_token_starts_it_again() -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    from sortie_egress.kube.informer import Expired, paginated
+
+    items = [{"metadata": {"name": f"p{i}"}} for i in range(5)]
+    calls: list[dict[str, Any]] = []
+
+    class Reply:
+        def __init__(self, document: dict[str, Any]) -> None:
+            self.data = json.dumps(document).encode()
+
+    def list_call(**kwargs: Any) -> Reply:
+        calls.append(kwargs)
+        start = int(kwargs.get("_continue") or 0)
+        end = start + kwargs["limit"]
+        more = {"continue": str(end)} if end < len(items) else {}
+        return Reply({"metadata": {"resourceVersion": "99", **more}, "items": items[start:end]})
+
+    objects, version = paginated(list_call, lambda obj: obj["metadata"]["name"], page_size=2, label_selector="x")
+    assert (objects, version) == (["p0", "p1", "p2", "p3", "p4"], "99")
+    assert [(c.get("_continue"), c["limit"], c["label_selector"]) for c in calls] == [
+        (None, 2, "x"), ("2", 2, "x"), ("4", 2, "x")]
+
+    def expiring(**kwargs: Any) -> Reply:
+        if kwargs.get("_continue"):
+            raise ApiException(status=410, reason="Expired")
+        return Reply({"metadata": {"resourceVersion": "1", "continue": "2"}, "items": items[:2]})
+
+    with pytest.raises(Expired, match="continue token expired"):
+        paginated(expiring, page_size=2)
 
 
 def test_queue_deduplicates_and_reprocesses_a_key_added_while_working() -> None:

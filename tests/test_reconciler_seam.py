@@ -167,3 +167,58 @@ def test_a_refused_event_never_undoes_or_delays_enforcement() -> None:
     assert world.reconciler.reconcile(KEY) == "adopted+released"
     assert world.policy() == OURS and not world.gated()
     assert world.metrics.events_failed._value.get() == 1
+
+
+def test_a_rollouts_canary_only_update_waits_for_its_slot_and_a_starting_pod_never_waits() -> None:
+    """Issue 24: a controller rollout moves the canary's addresses, and every session policy whose
+    networks hold them must cut the new ones out. For a session with no pod starting that update
+    takes a slot of the write budget (spread, and one write); a starting session's is at once."""
+    import time
+
+    from sortie_egress.controller.reconciler import Deferred, WriteBudget
+    from sortie_egress.render.session import Canary
+
+    labels = (("app.kubernetes.io/component", "controller"), ("app.kubernetes.io/name", "sortie-egress"))
+    old, new = Canary("sortie-system", labels, 9445, ("10.1.0.5",)), Canary("sortie-system", labels, 9445, ("10.1.0.9",))
+    world = World(pod_with(POLICY, gated=False))  # created long ago, released: running
+    world.reconciler.canary = old
+    world.reconciler.reconcile(KEY)
+    assert world.policy()["spec"]["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.5/32"]}}]
+    writes_before = sum(sample.value for sample in world.metrics.writes.collect()[0].samples if sample.name.endswith("_total"))
+    budget = WriteBudget(1000.0, clock=lambda: 0.0)  # frozen: what it hands out depends on calls alone
+    assert [budget.reserve() for _ in range(1000)] == [0.0] * 1000  # a second's worth at once, then debt
+    world.reconciler.canary_budget, world.reconciler.previous_canaries, world.reconciler.canary = budget, [old], new
+    with pytest.raises(Deferred) as deferred:
+        world.reconciler.reconcile(KEY)
+    assert 0 < deferred.value.delay <= 0.002
+    while True:  # its slot is due within 2 ms: until then it is deferred again, never written early
+        try:
+            world.reconciler.reconcile(KEY)
+            break
+        except Deferred:
+            time.sleep(0.0005)
+    assert world.policy()["spec"]["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.9/32"]}}]
+    writes_after = sum(sample.value for sample in world.metrics.writes.collect()[0].samples if sample.name.endswith("_total"))
+    assert writes_after - writes_before == 1
+
+    # A starting session (gated) is not deferred, even with the budget spent.
+    starting = World(pod_with(POLICY))
+    starting.reconciler.canary = old
+    starting.reconciler.reconcile(KEY)
+    starting.core.pods.put(pod_with(POLICY))  # still gated: say, released was refused
+    spent = WriteBudget(1.0, clock=lambda: 0.0)
+    spent.reserve()
+    starting.reconciler.canary_budget, starting.reconciler.previous_canaries, starting.reconciler.canary = spent, [old], new
+    starting.pods.put(project_pod(pod_with(POLICY)))
+    assert "repaired" in starting.reconciler.reconcile(KEY)
+
+
+def test_the_write_budget_hands_out_distinct_slots_at_its_rate() -> None:
+    from sortie_egress.controller.reconciler import WriteBudget
+
+    now = [100.0]
+    budget = WriteBudget(10.0, clock=lambda: now[0])
+    slots = [budget.reserve() for _ in range(13)]
+    assert slots[:10] == [0.0] * 10 and slots[10:] == pytest.approx([0.1, 0.2, 0.3])
+    now[0] += 1.0  # the debt (3) is paid after 0.3 s, then 7 tokens accrue
+    assert [budget.reserve() for _ in range(8)][-2:] == [0.0, pytest.approx(0.1)]

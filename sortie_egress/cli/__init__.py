@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--serving-lifetime", type=duration_flag, default=dt.timedelta(days=30))
     controller.add_argument("--certificate-overlap", type=duration_flag, default=dt.timedelta(minutes=2),
                             help="how long old and new CA are both trusted around a switch")
+    controller.add_argument("--canary-update-rate", type=float, default=20.0, metavar="PER_SECOND",
+                            help="with --canary-port: at most this many session policy updates per second that only "
+                                 "follow the canary's new addresses (a controller rollout), for sessions with no pod "
+                                 "starting (those are updated at once); 0: no limit (default 20)")
     controller.add_argument("--report-interval", type=float, default=0.0, metavar="SECONDS",
                             help="the leader writes what `audit --report` writes (OpenReports, one Report per "
                                  "namespace) every SECONDS, each only when it changed; 0 (default): no reports")

@@ -102,7 +102,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port or None, leader_elect=args.leader_elect, system_namespace=args.system_namespace,
         certificates=certificates, canary_port=args.canary_port, canary_tls_secret=canary_secret, backend=args.backend,
         cluster_policy_priority=args.cluster_policy_priority, enforcement_wait=args.enforcement_wait,
-        report_interval=args.report_interval,
+        report_interval=args.report_interval, canary_update_rate=args.canary_update_rate,
     )
     logs.event("starting", component="controller", version=__version__, namespaces=options.namespaces or "all",
                dns=str(args.dns), leader_elect=args.leader_elect, system_namespace=args.system_namespace,

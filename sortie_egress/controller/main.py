@@ -27,7 +27,7 @@ from sortie_egress.controller.plan import is_managed
 from sortie_egress.controller.metrics import ControllerMetrics
 from sortie_egress.kube.projections import pod_session_key, policy_ownership_key, project_policy, project_pod
 from sortie_egress.controller.queue import WorkQueue
-from sortie_egress.controller.reconciler import Conflict, Reconciler, SessionKey
+from sortie_egress.controller.reconciler import Conflict, Deferred, Reconciler, SessionKey, WriteBudget
 from sortie_egress.render.clusternetworkpolicy import DEFAULT_PRIORITY
 from sortie_egress.controller.plan import BASELINE_MISSING, NODE_GUARD_MISSING
 from sortie_egress.kube.policy_objects import JudgedKind, clusterwide_kind, judged_kinds
@@ -36,6 +36,9 @@ log = logging.getLogger("sortie.controller")
 RESYNC_SECONDS = 300.0
 #: Liveness: work waiting, and no reconcile finished for this long, means the workers are stuck.
 STUCK_SECONDS = 120.0
+#: Canaries before the current one whose renderings count as "only the canary moved" (a rollout of a
+#: few replicas changes the address set a few times).
+CANARIES_KEPT = 8
 
 
 @dataclass
@@ -71,6 +74,9 @@ class ControllerOptions:
     enforcement_wait: str = "required"
     #: Seconds between two OpenReports passes of the leader (reports/openreports.py); 0: none.
     report_interval: float = 0.0
+    #: Policy updates per second that only follow the canary's new addresses (a controller rollout),
+    #: for sessions none of whose pods is starting; 0: no limit.
+    canary_update_rate: float = 20.0
 
 
 class Controller:
@@ -117,6 +123,8 @@ class Controller:
         self.canary_pods = Store()
         if options.canary_port:
             self.reconciler.canary = canary_for(options.system_namespace, options.canary_port, [])
+            if options.canary_update_rate > 0:
+                self.reconciler.canary_budget = WriteBudget(options.canary_update_rate)
         self.informers = self._informers()
         self.workers: list[threading.Thread] = []
         self.last_progress = time.monotonic()
@@ -210,6 +218,11 @@ class Controller:
         canary = canary_for(self.options.system_namespace, self.options.canary_port, self.canary_pods.items())
         if canary != self.reconciler.canary:
             log.info("canary addresses now %s", ", ".join(canary.addresses) or "(none)")
+            previous = self.reconciler.canary
+            if previous is not None and previous.addresses:
+                # What a session policy written before may have been rendered with: an update from
+                # one of these to the new addresses is spread by the write budget (a rollout).
+                self.reconciler.previous_canaries = [previous, *self.reconciler.previous_canaries][:CANARIES_KEPT]
             self.reconciler.canary = canary
             self.enqueue_all()
 
@@ -303,6 +316,9 @@ class Controller:
                 self.queue.forget(key)
                 if not self.pods.by_index(key):
                     self.reconciler.forget(key)
+            except Deferred as exc:
+                result = "deferred"
+                self.queue.add_after(key, exc.delay)
             except Conflict as exc:
                 result = "conflict"
                 log.info("session %s/%s: %s; retrying", key[0], key[1], exc)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from sortie_egress.controller.plan import (
     Note,
     SessionPlan,
     gate_removal_patch,
+    has_gate,
     is_managed,
     plan_session,
     pod_patch,
@@ -51,6 +53,50 @@ CONFLICTS_BEFORE_EVENT = 3
 
 class Conflict(Exception):
     """Someone else changed the object between our read and our write: try again."""
+
+
+class Deferred(Exception):
+    """A write that may wait: only the canary's addresses moved (a controller rollout) and no pod of
+    the session is starting, so nothing waits on it; the budget says when to try again."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(f"canary-only update deferred {delay:.2f} s by the write budget")
+        self.delay = delay
+
+
+#: A pod this young (or still gated) may be at its injected wait, which needs the canary's current
+#: addresses cut out now: its session's update is never deferred.
+STARTING_SECONDS = 120.0
+
+
+def _created(text: Any) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
+
+
+class WriteBudget:
+    """A token bucket: at most ``rate`` deferrable writes per second, a second's worth at once. What
+    spreads a controller rollout's policy updates (the canary's new addresses cut out of every
+    session policy whose networks hold them) so the API server's write rate stays under ``rate``."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        assert rate > 0, rate
+        self.rate, self.clock = rate, clock
+        self.tokens, self.updated = max(1.0, rate), clock()
+        self._lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """A token now (0) or a reservation: the seconds until the token this call took is due (the
+        bucket goes into debt, so a thousand deferred sessions get a thousand distinct slots, and
+        none spins)."""
+        with self._lock:
+            now = self.clock()
+            self.tokens = min(max(1.0, self.rate), self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            self.tokens -= 1.0
+            return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
 @dataclass
@@ -80,6 +126,13 @@ class Reconciler:
     _told: dict[SessionKey, set[tuple[str, str, str]]] = field(default_factory=dict)
     #: Sessions whose pods other policies widen, and by which policies (the gauge counts the keys).
     widened: dict[SessionKey, tuple[str, ...]] = field(default_factory=dict)
+    #: Spreads updates that only follow the canary's addresses (None: written at once).
+    canary_budget: WriteBudget | None = None
+    #: The canaries before the current one (Controller._canary_changed): a policy rendered for one
+    #: of them differs from the current rendering only by the canary's addresses.
+    previous_canaries: list[Canary] = field(default_factory=list)
+    #: Sessions holding a slot of the budget: when it is due (monotonic), they write without another.
+    _reserved: dict[SessionKey, float] = field(default_factory=dict)
 
     # --- keys -------------------------------------------------------------
 
@@ -113,7 +166,7 @@ class Reconciler:
         plan = plan_session(pods, existing, self.dns, self.canary, self.backend, self.cluster)
         done: list[str] = []
         try:
-            self._write_policy(plan, existing, done)
+            self._write_policy(plan, existing, done, pods)
         except Conflict as exc:
             self.metrics.conflicts.inc()
             if conflicts + 1 >= CONFLICTS_BEFORE_EVENT and pods:
@@ -189,7 +242,22 @@ class Reconciler:
 
     # --- writes ---------------------------------------------------------------
 
-    def _write_policy(self, plan: SessionPlan, existing: dict[str, Any] | None, done: list[str]) -> None:
+    def _only_canary_moved(self, pods: list[dict[str, Any]], existing: dict[str, Any]) -> bool:
+        """The stored policy is what an earlier canary's addresses rendered, and every pod of the
+        session is past its start (its wait does not need the new addresses)."""
+        now = dt.datetime.now(dt.timezone.utc)
+        for pod in pods:
+            created = _created((pod.get("metadata") or {}).get("creationTimestamp"))
+            if has_gate(pod) or created is None or (now - created).total_seconds() < STARTING_SECONDS:
+                return False
+        for canary in self.previous_canaries:
+            earlier = plan_session(pods, existing, self.dns, canary, self.backend, self.cluster).policy
+            if earlier is not None and policy_matches(existing, earlier):
+                return True
+        return False
+
+    def _write_policy(self, plan: SessionPlan, existing: dict[str, Any] | None, done: list[str],
+                      pods: list[dict[str, Any]]) -> None:
         if plan.policy is None:
             if plan.delete and existing is not None:
                 self._delete_policy(existing)
@@ -199,6 +267,18 @@ class Reconciler:
             self._create_policy(plan.policy)
             done.append("created")
         elif plan.adopt or not policy_matches(existing, plan.policy):
+            if not plan.adopt and self.canary_budget is not None and self._only_canary_moved(pods, existing):
+                key = (pods[0]["metadata"].get("namespace", ""), (pods[0]["metadata"].get("labels") or {}).get(SESSION_ID_LABEL, ""))
+                due = self._reserved.get(key)
+                if due is None:
+                    delay = self.canary_budget.reserve()
+                    if delay > 0:
+                        self._reserved[key] = time.monotonic() + delay
+                        raise Deferred(delay)
+                elif time.monotonic() < due:
+                    raise Deferred(due - time.monotonic())
+                else:
+                    del self._reserved[key]
             self._replace_policy(existing, plan.policy, adopting=plan.adopt)
             done.append("adopted" if plan.adopt else "repaired")
 

@@ -7,6 +7,13 @@ more than json.loads). A watch carries
 on from the list's resourceVersion, so no event falls in between; a watch that
 expires (410 Gone) or breaks is followed by a fresh list, which also reports
 objects deleted while nobody was watching.
+
+At the size of a big cluster (50,000 session pods) two things matter: a list is read in pages
+(``limit``/``continue``), each projected before the next is read, so the controller never holds a
+whole unprojected list (hundreds of MB of JSON for 50,000 pods); and a list after a broken watch
+reports only what changed while nobody watched (by resourceVersion), so it does not reconcile every
+session again (the relist storm). Watches ask for bookmarks, so a quiet watch's resourceVersion
+stays fresh and a reconnect seldom has to list at all.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ log = logging.getLogger("sortie.informer")
 
 ObjectKey = tuple[str, str]  # namespace, name
 WATCH_SECONDS = 240
+#: Objects per list page: the API server's own default for paginating clients (client-go's pager).
+PAGE_SIZE = 500
 
 
 class Expired(Exception):
@@ -89,17 +98,22 @@ class Store:
         with self._lock:
             self._unindex(key)
 
-    def replace(self, objects: list[dict[str, Any]], namespace: str | None) -> list[dict[str, Any]]:
-        """Swap in a fresh list (of one namespace, or all); returns the objects that vanished."""
+    def replace(self, objects: list[dict[str, Any]], namespace: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Swap in a fresh list (of one namespace, or all): (the objects that vanished, those that are
+        new or changed, by resourceVersion)."""
         fresh = {object_key(obj): obj for obj in objects}
         with self._lock:
             gone = [obj for key, obj in self._objects.items()
                     if (namespace is None or key[0] == namespace) and key not in fresh]
             for obj in gone:
                 self._unindex(object_key(obj))
-            for obj in objects:
+            moved = []
+            for key, obj in fresh.items():
+                before = self._objects.get(key)
+                if before is None or _version(before) != _version(obj) or not _version(obj):
+                    moved.append(obj)
                 self._insert(obj)
-        return gone
+        return gone, moved
 
     def items(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -108,6 +122,36 @@ class Store:
     def __len__(self) -> int:
         with self._lock:
             return len(self._objects)
+
+
+def _version(obj: dict[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+
+def paginated(list_call: Callable[..., Any], project: Callable[[dict[str, Any]], dict[str, Any]] = lambda obj: obj,
+              page_size: int = PAGE_SIZE, **kwargs: Any) -> tuple[list[dict[str, Any]], str]:
+    """Every object a list call returns, read ``page_size`` at a time and projected page by page,
+    and the list's resourceVersion. Expired when a continue token expires mid-way (410): a list
+    must then start again, as a consistent snapshot cannot be pieced together."""
+    from kubernetes.client.exceptions import ApiException
+
+    objects: list[dict[str, Any]] = []
+    token: str | None = None
+    while True:
+        try:
+            response = list_call(limit=page_size, _continue=token, _preload_content=False, **kwargs) if token else \
+                list_call(limit=page_size, _preload_content=False, **kwargs)
+        except ApiException as exc:
+            if exc.status == 410:
+                raise Expired(f"the list's continue token expired: {exc.reason}") from None
+            raise
+        document = json.loads(response.data)
+        objects.extend(project(item) for item in document.get("items") or [])
+        del response
+        metadata = document.get("metadata") or {}
+        token = metadata.get("continue") or None
+        if token is None:
+            return objects, str(metadata.get("resourceVersion") or "")
 
 
 def _lines(response: Any) -> Iterator[bytes]:
@@ -142,15 +186,12 @@ class Informer(threading.Thread):
         self._rand = random.Random()
 
     def _list(self) -> str:
-        response = self.list_call(_preload_content=False)
-        document = json.loads(response.data)
-        objects = [self.project(item) for item in document.get("items") or []]
-        for obj in self.store.replace(objects, self.namespace):
-            self.on_change(obj)
-        for obj in objects:
+        objects, resource_version = paginated(self.list_call, self.project)
+        gone, moved = self.store.replace(objects, self.namespace)
+        for obj in gone + moved:
             self.on_change(obj)
         self.relists += 1
-        return str(document["metadata"]["resourceVersion"])
+        return resource_version
 
     def _watch(self, resource_version: str) -> str:
         timeout = WATCH_SECONDS + self._rand.randint(0, 60)  # spread re-watches out

@@ -46,7 +46,12 @@ class ClusterSnapshot:
 
 
 def _items(call: Callable[..., Any], *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-    return json.loads(call(*args, _preload_content=False, **kwargs).data)["items"]
+    """Every object of a list call, read in pages as the controller's informers read them."""
+    from functools import partial
+
+    from sortie_egress.kube.informer import paginated
+
+    return paginated(partial(call, *args), **kwargs)[0]
 
 
 def read_snapshot(api: Any, backend: str, namespaces: list[str], dns: DnsDestination, *, canary_port: int = 0,
