@@ -8,6 +8,16 @@ API writes per pod (from the controller's own counter), and the controller's
 RSS with N session pods present.
 
     python bench/controller.py [--burst 500] [--rss-pods 5000]
+
+With ``--sessions N`` (issue 24) it runs the scale scenario instead: N released session pods in
+``--namespaces`` namespaces, the canary served by two (simulated) controller replicas; then the
+controller's RSS, a restart as after a leader change (list until ready, then the full resync until
+the queue drains, and the API writes it made: none is right), a burst of ``--burst`` pods while the
+N sessions exist (gate release p50/p99), and a rollout of the canary's two replicas (the addresses
+every session policy cuts out change four times): API writes per session and the highest write
+rate in any second, against ``--canary-update-rate``.
+
+    python bench/controller.py --sessions 5000 [--namespaces 50] [--burst 500] [--canary-update-rate 20]
 """
 
 from __future__ import annotations
@@ -110,6 +120,144 @@ def create_pods(core: client.CoreV1Api, namespace: str, count: int, prefix: str)
     return created
 
 
+def metric(metrics_url: str, name: str) -> float:
+    """The sum of every sample of ``name`` (all its labels)."""
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    return sum(float(value) for value in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def ready(metrics_url: str) -> bool:
+    try:
+        return urllib.request.urlopen(metrics_url.replace("/metrics", "/readyz"), timeout=5).status == 200
+    except OSError:
+        return False
+
+
+CANARY_LABELS = {"app.kubernetes.io/name": "sortie-egress", "app.kubernetes.io/component": "controller"}
+SCALE_POLICY = {"mode": "allowlist", "rules": [{"cidr": "10.0.0.0/8", "port": 443, "protocol": "TCP"}]}
+
+
+def canary_replica(core: client.CoreV1Api, name: str, address: str) -> None:
+    """A controller replica as the canary informer sees it: a pod with the labels and an address
+    (its status written as a kubelet would; the test node has none)."""
+    core.create_namespaced_pod("sortie-system", {
+        "metadata": {"name": name, "labels": CANARY_LABELS},
+        "spec": {"containers": [{"name": "c", "image": "registry.invalid/none:1"}]}})
+    core.patch_namespaced_pod_status(name, "sortie-system", {"status": {"podIP": address, "podIPs": [{"ip": address}]}})
+
+
+def create_sessions(core: client.CoreV1Api, namespaces: list[str], count: int, prefix: str) -> None:
+    def one(index: int) -> None:
+        namespace = namespaces[index % len(namespaces)]
+        pod = session_pod(name=f"{prefix}-{index}", session_id=f"{prefix}-{index}", policy=SCALE_POLICY, namespace=namespace)
+        for attempt in range(5):
+            try:
+                core.create_namespaced_pod(namespace, pod, _preload_content=False)
+                return
+            except client.exceptions.ApiException as exc:
+                if exc.status not in (429, 500, 503, 504) or attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        for done, _ in enumerate(pool.map(one, range(count)), 1):
+            if done % 5000 == 0:
+                print(f"  {done} session pods created", flush=True)
+
+
+def scale(args: argparse.Namespace, plane: ControlPlane, core: client.CoreV1Api, kubeconfig: Path, work: Path) -> None:
+    namespaces = [f"scale-{index:03d}" for index in range(args.namespaces)]
+    for namespace in [*namespaces, "bench"]:
+        core.create_namespace({"metadata": {"name": namespace}})
+    for namespace in [*namespaces, "bench"]:
+        wait_for(lambda namespace=namespace: core.read_namespaced_service_account("default", namespace), 60,
+                 f"the default ServiceAccount of {namespace}")
+    probe = session_pod(policy=SCALE_POLICY, namespace="bench")
+    wait_for(lambda: "sortie.io/egress-mode" in (core.create_namespaced_pod("bench", probe, dry_run="All").metadata.labels or {}),
+             30, "the webhook")
+    for name, address in (("replica-a", "10.1.0.1"), ("replica-b", "10.1.0.2")):
+        canary_replica(core, name, address)
+    metrics_port = free_port()
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    controller_args = ("--no-leader-elect", "--workers", str(args.workers), "--metrics-port", str(metrics_port),
+                       "--canary-port", str(free_port()), "--canary-update-rate", str(args.canary_update_rate))
+
+    def start() -> ControllerProcess:
+        process = ControllerProcess(kubeconfig, work / "controller.log", extra_args=controller_args).start()
+        wait_for(lambda: ready(metrics_url), 600, "the controller ready", interval=0.2)
+        return process
+
+    controller = start()
+    try:
+        started = time.time()
+        create_sessions(core, namespaces, args.sessions, "s")
+        print(f"{args.sessions} session pods in {len(namespaces)} namespaces created in {time.time() - started:.0f} s", flush=True)
+        wait_for(lambda: metric(metrics_url, "sortie_egress_gate_release_seconds_count") >= args.sessions, 1800,
+                 "every session released", interval=2)
+        wait_for(lambda: metric(metrics_url, "sortie_egress_queue_depth") == 0, 600, "the queue drained", interval=1)
+        print(f"all released {time.time() - started:.0f} s after the first create; controller RSS "
+              f"{rss_mb(controller.process.pid):.0f} MB with {args.sessions} sessions", flush=True)
+
+        # A leader change: a new controller lists everything, then reconciles every session.
+        controller.stop()
+        restarted = time.time()
+        controller = ControllerProcess(kubeconfig, work / "controller.log", extra_args=controller_args).start()
+        wait_for(lambda: ready(metrics_url), 600, "the new controller ready", interval=0.05)
+        listed = time.time() - restarted
+        wait_for(lambda: metric(metrics_url, "sortie_egress_reconciles_total") >= args.sessions
+                 and metric(metrics_url, "sortie_egress_queue_depth") == 0, 900, "the full resync", interval=0.2)
+        resynced = time.time() - restarted
+        print(f"after a leader change: caches listed and synced in {listed:.1f} s, full resync of {args.sessions} "
+              f"sessions done {resynced:.1f} s after start, {metric(metrics_url, 'sortie_egress_api_writes_total'):.0f} "
+              f"API writes (nothing had drifted); RSS {rss_mb(controller.process.pid):.0f} MB", flush=True)
+
+        # A burst while every session exists.
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        watching, results = context.Event(), context.Queue()
+        watcher = context.Process(target=watch_gates, args=(str(plane.kubeconfig_path), "bench", args.burst, watching, results))
+        watcher.start()
+        watching.wait(30)
+        created = create_pods(core, "bench", args.burst, "burst")
+        released = results.get(timeout=600)
+        watcher.join(10)
+        latencies = sorted(released[name] - created[name] for name in created)
+        q = statistics.quantiles(latencies, n=100)
+        print(f"burst of {args.burst} with {args.sessions} sessions present: gate release p50 {q[49] * 1000:.0f} ms, "
+              f"p99 {q[98] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms", flush=True)
+        wait_for(lambda: metric(metrics_url, "sortie_egress_queue_depth") == 0, 600, "the queue drained", interval=1)
+
+        # A rollout of the canary's two replicas, one at a time, as a Deployment rolls; once the
+        # burst's pods are past their start (the controller updates a starting session at once).
+        time.sleep(125)
+        before, rolled = metric(metrics_url, "sortie_egress_api_writes_total"), time.time()
+        samples: list[float] = []
+        steps = [("add", "replica-c", "10.1.0.3"), ("delete", "replica-a", ""), ("add", "replica-d", "10.1.0.4"),
+                 ("delete", "replica-b", "")]
+        for action, name, address in steps:
+            if action == "add":
+                canary_replica(core, name, address)
+            else:
+                core.delete_namespaced_pod(name, "sortie-system", grace_period_seconds=0)
+            for _ in range(args.rollout_step_seconds):
+                samples.append(metric(metrics_url, "sortie_egress_api_writes_total"))
+                time.sleep(1)
+        expected = args.sessions + args.burst  # every session policy holds 10.0.0.0/8, the canary's network
+        while True:
+            samples.append(metric(metrics_url, "sortie_egress_api_writes_total"))
+            if metric(metrics_url, "sortie_egress_queue_depth") == 0 and len(samples) > 5 and samples[-1] == samples[-6]:
+                break
+            time.sleep(1)
+        total = samples[-1] - before
+        rates = [later - earlier for earlier, later in zip([before, *samples], samples)]
+        print(f"rollout (4 canary address changes, {args.rollout_step_seconds} s apart): {total:.0f} API writes for "
+              f"{expected} sessions = {total / expected:.2f} per session, over {time.time() - rolled:.0f} s; highest "
+              f"rate {max(rates):.0f} writes/s (--canary-update-rate {args.canary_update_rate:g})", flush=True)
+    finally:
+        controller.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--burst", type=int, default=500)
@@ -117,6 +265,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=48, help="controller worker threads")
     parser.add_argument("--backfill", type=int, default=500,
                         help="gated pods created before the controller starts: its own processing rate, no creates competing")
+    parser.add_argument("--sessions", type=int, default=0, help="run the scale scenario with this many sessions")
+    parser.add_argument("--namespaces", type=int, default=50, help="scale scenario: namespaces the sessions spread over")
+    parser.add_argument("--canary-update-rate", type=float, default=20.0, help="scale scenario: the controller's flag")
+    parser.add_argument("--rollout-step-seconds", type=int, default=5, help="scale scenario: between two replica changes")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sortie-bench-controller-"))
     plane = ControlPlane(find_binaries(), root=work / "cluster").start()
@@ -134,6 +286,9 @@ def main() -> None:
         for manifest in ("namespace.yaml", "rbac.yaml"):
             assert plane.kubectl("apply", "-f", str(ROOT / "manifests" / "base" / manifest)).returncode == 0
         kubeconfig = plane.kubeconfig_for("controller", plane.credentials_for_service_account("sortie-system", "sortie-egress", create=False))
+        if args.sessions:
+            scale(args, plane, core, kubeconfig, work)
+            return
         namespace = "bench"
         core.create_namespace({"metadata": {"name": namespace}})
         wait_for(lambda: core.read_namespaced_service_account("default", namespace), 30, "default ServiceAccount")

@@ -188,6 +188,12 @@ def test_a_rollouts_canary_only_update_waits_for_its_slot_and_a_starting_pod_nev
     budget = WriteBudget(1000.0, clock=lambda: 0.0)  # frozen: what it hands out depends on calls alone
     assert [budget.reserve() for _ in range(1000)] == [0.0] * 1000  # a second's worth at once, then debt
     world.reconciler.canary_budget, world.reconciler.previous_canaries, world.reconciler.canary = budget, [old], new
+    # Just after the change: a rollout's next replica may move the set again, so it waits for it to settle.
+    world.reconciler.canary_changed_at = time.monotonic()
+    with pytest.raises(Deferred) as deferred:
+        world.reconciler.reconcile(KEY)
+    assert 14 < deferred.value.delay <= 15
+    world.reconciler.canary_changed_at = time.monotonic() - 15
     with pytest.raises(Deferred) as deferred:
         world.reconciler.reconcile(KEY)
     assert 0 < deferred.value.delay <= 0.002

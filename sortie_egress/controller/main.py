@@ -224,6 +224,7 @@ class Controller:
                 # one of these to the new addresses is spread by the write budget (a rollout).
                 self.reconciler.previous_canaries = [previous, *self.reconciler.previous_canaries][:CANARIES_KEPT]
             self.reconciler.canary = canary
+            self.reconciler.canary_changed_at = time.monotonic()
             self.enqueue_all()
 
     def _informers(self) -> list[Informer]:

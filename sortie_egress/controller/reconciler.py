@@ -67,6 +67,9 @@ class Deferred(Exception):
 #: A pod this young (or still gated) may be at its injected wait, which needs the canary's current
 #: addresses cut out now: its session's update is never deferred.
 STARTING_SECONDS = 120.0
+#: A rollout changes the canary's addresses once per replica, seconds apart: a deferrable update
+#: waits until they have stood this long, so each session is written once, with the final set.
+CANARY_SETTLE_SECONDS = 15.0
 
 
 def _created(text: Any) -> dt.datetime | None:
@@ -133,6 +136,8 @@ class Reconciler:
     previous_canaries: list[Canary] = field(default_factory=list)
     #: Sessions holding a slot of the budget: when it is due (monotonic), they write without another.
     _reserved: dict[SessionKey, float] = field(default_factory=dict)
+    #: When the canary's addresses last changed (monotonic; Controller._canary_changed).
+    canary_changed_at: float = 0.0
 
     # --- keys -------------------------------------------------------------
 
@@ -270,6 +275,10 @@ class Reconciler:
             if not plan.adopt and self.canary_budget is not None and self._only_canary_moved(pods, existing):
                 key = (pods[0]["metadata"].get("namespace", ""), (pods[0]["metadata"].get("labels") or {}).get(SESSION_ID_LABEL, ""))
                 due = self._reserved.get(key)
+                settling = self.canary_changed_at + CANARY_SETTLE_SECONDS - time.monotonic()
+                if settling > 0:
+                    self._reserved.pop(key, None)  # a slot taken before this change is for an old set
+                    raise Deferred(settling)
                 if due is None:
                     delay = self.canary_budget.reserve()
                     if delay > 0:
