@@ -419,13 +419,18 @@ def test_audit_judges_with_the_installed_controllers_settings_from_its_lease(
         process.stop()
 
 
-def _explain(plane: ControlPlane, *args: str, stdin: str | None = None) -> Any:
+def _explain(plane: ControlPlane, *args: str, stdin: str | None = None, kubectl: bool = False) -> Any:
+    """``sortie-egress explain``, or (``kubectl``) ``kubectl sortie explain`` as an operator types it:
+    kubectl finds the plugin on PATH and hands it every argument."""
+    import os
     import subprocess
 
     from tests.support import CLI
 
-    return subprocess.run([CLI, "explain", "--kubeconfig", str(plane.kubeconfig_path), *args], input=stdin,
-                          capture_output=True, text=True, timeout=60)
+    command = [str(Path(CLI).parent / "kubectl"), "sortie"] if kubectl else [CLI]
+    env = {**os.environ, "PATH": f"{Path(CLI).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run([*command, "explain", "--kubeconfig", str(plane.kubeconfig_path), *args], input=stdin,
+                          capture_output=True, text=True, timeout=60, env=env)
 
 
 def test_explain_names_the_rule_that_decides_and_the_policy_that_widens(
@@ -442,7 +447,7 @@ def test_explain_names_the_rule_that_decides_and_the_policy_that_widens(
     seen: dict[str, Any] = {}
 
     def table() -> tuple[int, list[str], str] | None:
-        done = _explain(control_plane, name, "-n", namespace, "10.1.2.3:443", "10.1.2.3:80", "192.0.2.1:443/udp")
+        done = _explain(control_plane, name, "-n", namespace, "10.1.2.3:443", "10.1.2.3:80", "192.0.2.1:443/udp", kubectl=True)
         seen["last"] = (done.returncode, done.stdout.splitlines(), done.stderr)
         return seen["last"] if done.stdout.startswith(f"pod: {namespace}/{name}") and "state: ok" in done.stdout.split("\n")[0] else None
 

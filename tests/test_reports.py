@@ -132,6 +132,7 @@ def test_reports_on_a_real_api_server_with_the_published_crd(control_plane: Any,
         failed = report["results"][0]
         assert (failed["result"], failed["severity"]) == ("fail", "high"), failed
         assert failed["message"].startswith("NetworkPolicy allow-all-egress: egress[0] allows"), failed
+        print(yaml.safe_dump(report, sort_keys=False))  # docs/operations.md shows a run's
     finally:
         process.stop()
     # The operator's audit says the same, so it writes nothing.
