@@ -125,6 +125,7 @@ class Controller:
             self.reconciler.canary = canary_for(options.system_namespace, options.canary_port, [])
             if options.canary_update_rate > 0:
                 self.reconciler.canary_budget = WriteBudget(options.canary_update_rate)
+                self.reconciler.canary_pace = WriteBudget(options.canary_update_rate, burst=1.0)
         self.informers = self._informers()
         self.workers: list[threading.Thread] = []
         self.last_progress = time.monotonic()

@@ -67,9 +67,11 @@ class Deferred(Exception):
 #: A pod this young (or still gated) may be at its injected wait, which needs the canary's current
 #: addresses cut out now: its session's update is never deferred.
 STARTING_SECONDS = 120.0
-#: A rollout changes the canary's addresses once per replica, seconds apart: a deferrable update
-#: waits until they have stood this long, so each session is written once, with the final set.
-CANARY_SETTLE_SECONDS = 15.0
+#: A rollout changes the canary's addresses twice per replica (one comes, one goes), each step as
+#: long as a replica takes to become ready: a deferrable update waits until the addresses have stood
+#: this long, so each session is written once, with the final set. Running sessions lose nothing
+#: meanwhile: the cut-outs matter to a pod at its wait, and those are updated at once.
+CANARY_SETTLE_SECONDS = 60.0
 
 
 def _created(text: Any) -> dt.datetime | None:
@@ -84,11 +86,23 @@ class WriteBudget:
     spreads a controller rollout's policy updates (the canary's new addresses cut out of every
     session policy whose networks hold them) so the API server's write rate stays under ``rate``."""
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic, burst: float | None = None) -> None:
         assert rate > 0, rate
         self.rate, self.clock = rate, clock
-        self.tokens, self.updated = max(1.0, rate), clock()
+        self.capacity = max(1.0, rate) if burst is None else max(1.0, burst)
+        self.tokens, self.updated = self.capacity, clock()
         self._lock = threading.Lock()
+
+    def take(self) -> float:
+        """0 and a token taken, or the seconds until one is free (nothing taken, no debt)."""
+        with self._lock:
+            now = self.clock()
+            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            if self.tokens >= 1.0:
+                self.tokens -= 1.0
+                return 0.0
+            return (1.0 - self.tokens) / self.rate
 
     def reserve(self) -> float:
         """A token now (0) or a reservation: the seconds until the token this call took is due (the
@@ -96,7 +110,7 @@ class WriteBudget:
         none spins)."""
         with self._lock:
             now = self.clock()
-            self.tokens = min(max(1.0, self.rate), self.tokens + (now - self.updated) * self.rate)
+            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
             self.updated = now
             self.tokens -= 1.0
             return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
@@ -129,8 +143,10 @@ class Reconciler:
     _told: dict[SessionKey, set[tuple[str, str, str]]] = field(default_factory=dict)
     #: Sessions whose pods other policies widen, and by which policies (the gauge counts the keys).
     widened: dict[SessionKey, tuple[str, ...]] = field(default_factory=dict)
-    #: Spreads updates that only follow the canary's addresses (None: written at once).
+    #: Spreads updates that only follow the canary's addresses (None: written at once): slots are
+    #: handed out by ``canary_budget`` and each write takes a token of ``canary_pace`` (no burst).
     canary_budget: WriteBudget | None = None
+    canary_pace: WriteBudget | None = None
     #: The canaries before the current one (Controller._canary_changed): a policy rendered for one
     #: of them differs from the current rendering only by the canary's addresses.
     previous_canaries: list[Canary] = field(default_factory=list)
@@ -287,6 +303,11 @@ class Reconciler:
                 elif time.monotonic() < due:
                     raise Deferred(due - time.monotonic())
                 else:
+                    # Due: the slot spread the sessions out; the pace itself is held here, so
+                    # workers that fell behind do not catch up in a burst.
+                    wait = self.canary_pace.take() if self.canary_pace is not None else 0.0
+                    if wait > 0:
+                        raise Deferred(wait)
                     del self._reserved[key]
             self._replace_policy(existing, plan.policy, adopting=plan.adopt)
             done.append("adopted" if plan.adopt else "repaired")
