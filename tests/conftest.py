@@ -152,19 +152,3 @@ def controller_kubeconfig(control_plane: ControlPlane) -> Path:
     credentials = control_plane.credentials_for_service_account("sortie-system", "sortie-egress", create=False)
     return control_plane.kubeconfig_for("sortie-egress-controller", credentials)
 
-
-#: The node modules in the order they run: kube-router's first. Run after the Cilium module on the
-#: same host, kube-router's matrix twice found every policied pod able to reach its node's kubelet
-#: (the node column only; clean-clone CI at a6e8bb5 and c28d9d2), and never when it ran first (every
-#: other run). The Cilium node leaves something behind that kube-router's INPUT hook does not see
-#: past; iptables, nftables, netns, ip rules and links are clean after it, so it is not found yet
-#: (docs/testing.md). Until it is, the order is fixed rather than left to file names.
-NODE_MODULES_FIRST = ("test_node_egress.py",)
-
-
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    first = [item for item in items if item.path.name in NODE_MODULES_FIRST]
-    if first:
-        rest = [item for item in items if item.path.name not in NODE_MODULES_FIRST]
-        position = next((index for index, item in enumerate(rest) if item.path.name.startswith("test_node_")), len(rest))
-        items[:] = rest[:position] + first + rest[position:]
