@@ -151,4 +151,3 @@ def controller_kubeconfig(control_plane: ControlPlane) -> Path:
         assert applied.returncode == 0, applied.stderr
     credentials = control_plane.credentials_for_service_account("sortie-system", "sortie-egress", create=False)
     return control_plane.kubeconfig_for("sortie-egress-controller", credentials)
-
