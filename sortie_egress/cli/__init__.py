@@ -124,6 +124,22 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
                         help="the image of the injected init container (default: $SORTIE_EGRESS_IMAGE)")
 
 
+def _installed_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of commands that judge with the installed controller's settings (audit, explain:
+    cli/cluster.installed_settings). Not given: the installed controller's, read from its Lease
+    (controller/settings.py); a flag given wins, with a warning where it differs."""
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG/~/.kube/config)")
+    parser.add_argument("--dns", type=dns_flag, default=None,
+                        help="the controller's DNS setting (default: the installed controller's, else cluster)")
+    parser.add_argument("--canary-port", type=int, default=None,
+                        help="the controller's --canary-port (default: the installed controller's, else 0: none)")
+    _backend_flag(parser, unset=None)
+    parser.add_argument("--cluster-policy-priority", type=_cnp_priority, default=None,
+                        help="the controller's --cluster-policy-priority (clusternetworkpolicy backend; default: the "
+                             f"installed controller's, else {DEFAULT_PRIORITY})")
+    _system_namespace_flag(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sortie-egress", description="Per-session egress enforcement for Sortie session pods."
@@ -177,18 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = commands.add_parser("audit", help="list session pods and the state of their NetworkPolicies")
     audit.add_argument("--namespace", action="append", default=[], help="only this namespace (repeatable)")
-    audit.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG/~/.kube/config)")
-    # Not given: the installed controller's, read from its Lease (controller/settings.py); a flag
-    # given wins, with a warning where it differs.
-    audit.add_argument("--dns", type=dns_flag, default=None,
-                       help="the controller's DNS setting (default: the installed controller's, else cluster)")
-    audit.add_argument("--canary-port", type=int, default=None,
-                       help="the controller's --canary-port (default: the installed controller's, else 0: none)")
-    _backend_flag(audit, unset=None)
-    audit.add_argument("--cluster-policy-priority", type=_cnp_priority, default=None,
-                       help="the controller's --cluster-policy-priority (clusternetworkpolicy backend; default: the "
-                            f"installed controller's, else {DEFAULT_PRIORITY})")
-    _system_namespace_flag(audit)
+    _installed_settings_flags(audit)
     audit.add_argument("--report", action="store_true",
                        help="also write the rows as OpenReports: one openreports.io/v1alpha1 Report "
                             "(sortie-egress-sessions) per namespace, for report viewers; removes ours where no session "
@@ -209,15 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--dataplane", choices=["auto", "cilium", "networkpolicy"], default="auto",
                          help="how the CNI decides (default: cilium where the cluster serves Cilium's kinds, else a "
                               "NetworkPolicy dataplane that matches ipBlocks by address, as kube-router does)")
-    explain.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG/~/.kube/config)")
-    explain.add_argument("--dns", type=dns_flag, default=None,
-                         help="the controller's DNS setting (default: the installed controller's, else cluster)")
-    explain.add_argument("--canary-port", type=int, default=None,
-                         help="the controller's --canary-port (default: the installed controller's, else 0: none)")
-    _backend_flag(explain, unset=None)
-    explain.add_argument("--cluster-policy-priority", type=_cnp_priority, default=None,
-                         help="the controller's --cluster-policy-priority (default: the installed controller's)")
-    _system_namespace_flag(explain)
+    _installed_settings_flags(explain)
     explain.set_defaults(handler=cmd_explain)
 
     run = commands.add_parser("run", help="webhook and controller in one process (local development)")

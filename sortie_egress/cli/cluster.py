@@ -95,7 +95,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """Each session pod's state, judged from one snapshot of the cluster (kube/snapshot.py)."""
     from kubernetes.client.exceptions import ApiException
 
-    from sortie_egress.controller.audit import audit, format_rows
+    from sortie_egress.controller.audit import audit_snapshot, format_rows
     from sortie_egress.kube.client import api_client
     from sortie_egress.kube.snapshot import read_snapshot
 
@@ -110,8 +110,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot read the cluster: {exc.status} {exc.reason}") from None
     except cluster_errors() as exc:  # no kubeconfig, unreachable server
         raise CommandError(f"cannot read the cluster: {exc}") from None
-    rows = audit(snapshot.pods, snapshot.network_policies, args.dns, snapshot.canary, args.backend, snapshot.owned,
-                 snapshot.settings, snapshot.name_for, snapshot.judged, snapshot.node_guard_problem)
+    rows = audit_snapshot(snapshot, args.dns)
     sys.stdout.write(format_rows(rows))
     if args.report:
         _write_reports(api, rows, args.backend, args.namespace)

@@ -70,7 +70,7 @@ class _Refused(Exception):
 def cmd_explain(args: argparse.Namespace) -> int:
     from kubernetes.client.exceptions import ApiException
 
-    from sortie_egress.controller.audit import audit
+    from sortie_egress.controller.audit import audit_snapshot
     from sortie_egress.explain.report import as_data, as_json, as_table, explain
     from sortie_egress.kube.client import api_client
     from sortie_egress.kube.snapshot import read_explain_view, read_snapshot
@@ -120,9 +120,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 rendered["kind"] = backend.kind.kind
                 extra = (rendered,)
             else:
-                rows = audit(snapshot.pods, snapshot.network_policies, args.dns, snapshot.canary, args.backend,
-                             snapshot.owned, snapshot.settings, snapshot.name_for, snapshot.judged,
-                             snapshot.node_guard_problem)
+                rows = audit_snapshot(snapshot, args.dns)
                 row = next((r for r in rows if r.pod == pod["metadata"].get("name")), None)
                 state = None if row is None else (row.state, row.detail)
         view = read_explain_view(api, pod, asked, dataplane=None if args.dataplane == "auto" else args.dataplane,

@@ -171,3 +171,9 @@ def format_rows(rows: list[AuditRow]) -> str:
     widths = [max(len(row[i]) for row in table) for i in range(4)]
     return "\n".join("  ".join(cell.ljust(widths[i]) if i < 4 else cell for i, cell in enumerate(row)).rstrip()
                      for row in table) + "\n"
+
+
+def audit_snapshot(snapshot: Any, dns: DnsDestination) -> list[AuditRow]:
+    """``audit`` over what kube/snapshot.read_snapshot read (``audit``, ``explain``)."""
+    return audit(snapshot.pods, snapshot.network_policies, dns, snapshot.canary, snapshot.backend, snapshot.owned,
+                 snapshot.settings, snapshot.name_for, snapshot.judged, snapshot.node_guard_problem)

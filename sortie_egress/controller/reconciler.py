@@ -93,12 +93,16 @@ class WriteBudget:
         self.tokens, self.updated = self.capacity, clock()
         self._lock = threading.Lock()
 
+    def _refill(self) -> None:
+        """Tokens accrued since the last call, up to the capacity (the lock held)."""
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+
     def take(self) -> float:
         """0 and a token taken, or the seconds until one is free (nothing taken, no debt)."""
         with self._lock:
-            now = self.clock()
-            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-            self.updated = now
+            self._refill()
             if self.tokens >= 1.0:
                 self.tokens -= 1.0
                 return 0.0
@@ -109,9 +113,7 @@ class WriteBudget:
         bucket goes into debt, so a thousand deferred sessions get a thousand distinct slots, and
         none spins)."""
         with self._lock:
-            now = self.clock()
-            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-            self.updated = now
+            self._refill()
             self.tokens -= 1.0
             return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
@@ -186,8 +188,9 @@ class Reconciler:
         pods = self.pods.by_index(key)
         plan = plan_session(pods, existing, self.dns, self.canary, self.backend, self.cluster)
         done: list[str] = []
+        self._defer_canary_only(key, plan, existing, pods)
         try:
-            self._write_policy(plan, existing, done, pods)
+            self._write_policy(plan, existing, done)
         except Conflict as exc:
             self.metrics.conflicts.inc()
             if conflicts + 1 >= CONFLICTS_BEFORE_EVENT and pods:
@@ -277,8 +280,35 @@ class Reconciler:
                 return True
         return False
 
-    def _write_policy(self, plan: SessionPlan, existing: dict[str, Any] | None, done: list[str],
-                      pods: list[dict[str, Any]]) -> None:
+    def _defer_canary_only(self, key: SessionKey, plan: SessionPlan, existing: dict[str, Any] | None,
+                           pods: list[dict[str, Any]]) -> None:
+        """Deferred where the only change to write follows the canary's addresses and the session can
+        wait (``_only_canary_moved``): until the addresses settle, then until its slot of the budget,
+        then until the pace lets it through."""
+        if (self.canary_budget is None or plan.policy is None or existing is None or plan.adopt
+                or policy_matches(existing, plan.policy) or not self._only_canary_moved(pods, existing)):
+            return
+        due = self._reserved.get(key)
+        settling = self.canary_changed_at + CANARY_SETTLE_SECONDS - time.monotonic()
+        if settling > 0:
+            self._reserved.pop(key, None)  # a slot taken before this change is for an old set
+            raise Deferred(settling)
+        if due is None:
+            delay = self.canary_budget.reserve()
+            if delay > 0:
+                self._reserved[key] = time.monotonic() + delay
+                raise Deferred(delay)
+        elif time.monotonic() < due:
+            raise Deferred(due - time.monotonic())
+        else:
+            # Due: the slot spread the sessions out; the pace itself is held here, so
+            # workers that fell behind do not catch up in a burst.
+            wait = self.canary_pace.take() if self.canary_pace is not None else 0.0
+            if wait > 0:
+                raise Deferred(wait)
+            del self._reserved[key]
+
+    def _write_policy(self, plan: SessionPlan, existing: dict[str, Any] | None, done: list[str]) -> None:
         if plan.policy is None:
             if plan.delete and existing is not None:
                 self._delete_policy(existing)
@@ -288,27 +318,6 @@ class Reconciler:
             self._create_policy(plan.policy)
             done.append("created")
         elif plan.adopt or not policy_matches(existing, plan.policy):
-            if not plan.adopt and self.canary_budget is not None and self._only_canary_moved(pods, existing):
-                key = (pods[0]["metadata"].get("namespace", ""), (pods[0]["metadata"].get("labels") or {}).get(SESSION_ID_LABEL, ""))
-                due = self._reserved.get(key)
-                settling = self.canary_changed_at + CANARY_SETTLE_SECONDS - time.monotonic()
-                if settling > 0:
-                    self._reserved.pop(key, None)  # a slot taken before this change is for an old set
-                    raise Deferred(settling)
-                if due is None:
-                    delay = self.canary_budget.reserve()
-                    if delay > 0:
-                        self._reserved[key] = time.monotonic() + delay
-                        raise Deferred(delay)
-                elif time.monotonic() < due:
-                    raise Deferred(due - time.monotonic())
-                else:
-                    # Due: the slot spread the sessions out; the pace itself is held here, so
-                    # workers that fell behind do not catch up in a burst.
-                    wait = self.canary_pace.take() if self.canary_pace is not None else 0.0
-                    if wait > 0:
-                        raise Deferred(wait)
-                    del self._reserved[key]
             self._replace_policy(existing, plan.policy, adopting=plan.adopt)
             done.append("adopted" if plan.adopt else "repaired")
 

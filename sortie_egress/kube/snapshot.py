@@ -221,6 +221,15 @@ def read_explain_view(api: Any, pod: dict[str, Any], asked: list[Asked], *, data
         {"NetworkPolicy": network_policies, "ClusterNetworkPolicy": cluster_policies}.get(
             str(obj.get("kind")), cilium_policies).append(obj)
     nodes = listed("nodes (a node's address is then taken for one outside the cluster)", core.list_node)
+
+    def endpoints_of(service: dict[str, Any]) -> list[dict[str, Any]]:
+        """The pods a Service's selector picks (explain/view.py keeps the running ones)."""
+        selector = (service.get("spec") or {}).get("selector")
+        if not selector:
+            return []
+        return _items(core.list_namespaced_pod, service["metadata"]["namespace"],
+                      label_selector=",".join(f"{key}={value}" for key, value in sorted(selector.items())))
+
     pods: list[dict[str, Any]] = []
     services: list[dict[str, Any]] = []
     every_service: list[dict[str, Any]] | None = None
@@ -230,13 +239,9 @@ def read_explain_view(api: Any, pod: dict[str, Any], asked: list[Asked], *, data
         if question.where == "pod":
             pods += _items(core.list_namespaced_pod, where, field_selector=f"metadata.name={question.host}")
         elif question.where == "service":
-            found = _items(core.list_namespaced_service, where, field_selector=f"metadata.name={question.host}")
-            services += found
-            for service in found:
-                selector = (service.get("spec") or {}).get("selector")
-                if selector:
-                    pods += _items(core.list_namespaced_pod, where,
-                                   label_selector=",".join(f"{k}={v}" for k, v in sorted(selector.items())))
+            for service in _items(core.list_namespaced_service, where, field_selector=f"metadata.name={question.host}"):
+                services.append(service)
+                pods += endpoints_of(service)
         elif question.where == "address" and question.host not in node_addresses:
             by_address = listed("pods in every namespace (an address is then taken for one outside the cluster)",
                                 core.list_pod_for_all_namespaces, field_selector=f"status.podIP={question.host}")
@@ -249,9 +254,6 @@ def read_explain_view(api: Any, pod: dict[str, Any], asked: list[Asked], *, data
                     spec = service.get("spec") or {}
                     if question.host in {spec.get("clusterIP"), *(spec.get("clusterIPs") or [])}:
                         services.append(service)
-                        selector = spec.get("selector")
-                        if selector:
-                            pods += _items(core.list_namespaced_pod, service["metadata"]["namespace"],
-                                           label_selector=",".join(f"{k}={v}" for k, v in sorted(selector.items())))
+                        pods += endpoints_of(service)
     return ExplainView(pod, chosen, namespaces, network_policies, cilium_policies, cluster_policies, pods, services,
                        nodes, tuple(notes), session_object, state)

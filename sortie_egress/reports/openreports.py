@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
+from sortie_egress.constants import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from sortie_egress.controller.audit import WRONG, AuditRow
 
 GROUP: Final = "openreports.io"
@@ -27,7 +28,7 @@ PLURAL: Final = "reports"
 REPORT_NAME: Final = "sortie-egress-sessions"
 SOURCE: Final = "sortie-egress"
 POLICY: Final = "sortie-egress/session-egress"
-MANAGED_LABELS: Final = {"app.kubernetes.io/managed-by": "sortie-egress", "app.kubernetes.io/part-of": "sortie-egress"}
+MANAGED_LABELS: Final = {MANAGED_BY_LABEL: MANAGED_BY_VALUE, "app.kubernetes.io/part-of": MANAGED_BY_VALUE}
 #: How bad each wrong state is: a session that reaches more than it may is high; one that may not
 #: be enforced as written is medium; one held back or not yet judged is low.
 SEVERITY: Final = {"widened": "high", "unguarded": "high", "conflict": "high", "orphan": "low",
