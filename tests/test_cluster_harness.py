@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.cluster.binaries import find_binaries
-from tests.cluster.harness import ControlPlane, port_is_bound, wait_for
+from tests.cluster.harness import NODE_PORTS, ControlPlane, free_port, port_is_bound, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -66,3 +66,12 @@ def test_control_plane_starts_fast_and_stops_cleanly(tmp_path) -> None:
     assert not any(port_is_bound(port) for port in ports)
     assert all(component.process.poll() is not None for component in plane.components if component.process)
     assert len(pids) == 3
+
+
+def test_free_ports_stay_out_of_the_node_port_and_ephemeral_ranges() -> None:
+    """A component on a NodePort-range port is reachable from every pod on kube-router, policies or
+    not (the node matrix's node column was open in one run of four); an ephemeral one may be taken."""
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    ports = [free_port() for _ in range(2000)]
+    assert all(20000 <= port < min(low, 30000) for port in ports), sorted(set(ports))[-5:]
+    assert NODE_PORTS == (30000, 32767)  # the API server's default range, which the harness keeps

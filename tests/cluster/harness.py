@@ -48,6 +48,12 @@ class ControlPlaneError(RuntimeError):
     """The control plane did not come up; the message names every component's log."""
 
 
+#: Where free_port() picks: below both the kernel's ephemeral range and the NodePort range.
+FREE_PORTS_FROM = 20000
+#: The API server's default --service-node-port-range (we do not change it).
+NODE_PORTS = (30000, 32767)
+
+
 def _ephemeral_ports() -> tuple[int, int]:
     try:
         low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
@@ -57,17 +63,21 @@ def _ephemeral_ports() -> tuple[int, int]:
 
 
 def free_port() -> int:
-    """A loopback port that is free now and outside the kernel's ephemeral range.
+    """A loopback port that is free now, outside the kernel's ephemeral range and the NodePort range.
 
     A port the kernel handed out for binding port 0 is an ephemeral one: any
     outgoing connection (the API server dialling etcd, a test's client) may
     take it before the component we chose it for binds it, and that component
     dies of "address already in use" (seen once in a suite run). Ports below
     the ephemeral range are never handed to outgoing connections.
+    Ports in the NodePort range (30000-32767) are open from every pod to its node
+    on kube-router whatever the policies say (KUBE-ROUTER-INPUT returns LOCAL
+    traffic to them before any pod's rules), and kube-proxy claims them: a kubelet
+    there made the node matrix's node column open for every pod (four red CI runs).
     """
     low, _ = _ephemeral_ports()
     for _ in range(200):
-        port = random.randrange(20000, max(20001, low))
+        port = random.randrange(FREE_PORTS_FROM, max(FREE_PORTS_FROM + 1, min(low, NODE_PORTS[0])))
         if not port_is_bound(port):
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:  # a crowded range: the kernel's choice
