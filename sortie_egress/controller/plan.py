@@ -24,6 +24,7 @@ and one NetworkPolicy named after it (CONTRACT §3):
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ from sortie_egress.constants import (
     EGRESS_MODE_LABEL,
     EGRESS_POLICY_LABEL,
     MANAGED_BY_LABEL,
+    MAX_MEMO_ANNOTATION,
     POLICY_DIGEST_ANNOTATION,
     SCHEDULING_GATE,
     SESSION_ID_LABEL,
@@ -82,7 +84,14 @@ class Enforced:
 
 def enforced_for(pod: dict[str, Any], backend: str = DEFAULT_BACKEND) -> Enforced:
     session = session_pod(pod)
-    parsed = parse_policy(None if session is None else session.annotation)
+    annotation = None if session is None else session.annotation
+    if annotation is not None and len(annotation) > MAX_MEMO_ANNOTATION:
+        return _enforced(annotation, backend)
+    return _memoised_enforced(annotation, backend)
+
+
+def _enforced(annotation: str | None, backend: str) -> Enforced:
+    parsed = parse_policy(annotation)
     problems = list(parsed.errors) + backend_problems(parsed.policy, backend)
     if problems:  # invalid, or what this backend cannot enforce (admitted while the webhook was down, say)
         reason = "invalid egress policy, enforcing DNS only: " + "; ".join(problems)
@@ -91,6 +100,12 @@ def enforced_for(pod: dict[str, Any], backend: str = DEFAULT_BACKEND) -> Enforce
         return Enforced(None)
     assert parsed.canonical is not None
     return Enforced(parsed.policy, policy_digest(parsed.canonical))
+
+
+#: Memoised like parse_policy (short annotations only, so the memo stays small whatever pods are
+#: created): a resync judges every session again, and a cluster's sessions share a few apps'
+#: policies. Enforced and its policy are frozen, so sharing one is safe.
+_memoised_enforced = lru_cache(maxsize=1024)(_enforced)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ because both call :func:`render_network_policy`.
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 from typing import Any
 
 from sortie_egress.policy.model import EgressPolicy, Rule
@@ -70,38 +71,53 @@ def _deny_rule(rules: tuple[Rule, ...]) -> dict[str, Any] | None:
     return {"to": peers} if peers else None
 
 
-def _without(peer: dict[str, Any], addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> dict[str, Any] | None:
+@lru_cache(maxsize=4096)
+def _holes(cidr: str, excepted: tuple[str, ...], addresses: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The host routes of ``addresses`` to add to the block's except list (empty: none falls in it
+    outside its holes; None: the block is one of the addresses alone, so nothing of it may stay).
+
+    Cached: a controller renders every session again on each resync (50,000 at the size issue 24
+    measured), while the apps' blocks and the canary's addresses are few; parsing them each time was
+    a third of a reconcile. Strings in, strings out, so a cached answer cannot be changed by a caller.
+    """
+    network = ipaddress.ip_network(cidr)
+    holes = [ipaddress.ip_network(hole) for hole in excepted]
+    added = []
+    for text in addresses:
+        address = ipaddress.ip_address(text)
+        if address.version != network.version or address not in network:
+            continue
+        if any(address in hole for hole in holes):
+            continue
+        host = ipaddress.ip_network(f"{address}/{address.max_prefixlen}")
+        if host == network:
+            return None
+        added.append(str(host))
+    return tuple(added)
+
+
+def _without(peer: dict[str, Any], addresses: tuple[str, ...]) -> dict[str, Any] | None:
     """An ipBlock peer with ``addresses`` cut out (None when nothing of it is left)."""
     block = peer.get("ipBlock")
     if block is None:
         return peer
-    network = ipaddress.ip_network(block["cidr"])
-    excepted = [ipaddress.ip_network(cidr) for cidr in block.get("except", [])]
-    added = []
-    for address in addresses:
-        if address.version != network.version or address not in network:
-            continue
-        if any(address in hole for hole in excepted):
-            continue
-        host = ipaddress.ip_network(f"{address}/{address.max_prefixlen}")
-        if host == network:
-            return None  # the block is the canary's address alone: nothing of it may stay
-        added.append(str(host))
+    added = _holes(block["cidr"], tuple(block.get("except", [])), addresses)
+    if added is None:
+        return None  # the block is the canary's address alone: nothing of it may stay
     if not added:
         return peer
-    return {"ipBlock": {"cidr": block["cidr"], "except": list(block.get("except", [])) + added}}
+    return {"ipBlock": {"cidr": block["cidr"], "except": list(block.get("except", [])) + list(added)}}
 
 
 def _cut_out(rules: list[dict[str, Any]], addresses: tuple[str, ...]) -> list[dict[str, Any]]:
     """The app's rules with the canary's addresses cut out. A rule whose every peer goes is
     dropped: a rule with no peers left would allow every destination."""
-    parsed = [ipaddress.ip_address(address) for address in addresses]
     result = []
     for rule in rules:
         if "to" not in rule:
             result.append(rule)  # none of ours: every app rule names its addresses
             continue
-        peers = [kept for kept in (_without(peer, parsed) for peer in rule["to"]) if kept is not None]
+        peers = [kept for kept in (_without(peer, addresses) for peer in rule["to"]) if kept is not None]
         if peers:
             result.append({**rule, "to": peers})
     return result
