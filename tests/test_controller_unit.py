@@ -302,15 +302,64 @@ def test_a_relist_reports_only_what_changed_while_nobody_watched() -> None:
     storm at 50,000 sessions): only objects that are new, changed (resourceVersion) or gone."""
     store = Store()
     same = {"metadata": {"namespace": "ns", "name": "same", "resourceVersion": "10"}}
-    changed = {"metadata": {"namespace": "ns", "name": "changed", "resourceVersion": "11"}}
-    gone = {"metadata": {"namespace": "ns", "name": "gone", "resourceVersion": "12"}}
-    for obj in (same, changed, gone):
+    bumped = {"metadata": {"namespace": "ns", "name": "bumped", "resourceVersion": "11"}, "status": {"phase": "Pending"}}
+    changed = {"metadata": {"namespace": "ns", "name": "changed", "resourceVersion": "12"}, "status": {"phase": "Pending"}}
+    gone = {"metadata": {"namespace": "ns", "name": "gone", "resourceVersion": "13"}}
+    for obj in (same, bumped, changed, gone):
         store.put(obj)
-    fresh = [dict(same), {"metadata": {**changed["metadata"], "resourceVersion": "20"}},
-             {"metadata": {"namespace": "ns", "name": "new", "resourceVersion": "21"}}]
+    fresh = [dict(same),
+             {**bumped, "metadata": {**bumped["metadata"], "resourceVersion": "20"}},  # written, nothing we keep moved
+             {"metadata": {**changed["metadata"], "resourceVersion": "21"}, "status": {"phase": "Running"}},
+             {"metadata": {"namespace": "ns", "name": "new", "resourceVersion": "22"}}]
     vanished, moved = store.replace(fresh, None)
     assert [o["metadata"]["name"] for o in vanished] == ["gone"]
     assert sorted(o["metadata"]["name"] for o in moved) == ["changed", "new"]
+    assert store.get(("ns", "bumped"))["metadata"]["resourceVersion"] == "20"  # kept, for the next write's precondition
+
+
+def test_a_watch_passes_on_only_events_that_change_what_is_kept() -> None:
+    """A binding, a status write, our own write echoed back: the resourceVersion moves, nothing the
+    controller keeps does. Passing those on reconciled every new session four times in a burst."""
+    import threading
+
+    from sortie_egress.kube.informer import Informer
+    from sortie_egress.kube.projections import project_pod
+
+    pod = session_pod(name="a", session_id="s", namespace="ns")
+    pod["metadata"].update(uid="u1", resourceVersion="1")
+    bound = copy.deepcopy(pod)
+    bound["metadata"]["resourceVersion"] = "2"
+    bound["spec"]["nodeName"] = "node-1"  # not projected
+    released = copy.deepcopy(bound)
+    released["metadata"]["resourceVersion"] = "3"
+    released["spec"]["schedulingGates"] = []
+    deleted = copy.deepcopy(released)
+    deleted["metadata"]["resourceVersion"] = "4"
+    events = [("ADDED", pod), ("MODIFIED", bound), ("MODIFIED", released), ("MODIFIED", released),
+              ("BOOKMARK", {"metadata": {"resourceVersion": "3"}}), ("DELETED", deleted)]
+
+    class Stream:
+        def stream(self, *_: Any, **__: Any) -> Any:
+            yield "".join(json.dumps({"type": kind, "object": obj}) + "\n" for kind, obj in events).encode()
+
+        def release_conn(self) -> None:
+            pass
+
+    store, told = Store(index=pod_session_key), []
+    informer = Informer("pods", lambda **_: Stream(), project_pod, store, lambda obj: told.append(obj["metadata"]["resourceVersion"]),
+                        threading.Event())
+    assert informer._watch("0") == "4"
+    assert told == ["1", "3", "4"]  # added, released, deleted; not the binding, not the repeat
+    assert len(store) == 0
+
+
+def test_store_put_says_whether_more_than_the_resource_version_moved() -> None:
+    store = Store()
+    first = {"metadata": {"namespace": "ns", "name": "a", "resourceVersion": "1", "labels": {"x": "1"}}}
+    assert store.put(first) is True
+    assert store.put({"metadata": {**first["metadata"], "resourceVersion": "2"}}) is False
+    assert store.get(("ns", "a"))["metadata"]["resourceVersion"] == "2"
+    assert store.put({"metadata": {**first["metadata"], "resourceVersion": "3", "labels": {"x": "2"}}}) is True
 
 
 def test_a_list_is_read_in_pages_and_a_stale_continue_token_starts_it_again() -> None:

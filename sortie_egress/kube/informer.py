@@ -11,8 +11,9 @@ objects deleted while nobody was watching.
 At the size of a big cluster (50,000 session pods) two things matter: a list is read in pages
 (``limit``/``continue``), each projected before the next is read, so the controller never holds a
 whole unprojected list (hundreds of MB of JSON for 50,000 pods); and a list after a broken watch
-reports only what changed while nobody watched (by resourceVersion), so it does not reconcile every
-session again (the relist storm). Watches ask for bookmarks, so a quiet watch's resourceVersion
+reports only what changed while nobody watched, so it does not reconcile every session again (the
+relist storm); likewise a watch event that changes nothing the projection keeps (a binding, our own
+write echoed back) is kept but not passed on. Watches ask for bookmarks, so a quiet watch's resourceVersion
 stays fresh and a reconnect seldom has to list at all.
 """
 
@@ -90,9 +91,12 @@ class Store:
         with self._lock:
             return [self._objects[key] for key in self._namespaces.get(namespace, ())]
 
-    def put(self, obj: dict[str, Any]) -> None:
+    def put(self, obj: dict[str, Any]) -> bool:
+        """Keep ``obj``; whether it is new or differs from the one kept in more than its resourceVersion."""
         with self._lock:
+            before = self._objects.get(object_key(obj))
             self._insert(obj)
+        return before is None or _differs(before, obj)
 
     def remove(self, key: ObjectKey) -> None:
         with self._lock:
@@ -110,7 +114,7 @@ class Store:
             moved = []
             for key, obj in fresh.items():
                 before = self._objects.get(key)
-                if before is None or _version(before) != _version(obj) or not _version(obj):
+                if before is None or _differs(before, obj):
                     moved.append(obj)
                 self._insert(obj)
         return gone, moved
@@ -124,8 +128,17 @@ class Store:
             return len(self._objects)
 
 
-def _version(obj: dict[str, Any]) -> str:
-    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+def _differs(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether two projections of one object differ in anything but their resourceVersion.
+
+    Every write bumps the resourceVersion, also those that change nothing a projection keeps (a
+    pod's binding, its status, our own writes, which the reconciler already wrote through to the
+    store): telling those to ``on_change`` reconciled each new session pod four times in a burst,
+    and each repeat costs the others the CPU it takes (issue 24's gate-release latency)."""
+    if before == after:
+        return False
+    return ({**before, "metadata": {**(before.get("metadata") or {}), "resourceVersion": None}}
+            != {**after, "metadata": {**(after.get("metadata") or {}), "resourceVersion": None}})
 
 
 def paginated(list_call: Callable[..., Any], project: Callable[[dict[str, Any]], dict[str, Any]] = lambda obj: obj,
@@ -213,8 +226,8 @@ class Informer(threading.Thread):
                 projected = self.project(obj)
                 if kind == "DELETED":
                     self.store.remove(object_key(projected))
-                else:
-                    self.store.put(projected)
+                elif not self.store.put(projected):
+                    continue  # nothing a projection keeps moved: nobody has anything to do
                 self.on_change(projected)
         finally:
             response.release_conn()
