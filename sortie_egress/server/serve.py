@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 import threading
@@ -168,6 +169,11 @@ async def serve(options: ServeOptions, sockets: list[socket.socket] | None = Non
 
     server = uvicorn.Server(uvicorn_config(options, tls))
     watcher = asyncio.create_task(watch_certificates())
+    # Everything imported and built so far (the kubernetes client alone is hundreds of thousands
+    # of objects) lives as long as the process: out of the collector's full passes, which would
+    # otherwise walk it all on an admission's hot path now and then.
+    gc.collect()
+    gc.freeze()
     try:
         log.info("serving admission on https://%s:%s", options.host, options.port)
         with logs.batched_per_loop_turn(asyncio.get_running_loop()):
