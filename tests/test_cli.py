@@ -192,6 +192,17 @@ def test_unusable_kubeconfig_is_exit_2_without_a_traceback(tmp_path: Path, comma
     assert "is not a usable kubeconfig" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--canary-port", "9000", "--canary-address", "nope"], "--canary-address must be an IP address to listen on, not 'nope'"),
+    (["--canary-port", "9000", "--canary-address", "10.0.0.300"], "--canary-address must be an IP address"),
+    (["--canary-port", "65535"], "--canary-port must be between 1 and 65534 (the closed port is the next), not 65535"),
+    (["--canary-tls-secret", "x"], "--canary-tls-secret needs --canary-port"),
+])
+def test_controller_refuses_a_canary_it_cannot_serve_before_touching_the_cluster(flags: list[str], message: str) -> None:
+    result = run("controller", "--kubeconfig", "/nonexistent", *flags)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
 def test_serve_keeps_idle_connections_longer_than_the_api_server_does_and_says_why() -> None:
     result = run("serve", "--help")
     assert result.returncode == 0

@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="serve the enforcement canary on this port (open) and the next (closed), and make every "
                                  "session policy open the first and block the second (CONTRACT §6); the webhook's "
                                  "--enforcement-port. 0 (default): no canary")
+    controller.add_argument("--canary-address", default="0.0.0.0", metavar="IP",
+                            help="the address the canary listens on (default 0.0.0.0: every IPv4 address of the pod; "
+                                 ":: for IPv6); its two ports must be free there")
     controller.add_argument("--canary-tls-secret", metavar="[NAMESPACE/]NAME",
                             help="the canary's open port proves who it is with this kubernetes.io/tls Secret's pair "
                                  "(the webhook's serving Secret, which the injected waits are pinned to), followed "

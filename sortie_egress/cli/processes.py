@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import sys
 from pathlib import Path
@@ -89,6 +90,10 @@ def cmd_controller(args: argparse.Namespace) -> int:
             raise CommandError("--certificate-overlap must be well under a third of --serving-lifetime")
     if args.canary_port and not 0 < args.canary_port < 65535:
         raise CommandError(f"--canary-port must be between 1 and 65534 (the closed port is the next), not {args.canary_port}")
+    try:
+        ipaddress.ip_address(args.canary_address)
+    except ValueError:
+        raise CommandError(f"--canary-address must be an IP address to listen on, not {args.canary_address!r}") from None
     canary_secret = None
     if args.canary_tls_secret:
         namespace, slash, name = args.canary_tls_secret.rpartition("/")
@@ -100,7 +105,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
     options = ControllerOptions(
         namespaces=list(args.namespace), dns=args.dns, kubeconfig=args.kubeconfig, workers=args.workers,
         metrics_port=args.metrics_port or None, leader_elect=args.leader_elect, system_namespace=args.system_namespace,
-        certificates=certificates, canary_port=args.canary_port, canary_tls_secret=canary_secret, backend=args.backend,
+        certificates=certificates, canary_port=args.canary_port, canary_host=args.canary_address, canary_tls_secret=canary_secret, backend=args.backend,
         cluster_policy_priority=args.cluster_policy_priority, enforcement_wait=args.enforcement_wait,
         report_interval=args.report_interval, canary_update_rate=args.canary_update_rate,
     )
