@@ -10,14 +10,17 @@ RSS with N session pods present.
     python bench/controller.py [--burst 500] [--rss-pods 5000]
 
 With ``--sessions N`` (issue 24) it runs the scale scenario instead: N released session pods in
-``--namespaces`` namespaces, the canary served by two (simulated) controller replicas; then the
-controller's RSS, a restart as after a leader change (list until ready, then the full resync until
-the queue drains, and the API writes it made: none is right), a burst of ``--burst`` pods while the
-N sessions exist (gate release p50/p99), and a rollout of the canary's two replicas (the addresses
-every session policy cuts out change four times): API writes per session and the highest write
-rate in any second, against ``--canary-update-rate``.
+``--namespaces`` namespaces under two controller replicas with leader election (as shipped), the
+canary served by two (simulated) controller pods; then both replicas' RSS; a leader change (the
+leader stops and hands its Lease back; the follower, caches warm, reconciles every session: the
+time, and the API writes it made: none is right); a cold start (a fresh replica lists, then
+reconciles); a burst of ``--burst`` pods as fast as 16 threads get answers and one paced at
+``--paced-rate`` (gate release p50/p99 beside the create calls' own); and a rollout of the canary's
+two replicas (the addresses every session policy cuts out change four times): API writes per
+session and the highest write rate over 5 s, against ``--canary-update-rate``.
 
-    python bench/controller.py --sessions 5000 [--namespaces 50] [--burst 500] [--canary-update-rate 20]
+    python bench/controller.py --sessions 5000 [--namespaces 50] [--burst 500] [--paced-rate 25]
+                               [--canary-update-rate 20] [--no-rollout]
 """
 
 from __future__ import annotations
@@ -107,17 +110,79 @@ def watch_gates(kubeconfig: str, namespace: str, expected: int, ready: Any, resu
     results.put(released)
 
 
-def create_pods(core: client.CoreV1Api, namespace: str, count: int, prefix: str) -> dict[str, float]:
+def create_pods(core: client.CoreV1Api, namespace: str, count: int, prefix: str, rate: float = 0.0,
+                took: dict[str, float] | None = None) -> dict[str, float]:
+    """Session pods created from 16 threads: as fast as the API server answers, or (``rate`` > 0) the
+    n-th not before n/rate seconds in. name -> when its create was answered; ``took``: how long each
+    create call took (the API server's own latency for a write at that moment, webhook included)."""
     created: dict[str, float] = {}
+    start = time.monotonic()
 
     def one(index: int) -> None:
+        if rate > 0:
+            time.sleep(max(0.0, start + index / rate - time.monotonic()))
         pod = session_pod(name=f"{prefix}-{index}", session_id=f"{prefix}-{index}", policy=POLICY, namespace=namespace)
+        asked = time.time()
         core.create_namespaced_pod(namespace, pod, _preload_content=False)
         created[pod["metadata"]["name"]] = time.time()
+        if took is not None:
+            took[pod["metadata"]["name"]] = created[pod["metadata"]["name"]] - asked
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         list(pool.map(one, range(count)))
     return created
+
+
+def release_line(created: dict[str, float], released: dict[str, float], took: dict[str, float]) -> str:
+    """Gate release p50/p99/max, beside the create calls' own p50/p99: the release takes two more
+    writes (the policy, the gate) and two watch deliveries, so on a saturated API server it cannot
+    be quicker than about twice a create; the ratio is what the controller adds to that."""
+    latencies = sorted(released[name] - created[name] for name in created)
+    q, c = statistics.quantiles(latencies, n=100), statistics.quantiles(sorted(took.values()), n=100)
+    return (f"gate release p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms; "
+            f"the create calls themselves p50 {c[49] * 1000:.0f} ms, p99 {c[98] * 1000:.0f} ms "
+            f"(release p99 = {q[98] / c[98]:.1f} x create p99)")
+
+
+def _histograms(text: str, name: str, keep: tuple[str, ...]) -> dict[tuple[str, ...], dict[float, float]]:
+    """Cumulative bucket counts of histogram ``name`` from Prometheus text, by the labels in ``keep``."""
+    found: dict[tuple[str, ...], dict[float, float]] = {}
+    for line in text.splitlines():
+        if not line.startswith(name + "_bucket{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line[line.index("{"):line.rindex("}")]))
+        bound = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
+        series = found.setdefault(tuple(labels.get(label, "") for label in keep), {})
+        series[bound] = series.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def _quantile(buckets: dict[float, float], q: float) -> float:
+    """The upper bound of the bucket holding quantile ``q`` (Prometheus' histogram_quantile, unsmoothed)."""
+    total = buckets.get(float("inf"), 0.0)
+    for bound in sorted(buckets):
+        if buckets[bound] >= q * total:
+            return bound
+    return float("inf")
+
+
+def latency_report(before: str, after: str, name: str, keep: tuple[str, ...], least: int = 50) -> list[str]:
+    """p50/p99 (bucket bounds) of ``name`` between two scrapes, per series with at least ``least`` samples."""
+    earlier, later = _histograms(before, name, keep), _histograms(after, name, keep)
+    lines = []
+    for series, buckets in sorted(later.items()):
+        delta = {bound: count - earlier.get(series, {}).get(bound, 0.0) for bound, count in buckets.items()}
+        if delta.get(float("inf"), 0.0) >= least:
+            lines.append(f"  {' '.join(series)}: {delta[float('inf')]:.0f} calls, p50 <= {_quantile(delta, 0.5) * 1000:g} ms, "
+                         f"p99 <= {_quantile(delta, 0.99) * 1000:g} ms")
+    return lines
+
+
+def apiserver_metrics(api: client.ApiClient) -> str:
+    """The API server's own metrics (the admin's client: cluster-admin may read /metrics)."""
+    response = api.call_api("GET", api.configuration.host + "/metrics")
+    response.read()
+    return response.data.decode()
 
 
 def metric(metrics_url: str, name: str) -> float:
@@ -179,17 +244,28 @@ def scale(args: argparse.Namespace, plane: ControlPlane, core: client.CoreV1Api,
              30, "the webhook")
     for name, address in (("replica-a", "10.1.0.1"), ("replica-b", "10.1.0.2")):
         canary_replica(core, name, address)
-    metrics_port = free_port()
-    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-    controller_args = ("--no-leader-elect", "--workers", str(args.workers), "--metrics-port", str(metrics_port),
-                       "--canary-port", str(free_port()), "--canary-update-rate", str(args.canary_update_rate))
+    canary_port = free_port()
 
-    def start() -> ControllerProcess:
-        process = ControllerProcess(kubeconfig, work / "controller.log", extra_args=controller_args).start()
-        wait_for(lambda: ready(metrics_url), 600, "the controller ready", interval=0.2)
-        return process
+    def start(name: str, address: str) -> tuple[ControllerProcess, str]:
+        """A replica with leader election on (as shipped), its own metrics port, log and loopback
+        address for the canary (in a cluster each replica is a pod of its own, on the same port)."""
+        metrics_port = free_port()
+        arguments = ("--workers", str(args.workers), "--metrics-port", str(metrics_port), "--canary-port", str(canary_port),
+                     "--canary-address", address,
+                     "--canary-update-rate", str(args.canary_update_rate))
+        process = ControllerProcess(kubeconfig, work / f"controller-{name}.log", extra_args=arguments,
+                                    sync_seconds=600).start()
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        wait_for(lambda: ready(url), 600, f"controller {name} ready", interval=0.05)
+        return process, url
 
-    controller = start()
+    def resynced(url: str) -> bool:
+        return (metric(url, "sortie_egress_leader") == 1 and metric(url, "sortie_egress_reconciles_total") >= args.sessions
+                and metric(url, "sortie_egress_queue_depth") == 0)
+
+    controller, metrics_url = start("a", "127.0.0.1")
+    wait_for(lambda: metric(metrics_url, "sortie_egress_leader") == 1, 60, "controller a leading", interval=0.2)
+    follower, follower_url = start("b", "127.0.0.2")
     try:
         started = time.time()
         create_sessions(core, namespaces, args.sessions, "s")
@@ -198,38 +274,52 @@ def scale(args: argparse.Namespace, plane: ControlPlane, core: client.CoreV1Api,
                  "every session released", interval=2)
         wait_for(lambda: metric(metrics_url, "sortie_egress_queue_depth") == 0, 600, "the queue drained", interval=1)
         print(f"all released {time.time() - started:.0f} s after the first create; controller RSS "
-              f"{rss_mb(controller.process.pid):.0f} MB with {args.sessions} sessions", flush=True)
+              f"{rss_mb(controller.process.pid):.0f} MB (leader), {rss_mb(follower.process.pid):.0f} MB (follower) "
+              f"with {args.sessions} sessions", flush=True)
 
-        # A leader change: a new controller lists everything, then reconciles every session.
+        # A leader change as it happens with the shipped two replicas: the leader stops (a rollout, a
+        # drained node) and hands the Lease back; the follower, its caches listed and watched all along,
+        # takes over and reconciles every session.
+        changed = time.time()
         controller.stop()
+        wait_for(lambda: resynced(follower_url), 900, "the follower's full resync", interval=0.2)
+        print(f"after a leader change (the follower's caches warm): full resync of {args.sessions} sessions done "
+              f"{time.time() - changed:.1f} s after the leader stopped, "
+              f"{metric(follower_url, 'sortie_egress_api_writes_total'):.0f} API writes (nothing had drifted)", flush=True)
+
+        # A cold start (no replica left running, as after both were replaced at once): list, then reconcile.
+        follower.stop()
         restarted = time.time()
-        controller = ControllerProcess(kubeconfig, work / "controller.log", extra_args=controller_args).start()
-        wait_for(lambda: ready(metrics_url), 600, "the new controller ready", interval=0.05)
+        controller, metrics_url = start("c", "127.0.0.3")
         listed = time.time() - restarted
-        wait_for(lambda: metric(metrics_url, "sortie_egress_reconciles_total") >= args.sessions
-                 and metric(metrics_url, "sortie_egress_queue_depth") == 0, 900, "the full resync", interval=0.2)
-        resynced = time.time() - restarted
-        print(f"after a leader change: caches listed and synced in {listed:.1f} s, full resync of {args.sessions} "
-              f"sessions done {resynced:.1f} s after start, {metric(metrics_url, 'sortie_egress_api_writes_total'):.0f} "
+        wait_for(lambda: resynced(metrics_url), 900, "the full resync", interval=0.2)
+        resynced_after = time.time() - restarted
+        print(f"after a cold start: caches listed and synced in {listed:.1f} s, full resync of {args.sessions} "
+              f"sessions done {resynced_after:.1f} s after start, {metric(metrics_url, 'sortie_egress_api_writes_total'):.0f} "
               f"API writes (nothing had drifted); RSS {rss_mb(controller.process.pid):.0f} MB", flush=True)
 
         # A burst while every session exists.
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
-        watching, results = context.Event(), context.Queue()
-        watcher = context.Process(target=watch_gates, args=(str(plane.kubeconfig_path), "bench", args.burst, watching, results))
-        watcher.start()
-        watching.wait(30)
-        created = create_pods(core, "bench", args.burst, "burst")
-        released = results.get(timeout=600)
-        watcher.join(10)
-        latencies = sorted(released[name] - created[name] for name in created)
-        q = statistics.quantiles(latencies, n=100)
-        print(f"burst of {args.burst} with {args.sessions} sessions present: gate release p50 {q[49] * 1000:.0f} ms, "
-              f"p99 {q[98] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms", flush=True)
-        wait_for(lambda: metric(metrics_url, "sortie_egress_queue_depth") == 0, 600, "the queue drained", interval=1)
+        # Flat out (16 threads, as fast as the API server answers), then paced at a rate it sustains.
+        for prefix, rate in (("burst", 0.0), ("paced", args.paced_rate)):
+            watching, results = context.Event(), context.Queue()
+            watcher = context.Process(target=watch_gates, args=(str(plane.kubeconfig_path), "bench", args.burst, watching,
+                                                                results, f"{prefix}-"))
+            watcher.start()
+            watching.wait(30)
+            took: dict[str, float] = {}
+            created = create_pods(core, "bench", args.burst, prefix, rate, took)
+            released = results.get(timeout=600)
+            watcher.join(10)
+            offered = "as fast as 16 threads get answers" if not rate else f"offered at {rate:g}/s"
+            print(f"{prefix} of {args.burst} ({offered}) with {args.sessions} sessions present: "
+                  f"{release_line(created, released, took)}", flush=True)
+            wait_for(lambda: metric(metrics_url, "sortie_egress_queue_depth") == 0, 600, "the queue drained", interval=1)
 
+        if args.no_rollout:
+            return
         # A rollout of the canary's two replicas, one at a time, as a Deployment rolls; once the
         # burst's pods are past their start (the controller updates a starting session at once).
         time.sleep(125)
@@ -266,6 +356,7 @@ def scale(args: argparse.Namespace, plane: ControlPlane, core: client.CoreV1Api,
               f"{args.canary_update_rate:g})", flush=True)
     finally:
         controller.stop()
+        follower.stop()
 
 
 def main() -> None:
@@ -278,6 +369,9 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=0, help="run the scale scenario with this many sessions")
     parser.add_argument("--namespaces", type=int, default=50, help="scale scenario: namespaces the sessions spread over")
     parser.add_argument("--canary-update-rate", type=float, default=20.0, help="scale scenario: the controller's flag")
+    parser.add_argument("--paced-rate", type=float, default=25.0,
+                        help="scale scenario: the second burst's pods per second (one the API server sustains)")
+    parser.add_argument("--no-rollout", action="store_true", help="scale scenario: stop after the burst")
     parser.add_argument("--rollout-step-seconds", type=int, default=5, help="scale scenario: between two replica changes")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sortie-bench-controller-"))
@@ -338,25 +432,31 @@ def main() -> None:
         processes["webhook"] = webhook.process.pid
         processes["controller"] = controller.process.pid
         cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+        scraped = (apiserver_metrics(api), urllib.request.urlopen(metrics_url, timeout=10).read().decode())
         started = time.time()
-        created = create_pods(core, namespace, args.burst, "burst")
+        took: dict[str, float] = {}
+        created = create_pods(core, namespace, args.burst, "burst", took=took)
         create_seconds = time.time() - started
         released = results.get(timeout=300)
         watcher.join(10)
         total = max(released[name] for name in created) - started
-        latencies = sorted(released[name] - created[name] for name in created)
         policies = json.loads(client.NetworkingV1Api(api).list_namespaced_network_policy(namespace, _preload_content=False).data)["items"]
         assert len(policies) == args.burst + args.backfill, len(policies)
         per_pod = (writes(metrics_url) - writes_before) / args.burst
-        q = statistics.quantiles(latencies, n=100)
         print(f"burst of {args.burst}: created in {create_seconds:.2f} s ({args.burst / create_seconds:.0f} pods/s offered); "
               f"all policies and gate releases done {total:.2f} s after the first create "
               f"({args.burst / total:.0f} pods/s)", flush=True)
-        print(f"gate-release latency: p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms", flush=True)
+        print(release_line(created, released, took), flush=True)
         print(f"API writes per pod: {per_pod:.2f}", flush=True)
         used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in processes.items()}
         print("CPU seconds during the burst (2 cores = 2 s per second): " + ", ".join(
             f"{name} {seconds:.1f}" for name, seconds in sorted(used.items(), key=lambda item: -item[1])), flush=True)
+        print("API server, per call during the burst (apiserver_request_duration_seconds):", flush=True)
+        print("\n".join(latency_report(scraped[0], apiserver_metrics(api), "apiserver_request_duration_seconds",
+                                      ("verb", "resource", "subresource"))), flush=True)
+        print("controller, per reconcile: " + " ".join(latency_report(
+            scraped[1], urllib.request.urlopen(metrics_url, timeout=10).read().decode(),
+            "sortie_egress_reconcile_duration_seconds", ())).strip(), flush=True)
 
         if args.rss_pods > args.burst + args.backfill:
             created_more = create_pods(core, namespace, args.rss_pods - args.burst - args.backfill, "rss")

@@ -118,10 +118,12 @@ class WebhookProcess:
 class ControllerProcess:
     """``sortie-egress controller`` as its own process, under its own service account."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, kubeconfig: Path, log_path: Path, extra_args: tuple[str, ...] = (), sync_seconds: float = 30) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.extra_args = extra_args
+        #: How long start() waits for the caches (50,000 sessions take about 40 s to list).
+        self.sync_seconds = sync_seconds
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ControllerProcess:
@@ -132,7 +134,7 @@ class ControllerProcess:
         )
         log.close()
         wait_for(lambda: self._alive() and "caches synced" in self.log_path.read_text(errors="replace"),
-                 30, f"the controller to sync (log: {self.log_path})")
+                 self.sync_seconds, f"the controller to sync (log: {self.log_path})")
         return self
 
     def _alive(self) -> bool:
