@@ -218,6 +218,33 @@ def test_a_rollouts_canary_only_update_waits_for_its_slot_and_a_starting_pod_nev
     starting.pods.put(project_pod(pod_with(POLICY)))
     assert "repaired" in starting.reconciler.reconcile(KEY)
 
+    # Released, but younger than STARTING_SECONDS (120 s): its wait may still be looking for the
+    # canary, at the new addresses: not deferred either.
+    import datetime as dt
+
+    from sortie_egress.controller.reconciler import STARTING_SECONDS
+
+    def released(seconds_old: float) -> dict[str, Any]:
+        pod = pod_with(POLICY, gated=False)
+        pod["metadata"]["creationTimestamp"] = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds_old)
+                                                ).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return pod
+
+    assert STARTING_SECONDS == 120
+    for seconds_old, expected in ((60, "repaired"), (300, None)):
+        young = World(released(seconds_old))
+        young.reconciler.canary = old
+        young.reconciler.reconcile(KEY)
+        spent = WriteBudget(1.0, clock=lambda: 0.0)
+        spent.reserve()
+        young.reconciler.canary_budget, young.reconciler.previous_canaries, young.reconciler.canary = spent, [old], new
+        young.reconciler.canary_changed_at = time.monotonic() - 60
+        if expected:
+            assert young.reconciler.reconcile(KEY) == expected  # at once, the budget spent or not
+        else:
+            with pytest.raises(Deferred):  # the same pod four minutes older waits for its slot
+                young.reconciler.reconcile(KEY)
+
 
 def test_the_write_budget_hands_out_distinct_slots_at_its_rate() -> None:
     from sortie_egress.controller.reconciler import WriteBudget
