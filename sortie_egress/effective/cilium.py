@@ -62,7 +62,7 @@ def _specs(policy: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return specs
 
 
-def _plain_key(key: str) -> str | None:
+def plain_key(key: str) -> str | None:
     """A Cilium label key as the pod's label key; None for a source no pod label has (reserved:...)."""
     for source in _SOURCES:
         if key.startswith(source):
@@ -74,13 +74,13 @@ def _plain_selector(selector: Mapping[str, Any]) -> dict[str, Any] | None:
     """A Cilium endpoint selector with its keys as pod label keys; None if it names a label no pod has."""
     labels: dict[str, Any] = {}
     for key, value in (selector.get("matchLabels") or {}).items():
-        plain = _plain_key(str(key))
+        plain = plain_key(str(key))
         if plain is None:
             return None
         labels[plain] = value
     expressions = []
     for expression in selector.get("matchExpressions") or []:
-        plain = _plain_key(str(expression.get("key", "")))
+        plain = plain_key(str(expression.get("key", "")))
         if plain is None:
             return None
         expressions.append({**expression, "key": plain})

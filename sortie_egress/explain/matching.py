@@ -18,6 +18,7 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any, Final
 
+from sortie_egress.effective.cilium import plain_key
 from sortie_egress.effective.networkpolicy import selector_matches
 from sortie_egress.explain.view import Endpoint, Packet
 
@@ -168,14 +169,9 @@ def network_policy_rule(rule: Mapping[str, Any], policy_namespace: str, packet: 
 # --- Cilium ---------------------------------------------------------------------------------------
 
 def _cilium_key(key: str) -> str | None:
-    """A selector key as explain's endpoint labels spell it: ``k8s:``/``any:`` dropped,
-    ``reserved:`` kept; None for any other source (no endpoint of ours carries it)."""
-    for source in ("k8s:", "any:"):
-        if key.startswith(source):
-            return key[len(source):]
-    if key.startswith("reserved:"):
-        return key
-    return None if ":" in key.split("/", 1)[0] else key
+    """A selector key as explain's endpoint labels spell it: as a pod's label key
+    (effective/cilium.plain_key), but ``reserved:`` kept, since explain's nodes carry those."""
+    return key if key.startswith("reserved:") else plain_key(key)
 
 
 def cilium_labels(endpoint: Endpoint, session_node: str | None) -> dict[str, str]:
