@@ -188,9 +188,11 @@ class Reconciler:
         pods = self.pods.by_index(key)
         plan = plan_session(pods, existing, self.dns, self.canary, self.backend, self.cluster)
         done: list[str] = []
-        self._defer_canary_only(key, plan, existing, pods)
+        # Whether the stored object must be replaced: judged once (a resync asks it of every session).
+        stale = plan.policy is not None and existing is not None and (plan.adopt or not policy_matches(existing, plan.policy))
+        self._defer_canary_only(key, plan, existing, pods, stale)
         try:
-            self._write_policy(plan, existing, done)
+            self._write_policy(plan, existing, done, stale)
         except Conflict as exc:
             self.metrics.conflicts.inc()
             if conflicts + 1 >= CONFLICTS_BEFORE_EVENT and pods:
@@ -281,12 +283,11 @@ class Reconciler:
         return False
 
     def _defer_canary_only(self, key: SessionKey, plan: SessionPlan, existing: dict[str, Any] | None,
-                           pods: list[dict[str, Any]]) -> None:
-        """Deferred where the only change to write follows the canary's addresses and the session can
-        wait (``_only_canary_moved``): until the addresses settle, then until its slot of the budget,
-        then until the pace lets it through."""
-        if (self.canary_budget is None or plan.policy is None or existing is None or plan.adopt
-                or policy_matches(existing, plan.policy) or not self._only_canary_moved(pods, existing)):
+                           pods: list[dict[str, Any]], stale: bool) -> None:
+        """Deferred where the only change to write (``stale``: the stored object is to be replaced)
+        follows the canary's addresses and the session can wait (``_only_canary_moved``): until the
+        addresses settle, then until its slot of the budget, then until the pace lets it through."""
+        if self.canary_budget is None or not stale or plan.adopt or not self._only_canary_moved(pods, existing):
             return
         due = self._reserved.get(key)
         settling = self.canary_changed_at + CANARY_SETTLE_SECONDS - time.monotonic()
@@ -308,7 +309,7 @@ class Reconciler:
                 raise Deferred(wait)
             del self._reserved[key]
 
-    def _write_policy(self, plan: SessionPlan, existing: dict[str, Any] | None, done: list[str]) -> None:
+    def _write_policy(self, plan: SessionPlan, existing: dict[str, Any] | None, done: list[str], stale: bool) -> None:
         if plan.policy is None:
             if plan.delete and existing is not None:
                 self._delete_policy(existing)
@@ -317,7 +318,7 @@ class Reconciler:
         if existing is None:
             self._create_policy(plan.policy)
             done.append("created")
-        elif plan.adopt or not policy_matches(existing, plan.policy):
+        elif stale:
             self._replace_policy(existing, plan.policy, adopting=plan.adopt)
             done.append("adopted" if plan.adopt else "repaired")
 
