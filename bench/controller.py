@@ -53,13 +53,17 @@ POLICY = {"mode": "allowlist", "rules": [{"cidr": "10.20.0.0/16", "port": 443, "
 GATE = "sortie.io/egress-policy"
 
 
+def scrape(metrics_url: str) -> str:
+    return urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+
+
 def writes(metrics_url: str) -> float:
-    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    text = scrape(metrics_url)
     return sum(float(value) for value in re.findall(r'^sortie_egress_api_writes_total\{[^}]*\} (\S+)$', text, re.M))
 
 
 def queue_depth(metrics_url: str) -> float:
-    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    text = scrape(metrics_url)
     match = re.search(r"^sortie_egress_queue_depth (\S+)$", text, re.M)
     return float(match.group(1)) if match else float("nan")
 
@@ -146,14 +150,17 @@ def release_line(created: dict[str, float], released: dict[str, float], took: di
 
 def _histograms(text: str, name: str, keep: tuple[str, ...]) -> dict[tuple[str, ...], dict[float, float]]:
     """Cumulative bucket counts of histogram ``name`` from Prometheus text, by the labels in ``keep``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     found: dict[tuple[str, ...], dict[float, float]] = {}
-    for line in text.splitlines():
-        if not line.startswith(name + "_bucket{"):
+    for family in text_string_to_metric_families(text):
+        if family.name != name:
             continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', line[line.index("{"):line.rindex("}")]))
-        bound = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
-        series = found.setdefault(tuple(labels.get(label, "") for label in keep), {})
-        series[bound] = series.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+        for sample in family.samples:
+            if sample.name == name + "_bucket":
+                series = found.setdefault(tuple(sample.labels.get(label, "") for label in keep), {})
+                bound = float(sample.labels["le"])  # "+Inf" included
+                series[bound] = series.get(bound, 0.0) + sample.value
     return found
 
 
@@ -187,7 +194,7 @@ def apiserver_metrics(api: client.ApiClient) -> str:
 
 def metric(metrics_url: str, name: str) -> float:
     """The sum of every sample of ``name`` (all its labels)."""
-    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    text = scrape(metrics_url)
     return sum(float(value) for value in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
@@ -432,7 +439,7 @@ def main() -> None:
         processes["webhook"] = webhook.process.pid
         processes["controller"] = controller.process.pid
         cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
-        scraped = (apiserver_metrics(api), urllib.request.urlopen(metrics_url, timeout=10).read().decode())
+        scraped = (apiserver_metrics(api), scrape(metrics_url))
         started = time.time()
         took: dict[str, float] = {}
         created = create_pods(core, namespace, args.burst, "burst", took=took)
@@ -455,7 +462,7 @@ def main() -> None:
         print("\n".join(latency_report(scraped[0], apiserver_metrics(api), "apiserver_request_duration_seconds",
                                       ("verb", "resource", "subresource"))), flush=True)
         print("controller, per reconcile: " + " ".join(latency_report(
-            scraped[1], urllib.request.urlopen(metrics_url, timeout=10).read().decode(),
+            scraped[1], scrape(metrics_url),
             "sortie_egress_reconcile_duration_seconds", ())).strip(), flush=True)
 
         if args.rss_pods > args.burst + args.backfill:
